@@ -1,0 +1,27 @@
+"""peft-designspace: research PEFT methods as registered Hugging Face PEFT methods.
+
+Importing the package registers every method of the pack with PEFT, so that `peft.get_peft_model`,
+`PeftModel.from_pretrained`, `AutoPeftModel...` and transformers' `load_adapter` work with them.
+
+Example:
+
+```py
+>>> import peft_designspace
+>>> from peft_designspace import DesignSpaceConfig
+>>> DesignSpaceConfig(preset="s4", budget=0.005, task_type="SEQ_CLS").peft_type
+<PeftType.DESIGNSPACE: 'DESIGNSPACE'>
+```
+"""
+
+from ._registry import check_peft_version, register_method
+
+check_peft_version()
+
+from ._warnings import DesignSpaceWarning  # noqa: E402
+from .designspace import BudgetReport, DesignSpaceConfig, DesignSpaceModel  # noqa: E402
+
+__version__ = "0.1.0"
+
+register_method("designspace", DesignSpaceConfig, DesignSpaceModel)
+
+__all__ = ["BudgetReport", "DesignSpaceConfig", "DesignSpaceModel", "DesignSpaceWarning", "__version__"]

@@ -1,0 +1,147 @@
+"""Registration of the pack's methods with PEFT.
+
+This is the only module of the pack that touches PEFT's registry internals (`PeftType`'s enum tables and
+`peft.mapping`). Everything else uses PEFT's public classes (`PeftConfig`, `BaseTuner`, `BaseTunerLayer`).
+
+Why an enum member: `peft.utils.register_peft_method` refuses names that are not members of `PeftType`, and a
+plain-string `peft_type` breaks transformers' `load_adapter` (it calls `peft_type.value`). So we add a real member,
+with the same name and value, before registering. The operation is idempotent (importing the pack twice, or
+reloading it, is harmless) and refuses clashes: a name already used by another method, or a prefix already used by
+another method (PEFT's own prefix check looks in the wrong place, see `docs/architecture.md`).
+"""
+
+import enum
+
+import peft
+from packaging.version import Version
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+from peft.utils import PeftType, register_peft_method
+
+# The state-dict hooks the pack relies on (`BaseTuner._get_adapter_state_dict` and friends) first shipped in 0.21,
+# and `PeftType`/`peft.mapping` are private API: accept only the minor version we test against.
+SUPPORTED_PEFT = (Version("0.21.0"), Version("0.22.0"))
+
+
+def check_peft_version(version: str | None = None) -> None:
+    """Raise `ImportError` unless the installed peft is in the supported range `[0.21, 0.22)`.
+
+    Args:
+        version (`str`, *optional*):
+            The version to check; defaults to the installed `peft.__version__`.
+
+    Example:
+
+    ```py
+    >>> check_peft_version("0.21.2")  # passes silently
+    ```
+    """
+    found = Version(version or peft.__version__)
+    low, high = SUPPORTED_PEFT
+    if not (low <= Version(found.base_version) < high):
+        raise ImportError(
+            f"peft-designspace needs peft>={low},<{high}, found peft=={found}. "
+            f"Install a supported version with `pip install 'peft>={low},<{high}'`."
+        )
+
+
+def add_peft_type(name: str) -> PeftType:
+    """Add `name` as a member of `peft.utils.PeftType` (name == value) and return it; idempotent.
+
+    Args:
+        name (`str`):
+            The upper-case member name, e.g. `"DESIGNSPACE"`.
+
+    Raises:
+        ValueError: if the name is not upper case, or if a member with this name or value exists with another meaning.
+
+    Example:
+
+    ```py
+    >>> member = add_peft_type("DESIGNSPACE")
+    >>> member == "DESIGNSPACE" and PeftType("DESIGNSPACE") is member
+    True
+    ```
+    """
+    if not isinstance(name, str) or not name.isupper() or not name.replace("_", "").isalnum():
+        raise ValueError(f"`name` must be an upper-case identifier, got {name!r}.")
+    existing = PeftType.__members__.get(name)
+    if existing is not None:
+        if existing.value != name:
+            raise ValueError(f"PeftType already has a member {name!r} with the different value {existing.value!r}.")
+        return existing
+    if name in PeftType._value2member_map_:
+        raise ValueError(f"PeftType already has a member with the value {name!r}.")
+
+    member = str.__new__(PeftType, name)
+    member._name_ = name
+    member._value_ = name
+    member.__objclass__ = PeftType
+    member._sort_order_ = len(PeftType._member_names_)
+    PeftType._member_map_[name] = member
+    PeftType._member_names_.append(name)
+    PeftType._value2member_map_[name] = member
+    # enum members are exposed as class attributes through a descriptor on Python 3.11+; a plain attribute works on
+    # every supported version and is what `getattr(PeftType, name)` in `register_peft_method` needs.
+    type.__setattr__(PeftType, name, member)
+    if not isinstance(PeftType(name), enum.Enum):  # pragma: no cover - defensive, guards future enum changes
+        raise RuntimeError(f"Adding {name!r} to PeftType failed.")
+    return member
+
+
+def register_method(name: str, config_cls: type, model_cls: type) -> PeftType:
+    """Register one method of the pack with PEFT: enum member, clash checks, then `register_peft_method`.
+
+    The prefix is always `name + "_"` and must equal `model_cls.prefix`. Calling this twice with the same classes is a
+    no-op; calling it with a name or prefix that another method already uses raises.
+
+    Args:
+        name (`str`):
+            Lower-case method name, e.g. `"designspace"`.
+        config_cls (`type`):
+            The `PeftConfig` subclass of the method.
+        model_cls (`type`):
+            The `BaseTuner` subclass of the method.
+
+    Raises:
+        ValueError: on a name or prefix clash with another registered method.
+
+    Example:
+
+    ```py
+    >>> from peft_designspace import DesignSpaceConfig, DesignSpaceModel
+    >>> register_method("designspace", DesignSpaceConfig, DesignSpaceModel)  # already done on import: no-op
+    <PeftType.DESIGNSPACE: 'DESIGNSPACE'>
+    ```
+    """
+    prefix = f"{name}_"
+    if getattr(model_cls, "prefix", None) != prefix:
+        raise ValueError(
+            f"`{model_cls.__name__}.prefix` must be {prefix!r}, got {getattr(model_cls, 'prefix', None)!r}."
+        )
+    peft_type = add_peft_type(name.upper())
+
+    registered_config = PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type)
+    if registered_config is not None:
+        same = registered_config.__qualname__ == config_cls.__qualname__ and (
+            PEFT_TYPE_TO_TUNER_MAPPING.get(peft_type).__qualname__ == model_cls.__qualname__
+        )
+        if not same:
+            raise ValueError(
+                f"The PEFT method {name!r} is already registered by {registered_config.__module__}; "
+                "refusing to overwrite it."
+            )
+        # idempotent (also after `importlib.reload`): point the registry at the current classes
+        PEFT_TYPE_TO_CONFIG_MAPPING[peft_type] = config_cls
+        PEFT_TYPE_TO_TUNER_MAPPING[peft_type] = model_cls
+        return peft_type
+
+    for other_type, other_prefix in PEFT_TYPE_TO_PREFIX_MAPPING.items():
+        if other_type == peft_type:
+            continue
+        if other_prefix.startswith(prefix) or prefix.startswith(other_prefix):
+            raise ValueError(
+                f"The prefix {prefix!r} of {name!r} clashes with the prefix {other_prefix!r} of the registered "
+                f"method {str(other_type.value)!r}: PEFT finds adapter weights by prefix, so they must differ."
+            )
+    register_peft_method(name=name, config_cls=config_cls, model_cls=model_cls, prefix=prefix)
+    return peft_type

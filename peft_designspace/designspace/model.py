@@ -1,0 +1,204 @@
+"""The design-space tuner: plans the layout, injects the tuner layers, merges what can be merged, reports budgets."""
+
+import warnings
+
+from peft.tuners.tuners_utils import BaseTuner
+from torch import nn
+
+from .._warnings import DesignSpaceWarning
+from ..architecture import resolve_architecture
+from . import attention as prefix_attention
+from .budget import build_plan, plan_targets
+from .config import DesignSpaceConfig
+from .layer import DesignSpaceLayer, Linear, Norm, PrefixHolder
+from .report import BudgetReport, build_report
+
+
+def count_base_parameters(model: nn.Module) -> int:
+    """Parameters of the base model, leaving out adapter parts and `modules_to_save` copies.
+
+    bitsandbytes 4-bit weights pack two values per byte; they are counted as the values they hold.
+    """
+    total = 0
+    for name, param in model.named_parameters():
+        if "designspace_" in name or ".modules_to_save." in name:
+            continue
+        factor = 2 if type(param).__name__ == "Params4bit" else 1
+        total += param.numel() * factor
+    return total
+
+
+class DesignSpaceModel(BaseTuner):
+    """Creates design-space (S4) mixed-strategy adapters on a transformers model.
+
+    Use it through `peft.get_peft_model(model, DesignSpaceConfig(...))` after `import peft_designspace`.
+
+    Example:
+
+    ```py
+    >>> import peft_designspace
+    >>> from peft import get_peft_model
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> base = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=8,
+    ...                                     num_attention_heads=4, num_key_value_heads=2, vocab_size=100))
+    >>> model = get_peft_model(base, peft_designspace.DesignSpaceConfig(budget=0.02, task_type="CAUSAL_LM"))
+    >>> report = model.base_model.budget_report()
+    >>> abs(report.realised / report.target - 1) <= 0.05
+    True
+    ```
+    """
+
+    prefix: str = "designspace_"
+    tuner_layer_cls = DesignSpaceLayer
+    target_module_mapping: dict[str, list[str]] = {}
+
+    def _prepare_adapter_config(self, peft_config: DesignSpaceConfig, model_config: dict) -> DesignSpaceConfig:
+        return peft_config  # placement comes from the plan, not from `target_modules`
+
+    def _pre_injection_hook(self, model: nn.Module, config: DesignSpaceConfig, adapter_name: str) -> None:
+        if config.plan is None:
+            arch = resolve_architecture(model, config.layer_stacks)
+            config.plan = build_plan(config, arch, count_base_parameters(model))
+        targets = plan_targets(config.plan)
+        modules = dict(model.named_modules())
+        missing = [path for path in targets if path not in modules]
+        if missing:
+            raise ValueError(
+                f"The adapter's plan names modules that {type(model).__name__} lacks, e.g. {missing[:3]} "
+                f"({len(missing)} missing). The adapter was made for a different base model."
+            )
+        self._designspace_targets = targets
+
+    def _check_target_module_exists(self, peft_config: DesignSpaceConfig, key: str) -> bool:
+        return key in self._designspace_targets
+
+    def _create_and_replace(
+        self,
+        peft_config: DesignSpaceConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        parameter_name: str | None = None,
+    ) -> None:
+        spec = dict(self._designspace_targets[current_key])
+        kind = spec.pop("kind")
+        options = {
+            "lora_alpha": peft_config.lora_alpha,
+            "lora_dropout": peft_config.lora_dropout,
+            "adapter_mode": peft_config.adapter_mode,
+            "adapter_activation": peft_config.adapter_activation,
+            "init_weights": peft_config.init_weights,
+            **spec,
+        }
+        if kind == "attention":
+            self._add_prefix(peft_config, adapter_name, target, options)
+            return
+        wrapper_cls = Linear if kind == "linear" else Norm
+        if isinstance(target, wrapper_cls):
+            target.update_layer(adapter_name, **options)
+            return
+        new_module = wrapper_cls(target, adapter_name, **options)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    def _add_prefix(self, config: DesignSpaceConfig, adapter_name: str, attention: nn.Module, options: dict) -> None:
+        model_config = getattr(self.model, "config", None)
+        hidden = getattr(model_config, "hidden_size", None) or getattr(model_config, "d_model", None)
+        device = next(attention.parameters()).device
+        options.update(
+            hidden_size=hidden,
+            prefix_projection_hidden=config.prefix_projection_hidden if config.prefix_projection else None,
+            device=device if device.type != "meta" else None,
+        )
+        holder = attention._modules.get(prefix_attention.HOLDER_NAME)
+        if holder is None:
+            fallback = prefix_attention.check_prefix_support(attention)
+            holder = PrefixHolder(adapter_name, fallback, **options)
+            attention.add_module(prefix_attention.HOLDER_NAME, holder)
+            prefix_attention.install(attention)
+        else:
+            holder.update_layer(adapter_name, **options)
+
+    # merging and unloading ---------------------------------------------------------------------------------------
+    def unmergeable_parts(self, adapter_names: list[str] | None = None) -> list[str]:
+        """`"module path: part"` for every part of the given (default: active) adapters that cannot be merged."""
+        names = adapter_names or self.active_adapters
+        found = []
+        for path, module in self.model.named_modules():
+            if isinstance(module, DesignSpaceLayer):
+                found.extend(f"{path}: {part}" for part in module.unmergeable_parts(names))
+        return found
+
+    def merge_and_unload(
+        self,
+        progressbar: bool = False,
+        safe_merge: bool = False,
+        adapter_names: list[str] | None = None,
+        partial: bool = False,
+    ) -> nn.Module:
+        """Merge the LoRA and bias parts into the base weights and return the plain base model.
+
+        Adapters and prefixes are non-linear and cannot be merged: with such parts this raises, unless
+        `partial=True`, which merges the LoRA and bias parts and *drops* the rest (the outputs then differ from the
+        adapted model's). To merge while keeping the rest active, use `merge_adapter()` instead.
+
+        Args:
+            progressbar (`bool`): show a progress bar.
+            safe_merge (`bool`): check the merged LoRA deltas for NaNs first.
+            adapter_names (`list[str]`, *optional*): adapters to merge; defaults to the active ones.
+            partial (`bool`, *optional*, defaults to `False`): allow dropping the non-mergeable parts.
+        """
+        parts = self.unmergeable_parts(adapter_names)
+        if parts and not partial:
+            raise ValueError(
+                f"This adapter has {len(parts)} parts that cannot be merged into the base weights "
+                f"(adapters, prefixes or bias deltas on bias-free norms), e.g. {parts[:3]}. Call "
+                "`merge_and_unload(partial=True)` to merge only the LoRA and bias parts and drop the rest, "
+                "or `merge_adapter()` to merge them while the rest stays active."
+            )
+        if parts:
+            warnings.warn(
+                f"Dropping {len(parts)} non-mergeable parts (e.g. {parts[:3]}); the merged model's outputs differ "
+                "from the adapted model's.",
+                DesignSpaceWarning,
+                stacklevel=2,
+            )
+        return self._unload_and_optionally_merge(
+            merge=True, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
+        )
+
+    def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
+        for attention in self._prefixed_attention_modules():
+            del attention._modules[prefix_attention.HOLDER_NAME]
+            prefix_attention.uninstall(attention)
+        return super()._unload_and_optionally_merge(
+            merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
+        )
+
+    def _prefixed_attention_modules(self) -> list[nn.Module]:
+        return [
+            m for m in self.model.modules() if isinstance(m._modules.get(prefix_attention.HOLDER_NAME), PrefixHolder)
+        ]
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        # PEFT skips modules whose path contains the prefix; the prefix holders do, so they are handled here.
+        for attention in self._prefixed_attention_modules():
+            attention._modules[prefix_attention.HOLDER_NAME].delete_adapter(adapter_name)
+        super().delete_adapter(adapter_name)
+
+    # reporting ----------------------------------------------------------------------------------------------------
+    def budget_report(self, adapter_name: str | None = None) -> BudgetReport:
+        """Per-group, per-strategy and total trainable counts of one adapter, realised against the target.
+
+        Counts are read off the live parameters, so they are exact. Printing the report gives a table.
+
+        Args:
+            adapter_name (`str`, *optional*): defaults to the first active adapter.
+        """
+        name = adapter_name or self.active_adapters[0]
+        if name not in self.peft_config:
+            raise ValueError(f"`adapter_name` must be one of {sorted(self.peft_config)}, got {name!r}.")
+        return build_report(self.model, self.peft_config[name], name)
