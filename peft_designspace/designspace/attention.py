@@ -23,7 +23,9 @@ from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 FUNCTION_NAME = "designspace_prefix"
-HOLDER_NAME = "designspace_prefix"
+# The holder's own name must not start with the method prefix: transformers' `load_adapter` inserts the adapter name
+# after the first `designspace_*` segment of each key, which must be the `designspace_prefix_kv` container.
+HOLDER_NAME = "prefix_holder"
 SUPPORTED_FALLBACKS = ("eager", "sdpa")
 
 

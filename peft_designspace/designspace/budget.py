@@ -170,15 +170,25 @@ def build_plan(config: DesignSpaceConfig, arch: ArchitectureInfo, base_params: i
 def _fill_to_target(sizes, costs, share, target: int, total) -> None:
     current = total()
     candidates = list(share)
-    while candidates:
-        # the strategy furthest below its share, among those whose next unit still fits
+
+    def ratio(k):  # how far a strategy is above (>1) or below (<1) its share
+        return costs[k[0]].cost(k[1], sizes[k[0]][k[1]]) / max(share[k], 1e-9)
+
+    while current > target:  # the minimum size of 1 can overshoot: shrink what is most above its share
+        shrinkable = [k for k in candidates if sizes[k[0]][k[1]] > 1]
+        if not shrinkable:
+            break
+        i, s = max(shrinkable, key=lambda k: (ratio(k), k))
+        sizes[i][s] -= 1
+        current -= costs[i].unit[s]
+    while True:  # grow what is furthest below its share while the next unit still fits
         fitting = [k for k in candidates if current + costs[k[0]].unit[k[1]] <= target]
         if not fitting:
             break
-        i, s = min(fitting, key=lambda k: (costs[k[0]].cost(k[1], sizes[k[0]][k[1]]) / max(share[k], 1e-9), k))
+        i, s = min(fitting, key=lambda k: (ratio(k), k))
         sizes[i][s] += 1
         current += costs[i].unit[s]
-    if candidates:
+    if candidates:  # one more unit of the finest step if that lands closer to the target
         i, s = min(candidates, key=lambda k: (costs[k[0]].unit[k[1]], k))
         if abs(current + costs[i].unit[s] - target) < abs(current - target):
             sizes[i][s] += 1

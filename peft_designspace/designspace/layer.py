@@ -224,7 +224,7 @@ class Norm(nn.Module, DesignSpaceLayer):
 
 
 class PrefixHolder(nn.Module, DesignSpaceLayer):
-    """Holds the key/value prefixes of one self-attention module, as a child named `designspace_prefix` of it.
+    """Holds the key/value prefixes of one self-attention module, as a child named `prefix_holder` of it.
 
     The attention module itself is left in place (its own children, like the query projection, may be wrapped too);
     the attention function registered by the method finds the prefixes through this child. It is not called.

@@ -1,0 +1,134 @@
+"""The PEFT contract of the design-space method on every architecture of the test table."""
+
+import pytest
+import torch
+from peft import get_peft_model
+
+import common
+from peft_designspace import DesignSpaceConfig
+from tiny_models import make_inputs, make_model
+
+S4 = {"preset": "s4", "budget": 0.05}
+MERGEABLE = {"preset": None, "group_strategies": [["bitfit", "lora"]] * 4, "budget": 0.05}
+VARIANT = {
+    "preset": "s4",
+    "budget": 0.05,
+    "adapter_mode": "parallel",
+    "prefix_projection": True,
+    "prefix_projection_hidden": 16,
+    "allocation": "increasing",
+    "stack_grouping": "per_stack",
+}
+
+# (model id, task, config kwargs, tolerance)
+CASES = [
+    pytest.param("bert", "SEQ_CLS", S4, 1e-5, id="bert-seqcls-s4"),
+    pytest.param("roberta", "SEQ_CLS", S4, 1e-5, id="roberta-seqcls-s4"),
+    pytest.param("gpt2", "CAUSAL_LM", S4, 1e-5, id="gpt2-causal-s4"),
+    pytest.param("llama", "CAUSAL_LM", S4, 1e-5, id="llama-causal-s4"),
+    pytest.param("qwen2", "CAUSAL_LM", S4, 1e-5, id="qwen2-causal-s4"),
+    pytest.param("t5", "SEQ_2_SEQ_LM", S4, 1e-5, id="t5-seq2seq-s4"),
+    pytest.param("llama", "SEQ_CLS", S4, 1e-5, id="llama-seqcls-s4"),
+    pytest.param("bert", "SEQ_CLS", MERGEABLE, 1e-5, id="bert-seqcls-lora-bitfit"),
+    pytest.param("t5", "SEQ_2_SEQ_LM", VARIANT, 1e-5, id="t5-seq2seq-variant"),
+    pytest.param("gpt2", "CAUSAL_LM", VARIANT, 1e-5, id="gpt2-causal-variant"),
+]
+GENERATIVE = [c for c in CASES if c.values[1] != "SEQ_CLS"]
+
+
+@pytest.mark.parametrize(("model_id", "task", "kwargs", "tol"), CASES)
+def test_only_adapter_params_change(model_id, task, kwargs, tol):
+    common.check_only_adapter_params_change(model_id, task, DesignSpaceConfig, kwargs, tol)
+
+
+@pytest.mark.parametrize(("model_id", "task", "kwargs", "tol"), CASES)
+def test_disable_gives_base(model_id, task, kwargs, tol):
+    common.check_disable_gives_base(model_id, task, DesignSpaceConfig, kwargs, tol)
+
+
+@pytest.mark.parametrize(("model_id", "task", "kwargs", "tol"), CASES)
+def test_fresh_process_reload(model_id, task, kwargs, tol, tmp_path):
+    common.check_fresh_process_reload(model_id, task, DesignSpaceConfig, kwargs, tol, tmp_path)
+
+
+@pytest.mark.parametrize(("model_id", "task", "kwargs", "tol"), CASES[:6])
+def test_transformers_entry_points(model_id, task, kwargs, tol, tmp_path):
+    common.check_transformers_entry_points(model_id, task, DesignSpaceConfig, kwargs, tol, tmp_path)
+
+
+@pytest.mark.parametrize(("model_id", "task", "kwargs", "tol"), CASES)
+def test_two_adapters(model_id, task, kwargs, tol):
+    common.check_two_adapters(model_id, task, DesignSpaceConfig, kwargs, tol)
+
+
+@pytest.mark.parametrize(("model_id", "task", "kwargs", "tol"), GENERATIVE)
+def test_generate_with_cache(model_id, task, kwargs, tol):
+    common.check_generate_with_cache(model_id, task, DesignSpaceConfig, kwargs, tol)
+
+
+@pytest.mark.parametrize("model_id", ["bert", "roberta", "gpt2", "llama", "qwen2", "t5"])
+def test_merge_and_unload_exact_for_lora_and_bias(model_id):
+    task = {"bert": "SEQ_CLS", "roberta": "SEQ_CLS"}.get(model_id, "CAUSAL_LM" if model_id != "t5" else "SEQ_2_SEQ_LM")
+    inputs = make_inputs(model_id, task)
+    model = common.build(model_id, task, DesignSpaceConfig, {**MERGEABLE, "init_weights": False})
+    expected = common.outputs(model, inputs)
+    model.merge_adapter()
+    torch.testing.assert_close(common.outputs(model, inputs), expected, atol=1e-5, rtol=0)
+    model.unmerge_adapter()
+    torch.testing.assert_close(common.outputs(model, inputs), expected, atol=1e-5, rtol=0)
+    merged = model.merge_and_unload()
+    assert not any("designspace" in n for n, _ in merged.named_parameters())
+    assert type(merged).__name__ == type(make_model(model_id, task)).__name__
+    torch.testing.assert_close(common.outputs(merged, inputs), expected, atol=1e-5, rtol=0)
+
+
+def test_merge_refuses_adapter_and_prefix_parts_unless_partial():
+    inputs = make_inputs("llama", "CAUSAL_LM")
+    model = common.build("llama", "CAUSAL_LM", DesignSpaceConfig, {**S4, "init_weights": False})
+    expected = common.outputs(model, inputs)
+    with pytest.raises(ValueError, match="partial=True"):
+        model.merge_and_unload()
+    # merge_adapter merges the linear parts and keeps the rest active: same outputs
+    model.merge_adapter()
+    torch.testing.assert_close(common.outputs(model, inputs), expected, atol=1e-5, rtol=0)
+    model.unmerge_adapter()
+    lora_bias_only = get_peft_model(
+        make_model("llama", "CAUSAL_LM"),
+        DesignSpaceConfig(task_type="CAUSAL_LM", plan=model.peft_config["default"].plan, init_weights=False, **S4),
+    )
+    state = {k: v for k, v in model.state_dict().items() if "designspace_lora" in k or "designspace_bias" in k}
+    lora_bias_only.load_state_dict(state, strict=False)
+    for module in lora_bias_only.modules():  # drop adapters and prefixes to get the partial-merge reference
+        for attr in ("designspace_adapter", "designspace_prefix_kv"):
+            if hasattr(module, attr):
+                getattr(module, attr).clear()
+    reference = common.outputs(lora_bias_only, inputs)
+    with pytest.warns(UserWarning, match="non-mergeable"):
+        merged = model.merge_and_unload(partial=True)
+    assert merged.config._attn_implementation == "sdpa"
+    assert all(m.config._attn_implementation == "sdpa" for m in merged.modules() if hasattr(m, "is_causal"))
+    torch.testing.assert_close(common.outputs(merged, inputs), reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fallback", ["eager", "sdpa"])
+def test_prefix_padding_matches_unpadded_row(fallback):
+    """The padded row's logits equal those of the same sentence alone: prefixes do not leak through padding."""
+    base = make_model("bert", "SEQ_CLS")
+    base.set_attn_implementation(fallback)
+    model = get_peft_model(base, DesignSpaceConfig(task_type="SEQ_CLS", preset="prefix", budget=0.05)).eval()
+    inputs = make_inputs("bert", "SEQ_CLS")
+    batched = common.outputs(model, {k: v for k, v in inputs.items() if k != "labels"})
+    keep = int(inputs["attention_mask"][1].sum())
+    alone = common.outputs(model, {"input_ids": inputs["input_ids"][1:, :keep]})
+    torch.testing.assert_close(batched[1:], alone, atol=1e-5, rtol=0)
+
+
+def test_prefix_eager_and_sdpa_agree():
+    results = []
+    for implementation in ("eager", "sdpa"):
+        base = make_model("llama", "CAUSAL_LM")
+        base.set_attn_implementation(implementation)
+        torch.manual_seed(7)
+        model = get_peft_model(base, DesignSpaceConfig(task_type="CAUSAL_LM", preset="prefix", budget=0.05))
+        results.append(common.outputs(model, make_inputs("llama", "CAUSAL_LM")))
+    torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=0)
