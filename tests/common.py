@@ -8,10 +8,10 @@ import textwrap
 from pathlib import Path
 
 import torch
-from peft import PeftModel, get_peft_model
+from peft import get_peft_model
+from tiny_models import make_inputs, make_model
 
 import peft_designspace  # noqa: F401  (registers the methods)
-from tiny_models import make_inputs, make_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,12 +1,12 @@
 """The PEFT contract of the design-space method on every architecture of the test table."""
 
+import common
 import pytest
 import torch
 from peft import get_peft_model
-
-import common
-from peft_designspace import DesignSpaceConfig
 from tiny_models import make_inputs, make_model
+
+from peft_designspace import DesignSpaceConfig
 
 S4 = {"preset": "s4", "budget": 0.05}
 MERGEABLE = {"preset": None, "group_strategies": [["bitfit", "lora"]] * 4, "budget": 0.05}
