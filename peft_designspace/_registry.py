@@ -62,7 +62,7 @@ def add_peft_type(name: str) -> PeftType:
     True
     ```
     """
-    if not isinstance(name, str) or not name.isupper() or not name.replace("_", "").isalnum():
+    if not isinstance(name, str) or not name.isidentifier() or not name.isupper():
         raise ValueError(f"`name` must be an upper-case identifier, got {name!r}.")
     existing = PeftType.__members__.get(name)
     if existing is not None:
@@ -118,12 +118,15 @@ def register_method(name: str, config_cls: type, model_cls: type) -> PeftType:
         raise ValueError(
             f"`{model_cls.__name__}.prefix` must be {prefix!r}, got {getattr(model_cls, 'prefix', None)!r}."
         )
-    peft_type = add_peft_type(name.upper())
-
-    registered_config = PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type)
+    existing = PeftType.__members__.get(name.upper())
+    registered_config = PEFT_TYPE_TO_CONFIG_MAPPING.get(existing) if existing is not None else None
     if registered_config is not None:
-        same = registered_config.__qualname__ == config_cls.__qualname__ and (
-            PEFT_TYPE_TO_TUNER_MAPPING.get(peft_type).__qualname__ == model_cls.__qualname__
+
+        def same_class(a: type, b: type) -> bool:  # identical, or the same class re-imported by importlib.reload
+            return a is b or (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+
+        same = same_class(registered_config, config_cls) and same_class(
+            PEFT_TYPE_TO_TUNER_MAPPING[existing], model_cls
         )
         if not same:
             raise ValueError(
@@ -131,17 +134,19 @@ def register_method(name: str, config_cls: type, model_cls: type) -> PeftType:
                 "refusing to overwrite it."
             )
         # idempotent (also after `importlib.reload`): point the registry at the current classes
-        PEFT_TYPE_TO_CONFIG_MAPPING[peft_type] = config_cls
-        PEFT_TYPE_TO_TUNER_MAPPING[peft_type] = model_cls
-        return peft_type
+        PEFT_TYPE_TO_CONFIG_MAPPING[existing] = config_cls
+        PEFT_TYPE_TO_TUNER_MAPPING[existing] = model_cls
+        return existing
 
+    # all checks before any change, so that a refused registration leaves PEFT untouched
     for other_type, other_prefix in PEFT_TYPE_TO_PREFIX_MAPPING.items():
-        if other_type == peft_type:
+        if str(other_type.value) == name.upper():
             continue
         if other_prefix.startswith(prefix) or prefix.startswith(other_prefix):
             raise ValueError(
                 f"The prefix {prefix!r} of {name!r} clashes with the prefix {other_prefix!r} of the registered "
                 f"method {str(other_type.value)!r}: PEFT finds adapter weights by prefix, so they must differ."
             )
+    peft_type = add_peft_type(name.upper())
     register_peft_method(name=name, config_cls=config_cls, model_cls=model_cls, prefix=prefix)
     return peft_type

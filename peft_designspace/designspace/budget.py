@@ -188,8 +188,8 @@ def _fill_to_target(sizes, costs, share, target: int, total) -> None:
         i, s = min(fitting, key=lambda k: (ratio(k), k))
         sizes[i][s] += 1
         current += costs[i].unit[s]
-    if candidates:  # one more unit of the finest step if that lands closer to the target
-        i, s = min(candidates, key=lambda k: (costs[k[0]].unit[k[1]], k))
+    if candidates:  # one more unit for the strategy furthest below its share, if that lands closer to the target
+        i, s = min(candidates, key=lambda k: (ratio(k), k))
         if abs(current + costs[i].unit[s] - target) < abs(current - target):
             sizes[i][s] += 1
 

@@ -1,10 +1,11 @@
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from peft import PeftConfig
 from peft.utils import PeftType
 
-from .grouping import ALLOCATIONS, GROUPING_PATTERNS
+from .grouping import ALLOCATIONS, GROUPING_PATTERNS, pattern_weights
 from .presets import PRESETS, STRATEGIES
 
 LORA_ROLES = ("attn_out", "ffn_in", "ffn_out", "key", "query", "value")
@@ -13,6 +14,13 @@ SCHEMA_VERSION = 1
 
 def _fail(field_name: str, value: Any, allowed: str, exc: type[Exception] = ValueError) -> None:
     raise exc(f"`{field_name}` must be {allowed}, got {value!r}.")
+
+
+def _check_type(name: str, value: Any, types: type | tuple[type, ...], allowed: str) -> None:
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        _fail(name, value, allowed, TypeError)
+    if not isinstance(value, types):
+        _fail(name, value, allowed, TypeError)
 
 
 def _check_positive_int(name: str, value: Any, optional: bool = True) -> None:
@@ -90,7 +98,11 @@ class DesignSpaceConfig(PeftConfig):
         modules_to_save (`list[str]`, *optional*):
             Extra modules trained and saved in full (the classification head for `SEQ_CLS` is added by PEFT).
         target_modules (`None`):
-            Unused: placement is decided by the plan. Present because PEFT's injection reads it.
+            Unused: placement is decided by the plan. Present because PEFT's injection reads it; must stay `None`.
+        target_parameters (`None`):
+            Unused (no `nn.Parameter` targeting); must stay `None`.
+        exclude_modules (`None`):
+            Unused (restrict placement with `tunable_groups`, `group_strategies` and `lora_targets`); must stay `None`.
         plan (`dict`, *optional*):
             The resolved plan, filled when the adapter is created. Do not set it by hand.
         schema_version (`int`): version of this config's JSON layout, for forward compatibility checks.
@@ -145,6 +157,9 @@ class DesignSpaceConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.DESIGNSPACE
+        if self.preset is not None:
+            _check_type("preset", self.preset, str, f"one of {sorted(PRESETS)} or None")
+        _check_positive_int("num_groups", self.num_groups, optional=False)
         self._apply_preset()
         self._validate()
 
@@ -174,7 +189,7 @@ class DesignSpaceConfig(PeftConfig):
     def _validate(self) -> None:
         if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)):
             _fail("budget", self.budget, "a float fraction in (0, 1) or an int count >= 1", TypeError)
-        if not self.budget > 0:
+        if math.isnan(self.budget) or math.isinf(self.budget) or not self.budget > 0:
             _fail("budget", self.budget, "> 0 (a fraction of the base model in (0, 1) or a count >= 1)")
         if self.budget >= 1 and float(self.budget) != int(self.budget):
             _fail("budget", self.budget, "a whole number when >= 1 (an absolute parameter count)")
@@ -193,15 +208,25 @@ class DesignSpaceConfig(PeftConfig):
             self.grouping = list(self.grouping)
         else:
             _fail("grouping", self.grouping, "a pattern name or a list of positive ints", TypeError)
+        if isinstance(self.grouping, str):
+            pattern_weights(self.num_groups, self.grouping)  # e.g. spindle needs 3+ groups
+        _check_type("stack_grouping", self.stack_grouping, str, "one of ['joint', 'per_stack']")
+        _check_type("allocation", self.allocation, str, f"one of {list(ALLOCATIONS)}")
         if self.stack_grouping not in ("joint", "per_stack"):
             _fail("stack_grouping", self.stack_grouping, "one of ['joint', 'per_stack']")
         if self.allocation not in ALLOCATIONS:
             _fail("allocation", self.allocation, f"one of {list(ALLOCATIONS)}")
         if self.tunable_groups is not None:
-            if not isinstance(self.tunable_groups, (list, tuple)) or not self.tunable_groups:
+            _check_type(
+                "tunable_groups", self.tunable_groups, (list, tuple), "a non-empty list of group indices or None"
+            )
+            if not self.tunable_groups:
                 _fail("tunable_groups", self.tunable_groups, "a non-empty list of group indices or None")
             for g in self.tunable_groups:
-                if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g < self.num_groups:
+                _check_type("tunable_groups", self.tunable_groups, (list, tuple), "a list of int group indices")
+                if isinstance(g, bool) or not isinstance(g, int):
+                    _fail("tunable_groups", self.tunable_groups, "a list of int group indices", TypeError)
+                if not 0 <= g < self.num_groups:
                     _fail("tunable_groups", self.tunable_groups, f"indices in range(0, {self.num_groups})")
             if len(set(self.tunable_groups)) != len(self.tunable_groups):
                 _fail("tunable_groups", self.tunable_groups, "a list without duplicates")
@@ -210,28 +235,46 @@ class DesignSpaceConfig(PeftConfig):
         for name in ("adapter_size", "prefix_length", "lora_rank"):
             _check_positive_int(name, getattr(self, name))
         _check_positive_int("prefix_projection_hidden", self.prefix_projection_hidden, optional=False)
+        for name in ("prefix_projection", "init_weights"):
+            _check_type(name, getattr(self, name), bool, "True or False")
         if self.adapter_mode not in ("sequential", "parallel"):
             _fail("adapter_mode", self.adapter_mode, "one of ['parallel', 'sequential']")
         if self.adapter_activation not in ("gelu", "relu", "silu", "tanh"):
             _fail("adapter_activation", self.adapter_activation, "one of ['gelu', 'relu', 'silu', 'tanh']")
-        if not isinstance(self.lora_dropout, (int, float)) or not 0 <= self.lora_dropout < 1:
+        _check_type("lora_dropout", self.lora_dropout, (int, float), "a float in [0, 1)")
+        if not 0 <= self.lora_dropout < 1:
             _fail("lora_dropout", self.lora_dropout, "a float in [0, 1)")
-        if self.lora_alpha is not None and (not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0):
-            _fail("lora_alpha", self.lora_alpha, "a positive number or None")
+        if self.lora_alpha is not None:
+            _check_type("lora_alpha", self.lora_alpha, (int, float), "a positive number or None")
+            if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+                _fail("lora_alpha", self.lora_alpha, "a positive number or None")
         if isinstance(self.lora_targets, str):
             self.lora_targets = [self.lora_targets]
-        if not isinstance(self.lora_targets, (list, tuple, set)) or not self.lora_targets:
+        _check_type(
+            "lora_targets", self.lora_targets, (list, tuple, set), f"a non-empty list out of {list(LORA_ROLES)}"
+        )
+        if not all(isinstance(r, str) for r in self.lora_targets):
+            _fail("lora_targets", self.lora_targets, f"a list of role names out of {list(LORA_ROLES)}", TypeError)
+        if not self.lora_targets:
             _fail("lora_targets", self.lora_targets, f"a non-empty list out of {list(LORA_ROLES)}")
         unknown = sorted(set(self.lora_targets) - set(LORA_ROLES))
         if unknown:
             _fail("lora_targets", self.lora_targets, f"roles out of {list(LORA_ROLES)} (unknown: {unknown})")
         self.lora_targets = sorted(set(self.lora_targets))
-        if self.bitfit_norms not in (None, True, False):
+        if not (self.bitfit_norms is None or isinstance(self.bitfit_norms, bool)):
             _fail("bitfit_norms", self.bitfit_norms, "None, True or False", TypeError)
         if self.layer_stacks is not None and (
             not isinstance(self.layer_stacks, (list, tuple)) or not all(isinstance(s, str) for s in self.layer_stacks)
         ):
             _fail("layer_stacks", self.layer_stacks, "a list of module paths or None", TypeError)
+        for name in ("target_parameters", "exclude_modules"):
+            if getattr(self, name) is not None:
+                _fail(
+                    name,
+                    getattr(self, name),
+                    "None: the design space does not use it; restrict placement with "
+                    "`tunable_groups`, `group_strategies` and `lora_targets`",
+                )
         if self.target_modules is not None:
             _fail(
                 "target_modules",
@@ -239,7 +282,8 @@ class DesignSpaceConfig(PeftConfig):
                 "None: the design space places modules by layer group and "
                 "role; use `lora_targets`, `group_strategies` and `layer_stacks` instead",
             )
-        if not isinstance(self.schema_version, int) or self.schema_version > SCHEMA_VERSION:
+        _check_type("schema_version", self.schema_version, int, "an int")
+        if self.schema_version > SCHEMA_VERSION:
             raise ValueError(
                 f"`schema_version` {self.schema_version!r} is newer than this peft-designspace understands "
                 f"({SCHEMA_VERSION}); upgrade with `pip install -U peft-designspace`."
@@ -250,13 +294,20 @@ class DesignSpaceConfig(PeftConfig):
     def _validate_strategies(self) -> None:
         if self.group_strategies is None:
             raise ValueError("`group_strategies` is required when `preset=None`: one list of strategies per group.")
-        if not isinstance(self.group_strategies, (list, tuple)) or len(self.group_strategies) != self.num_groups:
+        _check_type("group_strategies", self.group_strategies, (list, tuple), "a list of lists of strategy names")
+        if len(self.group_strategies) != self.num_groups:
             raise ValueError(
                 f"`group_strategies` must have one entry per group ({self.num_groups}), got {self.group_strategies!r}."
             )
         cleaned = []
         for g, strategies in enumerate(self.group_strategies):
-            if isinstance(strategies, str) or not isinstance(strategies, (list, tuple)) or not strategies:
+            if isinstance(strategies, str) or not isinstance(strategies, (list, tuple)):
+                raise TypeError(
+                    f"`group_strategies[{g}]` must be a list out of {list(STRATEGIES)}, got {strategies!r}."
+                )
+            if not all(isinstance(s, str) for s in strategies):
+                raise TypeError(f"`group_strategies[{g}]` must hold strategy names (str), got {strategies!r}.")
+            if not strategies:
                 raise ValueError(
                     f"`group_strategies[{g}]` must be a non-empty list out of {list(STRATEGIES)}, got {strategies!r}."
                 )

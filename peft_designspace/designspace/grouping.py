@@ -53,10 +53,10 @@ def apportion(total: int, weights: list[float]) -> list[int]:
     scale = sum(weights)
     quotas = [total * w / scale for w in weights]
     sizes = [max(1, int(q)) for q in quotas]
-    by_remainder = sorted(range(len(weights)), key=lambda i: (-(quotas[i] - int(quotas[i])), i))
-    while sum(sizes) < total:  # hand out the rest by largest remainder
-        for i in by_remainder[: total - sum(sizes)]:
-            sizes[i] += 1
+    # remainders are taken after raising small groups to 1, so a raised group never jumps ahead of a bigger one
+    while sum(sizes) < total:
+        i = max(range(len(sizes)), key=lambda i: (quotas[i] - sizes[i], -i))
+        sizes[i] += 1
     while sum(sizes) > total:  # only when some groups were raised to 1: take from the most oversized group
         i = max((i for i in range(len(sizes)) if sizes[i] > 1), key=lambda i: (sizes[i] - quotas[i], -i))
         sizes[i] -= 1
