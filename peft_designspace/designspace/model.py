@@ -122,6 +122,18 @@ class DesignSpaceModel(BaseTuner):
         else:
             holder.update_layer(adapter_name, **options)
 
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        # Our wrappers keep the original module as `base_layer`, and unloading puts that same module back, so there
+        # is nothing to copy over (PEFT's generic version copies `.weight`, which fails for heads without one,
+        # e.g. RoBERTa's classification head in `modules_to_save`). New parts go to the base weight's device.
+        setattr(parent, child_name, new_module)
+        if isinstance(new_module, DesignSpaceLayer):
+            weight = next(new_module.get_base_layer().parameters(), None)
+            if weight is not None and weight.device.type != "meta":
+                for name, module in new_module.named_children():
+                    if name.startswith(self.prefix):
+                        module.to(weight.device)
+
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
         # Our containers hold nested modules (`designspace_lora.<name>.A.weight`), so the adapter name is not always
