@@ -1,0 +1,105 @@
+"""Trainer callbacks for the methods of peft-designspace."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+logger = logging.getLogger(__name__)
+
+REPORT_FILE = "budget_report.json"
+
+
+def _find_budget_report(model: Any) -> Any | None:
+    """Return the budget report of a (possibly wrapped) PEFT model, or None when it has none."""
+    model = getattr(model, "module", model)  # DataParallel / DistributedDataParallel
+    tuner = getattr(model, "base_model", None)
+    report_fn = getattr(tuner, "budget_report", None)
+    if not callable(report_fn):
+        return None
+    return report_fn()
+
+
+def write_json_atomic(data: Any, path: str | os.PathLike) -> None:
+    """Write `data` as JSON to `path` through a temporary file in the same folder, then rename it into place.
+
+    A reader never sees a half-written file, and an interrupted write leaves any previous file untouched.
+
+    Example:
+
+    ```py
+    >>> from trainer_ext.callbacks import write_json_atomic
+    >>> write_json_atomic({"a": 1}, "/tmp/a.json")
+    ```
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a report is meant to be readable
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class BudgetReportCallback(TrainerCallback):
+    """Log the budget report of a design-space adapter when training begins, and save it as JSON.
+
+    When the trained model's `base_model` has a `budget_report()` method (the design-space tuner of
+    peft-designspace has one), the report table is logged at INFO level through the `trainer_ext.callbacks` logger,
+    and `report.to_dict()` is written to `<args.output_dir>/budget_report.json` (through a temporary file and a
+    rename, by the main process only). Models without a budget report are left alone.
+
+    Attributes:
+        report: the last report seen (`None` before training begins or when the model has none).
+
+    Example:
+
+    ```py
+    >>> from transformers import Trainer
+    >>> from trainer_ext import BudgetReportCallback
+    >>> trainer = Trainer(model=peft_model, args=args, train_dataset=train, callbacks=[BudgetReportCallback()])
+    >>> trainer.train()  # logs the table, writes <output_dir>/budget_report.json
+    ```
+    """
+
+    def __init__(self, filename: str = REPORT_FILE) -> None:
+        self.filename = filename
+        self.report: Any | None = None
+
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        report = _find_budget_report(model)
+        if report is None:
+            logger.debug("BudgetReportCallback: the model has no budget_report(); nothing to report.")
+            return
+        self.report = report
+        if not state.is_world_process_zero:
+            return
+        logger.info("Budget report at the start of training:\n%s", report)
+        if args.output_dir:
+            path = os.path.join(args.output_dir, self.filename)
+            write_json_atomic(report.to_dict(), path)
+            logger.info("Budget report written to %s", path)
+
+
+__all__ = ["REPORT_FILE", "BudgetReportCallback", "write_json_atomic"]

@@ -1,0 +1,350 @@
+"""Offline GLUE helpers: read the GLUE TSV files of SST-2, RTE and CoLA, tokenize them and score predictions.
+
+The files are the output of the standard GLUE download script (`<TASK>/train.tsv` and `<TASK>/dev.tsv`). They have no
+quoting at all (sentences contain `"`), CoLA has no header row, and RTE labels are strings; this module handles all
+three so that callers get plain rows with an integer `label`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import datasets
+
+SPLITS = ("train", "dev")
+
+# Canonical task name -> how its files are laid out.
+#   header: the expected header row, or None when the file has none;
+#   columns: names given to the columns (in file order);
+#   text: the text columns fed to the tokenizer (one, or a pair);
+#   labels: how the raw label cell maps to an int.
+TASKS: dict[str, dict[str, Any]] = {
+    "SST-2": {
+        "header": ["sentence", "label"],
+        "columns": ["sentence", "label"],
+        "text": ("sentence",),
+        "labels": {"0": 0, "1": 1},
+        "metric": "accuracy",
+    },
+    "RTE": {
+        "header": ["index", "sentence1", "sentence2", "label"],
+        "columns": ["idx", "sentence1", "sentence2", "label"],
+        "text": ("sentence1", "sentence2"),
+        "labels": {"entailment": 0, "not_entailment": 1},
+        "metric": "accuracy",
+    },
+    "CoLA": {
+        "header": None,
+        "columns": ["source", "label", "original_label", "sentence"],
+        "text": ("sentence",),
+        "labels": {"0": 0, "1": 1},
+        "metric": "matthews_correlation",
+    },
+}
+
+_ALIASES = {name.lower().replace("-", "").replace("_", ""): name for name in TASKS}
+
+
+def normalize_task(task: str) -> str:
+    """Return the canonical name (`"SST-2"`, `"RTE"` or `"CoLA"`) of a GLUE task name, ignoring case, `-` and `_`.
+
+    Args:
+        task (`str`): a task name such as `"sst2"`, `"SST-2"`, `"rte"` or `"cola"`.
+
+    Returns:
+        `str`: the canonical task name.
+
+    Raises:
+        ValueError: if the task is not one of the supported tasks.
+
+    Example:
+
+    ```py
+    >>> from trainer_ext.glue import normalize_task
+    >>> normalize_task("sst2"), normalize_task("cola")
+    ('SST-2', 'CoLA')
+    ```
+    """
+    key = str(task).lower().replace("-", "").replace("_", "")
+    if key not in _ALIASES:
+        raise ValueError(f"Unsupported GLUE task {task!r}: supported tasks are {', '.join(TASKS)}.")
+    return _ALIASES[key]
+
+
+def _read_split(path: str, task: str) -> list[dict]:
+    spec = TASKS[task]
+    columns: list[str] = spec["columns"]
+    labels: dict[str, int] = spec["labels"]
+    rows: list[dict] = []
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        for line_no, cells in enumerate(reader, start=1):
+            if not cells:
+                continue
+            if line_no == 1 and spec["header"] is not None:
+                if cells != spec["header"]:
+                    raise ValueError(
+                        f"{path}: expected the {task} header row {spec['header']}, got {cells}. "
+                        "Is this the right task folder?"
+                    )
+                continue
+            if len(cells) != len(columns):
+                raise ValueError(
+                    f"{path}, line {line_no}: expected {len(columns)} tab-separated columns for {task} "
+                    f"({', '.join(columns)}), got {len(cells)}."
+                )
+            row = dict(zip(columns, cells))
+            raw_label = row["label"]
+            if raw_label not in labels:
+                raise ValueError(
+                    f"{path}, line {line_no}: unknown {task} label {raw_label!r}; expected one of {sorted(labels)}."
+                )
+            row["label"] = labels[raw_label]
+            if task == "CoLA":
+                del row["original_label"]
+            elif task == "RTE":
+                row["idx"] = int(row["idx"]) if row["idx"].isdigit() else row["idx"]
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no data rows found.")
+    return rows
+
+
+def load_glue_folder(path: str | os.PathLike, task: str | None = None) -> dict[str, list[dict]]:
+    """Read `train.tsv` and `dev.tsv` of a GLUE task folder.
+
+    Quoting is switched off (GLUE TSV files have none), CoLA's header-less layout is handled, and labels are mapped
+    to ints: SST-2 and CoLA keep `0`/`1`; RTE maps `entailment` to 0 and `not_entailment` to 1 (as HF `glue/rte`).
+
+    Each row is a `dict` with an int `label` and the task's text columns: `sentence` for SST-2 and CoLA (plus
+    `source` for CoLA), `sentence1` and `sentence2` (plus `idx`) for RTE.
+
+    Args:
+        path (`str` or `os.PathLike`): folder holding `train.tsv` and `dev.tsv`.
+        task (`str`, *optional*): `"SST-2"`, `"RTE"` or `"CoLA"` (case-insensitive, `sst2` also works). Inferred
+            from the folder name when not given.
+
+    Returns:
+        `dict[str, list[dict]]`: `{"train": [...], "dev": [...]}`.
+
+    Raises:
+        FileNotFoundError: if the folder, `train.tsv` or `dev.tsv` is missing.
+        ValueError: if the task is unsupported or cannot be inferred, or a file does not have the task's layout.
+
+    Example:
+
+    ```py
+    >>> from trainer_ext.glue import load_glue_folder
+    >>> data = load_glue_folder("../shared/data/glue/SST-2")
+    >>> len(data["dev"]), sorted(data["dev"][0])
+    (872, ['label', 'sentence'])
+    ```
+    """
+    folder = os.fspath(path)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"GLUE folder {folder!r} does not exist or is not a directory; expected a folder holding "
+            f"{' and '.join(s + '.tsv' for s in SPLITS)} (e.g. ../shared/data/glue/SST-2)."
+        )
+    if task is None:
+        name = os.path.basename(os.path.normpath(os.path.abspath(folder)))
+        try:
+            task = normalize_task(name)
+        except ValueError:
+            raise ValueError(
+                f"Cannot infer the GLUE task from the folder name {name!r} of {folder!r}: supported tasks are "
+                f"{', '.join(TASKS)}. Pass `task=` explicitly."
+            ) from None
+    else:
+        task = normalize_task(task)
+    missing = [s + ".tsv" for s in SPLITS if not os.path.isfile(os.path.join(folder, s + ".tsv"))]
+    if missing:
+        raise FileNotFoundError(
+            f"GLUE folder {folder!r} lacks {', '.join(missing)}; a {task} folder must hold "
+            f"{' and '.join(s + '.tsv' for s in SPLITS)}."
+        )
+    return {split: _read_split(os.path.join(folder, split + ".tsv"), task) for split in SPLITS}
+
+
+def split_validation(rows: Sequence[dict], fraction: float = 0.1, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Carve a validation split off training rows, reproducibly.
+
+    The split depends only on `rows`, `fraction` and `seed` (keep `seed` fixed and independent of the training seed,
+    so that every run sees the same validation rows). Both parts keep the original row order.
+
+    Args:
+        rows (`Sequence[dict]`): the training rows.
+        fraction (`float`, *optional*, defaults to `0.1`): share of rows for validation, in (0, 1). At least one
+            row goes to each part.
+        seed (`int`, *optional*, defaults to `0`): seed of the split.
+
+    Returns:
+        `tuple[list[dict], list[dict]]`: `(train_rows, validation_rows)`.
+
+    Raises:
+        ValueError: if `fraction` is not in (0, 1) or there are fewer than two rows.
+
+    Example:
+
+    ```py
+    >>> from trainer_ext.glue import split_validation
+    >>> rows = [{"sentence": str(i), "label": i % 2} for i in range(10)]
+    >>> train, val = split_validation(rows, fraction=0.2, seed=0)
+    >>> len(train), len(val)
+    (8, 2)
+    ```
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"`fraction` must be in (0, 1), got {fraction!r}.")
+    if len(rows) < 2:
+        raise ValueError(f"Need at least 2 rows to split off a validation set, got {len(rows)}.")
+    n_val = min(max(1, round(len(rows) * fraction)), len(rows) - 1)
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    val_idx = set(order[:n_val])
+    train = [row for i, row in enumerate(rows) if i not in val_idx]
+    val = [row for i, row in enumerate(rows) if i in val_idx]
+    return train, val
+
+
+def tokenize_glue(rows: Sequence[dict], tokenizer: Any, max_length: int = 128) -> datasets.Dataset:
+    """Tokenize GLUE rows into a `datasets.Dataset` for `transformers.Trainer`.
+
+    Single sentences (`sentence`) and pairs (`sentence1`, `sentence2`) are detected from the rows. Sequences are
+    truncated to `max_length` but not padded: pad per batch with `DataCollatorWithPadding`.
+
+    Args:
+        rows (`Sequence[dict]`): rows from `load_glue_folder`.
+        tokenizer: a Hugging Face tokenizer.
+        max_length (`int`, *optional*, defaults to `128`): truncation length in tokens.
+
+    Returns:
+        `datasets.Dataset`: columns `input_ids`, `attention_mask` (and `token_type_ids` when the tokenizer makes them)
+        and `labels`.
+
+    Raises:
+        ValueError: if `rows` is empty, has no text column, or `max_length` is not positive.
+
+    Example:
+
+    ```py
+    >>> from transformers import AutoTokenizer
+    >>> from trainer_ext.glue import tokenize_glue
+    >>> tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    >>> ds = tokenize_glue([{"sentence": "a fine film", "label": 1}], tokenizer, max_length=64)
+    >>> ds[0]["labels"]
+    1
+    ```
+    """
+    import datasets  # noqa: F811 (imported lazily: it is slow to import)
+
+    if not rows:
+        raise ValueError("`rows` is empty: nothing to tokenize.")
+    if max_length < 1:
+        raise ValueError(f"`max_length` must be a positive int, got {max_length!r}.")
+    first = rows[0]
+    if "sentence1" in first and "sentence2" in first:
+        encoded = tokenizer(
+            [row["sentence1"] for row in rows],
+            [row["sentence2"] for row in rows],
+            truncation=True,
+            max_length=max_length,
+        )
+    elif "sentence" in first:
+        encoded = tokenizer([row["sentence"] for row in rows], truncation=True, max_length=max_length)
+    else:
+        raise ValueError(f"Rows need a `sentence` column or `sentence1`/`sentence2` columns, got {sorted(first)}.")
+    columns = {key: list(value) for key, value in encoded.items()}
+    columns["labels"] = [int(row["label"]) for row in rows]
+    return datasets.Dataset.from_dict(columns)
+
+
+def matthews_corrcoef(labels: Sequence[int] | np.ndarray, predictions: Sequence[int] | np.ndarray) -> float:
+    """Matthews correlation coefficient of integer predictions (binary or multi-class); 0.0 when undefined.
+
+    Example:
+
+    ```py
+    >>> from trainer_ext.glue import matthews_corrcoef
+    >>> matthews_corrcoef([0, 1, 1, 0], [0, 1, 1, 0]), matthews_corrcoef([0, 1, 1, 0], [1, 1, 1, 1])
+    (1.0, 0.0)
+    ```
+    """
+    y = np.asarray(labels).astype(np.int64).ravel()
+    p = np.asarray(predictions).astype(np.int64).ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"labels and predictions differ in length: {y.shape[0]} vs {p.shape[0]}.")
+    if y.size == 0:
+        return 0.0
+    classes, encoded = np.unique(np.concatenate([y, p]), return_inverse=True)
+    k = len(classes)
+    confusion = np.zeros((k, k), dtype=np.float64)
+    np.add.at(confusion, (encoded[: y.size], encoded[y.size :]), 1.0)
+    t = confusion.sum(axis=1)  # true count per class
+    q = confusion.sum(axis=0)  # predicted count per class
+    c = np.trace(confusion)
+    s = confusion.sum()
+    numerator = c * s - t @ q
+    denominator_sq = (s * s - q @ q) * (s * s - t @ t)
+    if denominator_sq <= 0:
+        return 0.0
+    return float(np.clip(numerator / np.sqrt(denominator_sq), -1.0, 1.0))
+
+
+def glue_metric(task: str) -> Callable[[Any], dict[str, float]]:
+    """Return a `compute_metrics` function for `transformers.Trainer`.
+
+    SST-2 and RTE report `accuracy`; CoLA reports `matthews_correlation` (its official metric) and `accuracy`.
+
+    Args:
+        task (`str`): `"SST-2"`, `"RTE"` or `"CoLA"` (any spelling `normalize_task` accepts).
+
+    Returns:
+        `Callable`: takes an `EvalPrediction` (or a `(logits, labels)` pair) and returns a dict of floats.
+
+    Example:
+
+    ```py
+    >>> import numpy as np
+    >>> from trainer_ext.glue import glue_metric
+    >>> compute = glue_metric("CoLA")
+    >>> compute((np.array([[2.0, 0.0], [0.0, 1.0]]), np.array([0, 1])))
+    {'matthews_correlation': 1.0, 'accuracy': 1.0}
+    ```
+    """
+    task = normalize_task(task)
+
+    def compute_metrics(eval_pred: Any) -> dict[str, float]:
+        if hasattr(eval_pred, "predictions"):
+            logits, labels = eval_pred.predictions, eval_pred.label_ids
+        else:
+            logits, labels = eval_pred
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        predictions = np.asarray(logits).argmax(axis=-1)
+        labels = np.asarray(labels)
+        accuracy = float((predictions == labels).mean()) if labels.size else 0.0
+        if task == "CoLA":
+            return {"matthews_correlation": matthews_corrcoef(labels, predictions), "accuracy": accuracy}
+        return {"accuracy": accuracy}
+
+    return compute_metrics
+
+
+__all__ = [
+    "SPLITS",
+    "TASKS",
+    "glue_metric",
+    "load_glue_folder",
+    "matthews_corrcoef",
+    "normalize_task",
+    "split_validation",
+    "tokenize_glue",
+]
