@@ -2,13 +2,14 @@
 # The main job: set up the environment, then train and evaluate an S4 design-space adapter on a GLUE task.
 #
 # Usage: bash scripts/main_job.sh [GLUE_DIR] [extra train_glue.py options...]
+#   e.g. bash scripts/main_job.sh ../shared/data/glue/CoLA --preset lora;  bash scripts/main_job.sh --max_steps 100
 #   GLUE_DIR defaults to ../shared/data/glue/SST-2 (relative to the repository root); a given path is taken relative
 #   to the current directory. Outputs go to <repo>/outputs/designspace-<task>/ unless --output_dir is given.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-if [ $# -ge 1 ]; then
+if [ $# -ge 1 ] && [ "${1#-}" = "$1" ]; then
     DATA_DIR="$1"
     shift
 else

@@ -73,6 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning_rate", type=float, default=1e-3, help="Peak learning rate (linear decay).")
     parser.add_argument("--warmup_ratio", type=float, default=0.06, help="Share of steps for linear warm-up.")
     parser.add_argument("--logging_steps", type=int, default=50, help="Log the training loss every N steps.")
+    parser.add_argument(
+        "--num_threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice, one per core). Use 1 on a machine shared with other jobs.",
+    )
     parser.add_argument("--seed", type=int, default=42, help="Seed of the train subset, initialisation and batches.")
     parser.add_argument(
         "--output_dir", default=None, help="Where outputs go. Default: outputs/designspace-<task> (in the cwd)."
@@ -119,6 +125,8 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     for name in ("max_steps", "max_train_samples", "max_length", "batch_size", "logging_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be a positive int, got {getattr(args, name)}.")
+    if args.num_threads is not None and args.num_threads < 1:
+        parser.error(f"--num_threads must be a positive int (or unset), got {args.num_threads}.")
     if args.max_eval_samples is not None and args.max_eval_samples < 1:
         parser.error(f"--max_eval_samples must be a positive int (or unset for all), got {args.max_eval_samples}.")
     if args.max_length > 512:
@@ -169,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     from peft_designspace import DesignSpaceConfig
     from trainer_ext import BudgetReportCallback, glue_metric, load_glue_folder, tokenize_glue
     from trainer_ext.callbacks import write_json_atomic
+
+    if args.num_threads is not None:
+        torch.set_num_threads(args.num_threads)
 
     # Data: the train subset is drawn with --seed; evaluation uses the official dev split.
     data = load_glue_folder(args.data_dir, task=args.task)
