@@ -703,9 +703,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{run['rounds']} rounds in {run['duration_s']:.0f} s"
-        + (f", {run['waited_s']:.0f} s of it waiting for other processes to quiet down" if filtering else "")
-        + "; clean = timed steps during which other processes used < "
-        + (f"{args.max_foreign_load:g} cores ('!': too few, all steps used)" if filtering else "(filter off)")
+        + (f", {run['waited_s']:.0f} s of it in quiet checks before the blocks (>= 0.5 s each)" if filtering else "")
+        + (
+            f"; clean = timed steps during which other processes used < {args.max_foreign_load:g} cores "
+            f"('!': fewer than {MIN_CLEAN} clean, all steps used)"
+            if filtering
+            else "; no contention filter: every step counts"
+        )
     )
     if load_before is not None:
         print(
