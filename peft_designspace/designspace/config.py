@@ -223,7 +223,6 @@ class DesignSpaceConfig(PeftConfig):
             if not self.tunable_groups:
                 _fail("tunable_groups", self.tunable_groups, "a non-empty list of group indices or None")
             for g in self.tunable_groups:
-                _check_type("tunable_groups", self.tunable_groups, (list, tuple), "a list of int group indices")
                 if isinstance(g, bool) or not isinstance(g, int):
                     _fail("tunable_groups", self.tunable_groups, "a list of int group indices", TypeError)
                 if not 0 <= g < self.num_groups:
