@@ -19,9 +19,20 @@ check_peft_version()
 
 from ._warnings import DesignSpaceWarning  # noqa: E402
 from .designspace import BudgetReport, DesignSpaceConfig, DesignSpaceModel  # noqa: E402
+from .samtuning import SAMTuningConfig, SAMTuningModel, calibrate_sam  # noqa: E402
 
 __version__ = "0.1.0"
 
 register_method("designspace", DesignSpaceConfig, DesignSpaceModel)
+register_method("samtuning", SAMTuningConfig, SAMTuningModel)
 
-__all__ = ["BudgetReport", "DesignSpaceConfig", "DesignSpaceModel", "DesignSpaceWarning", "__version__"]
+__all__ = [
+    "BudgetReport",
+    "DesignSpaceConfig",
+    "DesignSpaceModel",
+    "DesignSpaceWarning",
+    "SAMTuningConfig",
+    "SAMTuningModel",
+    "__version__",
+    "calibrate_sam",
+]

@@ -5,6 +5,7 @@ import warnings
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
+from .._tuner import WrapperTunerMixin
 from .._warnings import DesignSpaceWarning
 from ..architecture import resolve_architecture
 from . import attention as prefix_attention
@@ -28,7 +29,7 @@ def count_base_parameters(model: nn.Module) -> int:
     return total
 
 
-class DesignSpaceModel(BaseTuner):
+class DesignSpaceModel(WrapperTunerMixin, BaseTuner):
     """Creates design-space (S4) mixed-strategy adapters on a transformers model.
 
     Use it through `peft.get_peft_model(model, DesignSpaceConfig(...))` after `import peft_designspace`.
@@ -121,18 +122,6 @@ class DesignSpaceModel(BaseTuner):
             prefix_attention.install(attention)
         else:
             holder.update_layer(adapter_name, **options)
-
-    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
-        # Our wrappers keep the original module as `base_layer`, and unloading puts that same module back, so there
-        # is nothing to copy over (PEFT's generic version copies `.weight`, which fails for heads without one,
-        # e.g. RoBERTa's classification head in `modules_to_save`). New parts go to the base weight's device.
-        setattr(parent, child_name, new_module)
-        if isinstance(new_module, DesignSpaceLayer):
-            weight = next(new_module.get_base_layer().parameters(), None)
-            if weight is not None and weight.device.type != "meta":
-                for name, module in new_module.named_children():
-                    if name.startswith(self.prefix):
-                        module.to(weight.device)
 
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:

@@ -1,0 +1,267 @@
+"""`calibrate_sam`: score every targeted entry on a few batches at the pre-trained weights, keep the top-k.
+
+Gradients are taken at θ0 with no optimizer step. For linear layers (plain or quantized) and embeddings they come from
+a probe on the layer output (`ops.GradProbe`): the backward pass hands `∂L/∂y` and `x` to a sink that adds
+`(∂L/∂y)ᵀ x` into a float32 accumulator, one layer at a time, so no dense gradient is ever stored on the weights
+and 8-bit/4-bit backbones work unchanged. Norm parts (small vectors) use zero leaves instead.
+"""
+
+import itertools
+import math
+import time
+from collections.abc import Iterable, Mapping
+
+import torch
+from peft import PeftModel
+from tqdm.auto import tqdm
+
+from .config import SAMTuningConfig
+from .layer import SAMTuningLayer, probe_forward
+from .model import SAMTuningModel
+from .selection import check_scores, select_top_k
+
+DATA_SCORES = ("sam", "fisher")
+FISHER_EPS = 1e-30
+
+
+class _Accumulator:
+    """Gradient statistics of one targeted tensor: Σ_b g_b and, when needed, Σ_b g_b² (float32)."""
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device, squares: bool, per_batch: bool) -> None:
+        self.sum = torch.zeros(shape, device=device)
+        self.sq = torch.zeros(shape, device=device) if squares else None
+        self.batch = torch.zeros(shape, device=device) if per_batch else None
+
+    def add(self, grad: torch.Tensor) -> None:
+        (self.batch if self.batch is not None else self.sum).add_(grad.reshape(self.sum.shape).float())
+
+    def end_batch(self, scale: float = 1.0) -> None:
+        if self.batch is None:
+            return
+        if scale != 1.0:
+            self.batch.mul_(scale)
+        self.sum.add_(self.batch)
+        if self.sq is not None:
+            self.sq.addcmul_(self.batch, self.batch)
+        self.batch.zero_()
+
+
+def _tuner_of(model) -> SAMTuningModel:
+    tuner = model.base_model if isinstance(model, PeftModel) else model
+    if not isinstance(tuner, SAMTuningModel):
+        raise TypeError(
+            f"`calibrate_sam` needs a model made by `get_peft_model(model, SAMTuningConfig(...))`, got "
+            f"{type(model).__name__} with a {type(tuner).__name__} tuner."
+        )
+    return tuner
+
+
+def _to_device(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _check_num_batches(data, num_batches) -> None:
+    if num_batches is None:
+        return
+    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
+        raise ValueError(f"`num_batches` must be a positive int or None (all batches), got {num_batches!r}.")
+    length = len(data) if hasattr(data, "__len__") else None
+    if length is not None and num_batches > length:
+        raise ValueError(
+            f"`num_batches` is {num_batches} but the data holds only {length} batches; pass num_batches <= {length} "
+            "or None to use them all."
+        )
+
+
+def calibrate_sam(
+    model,
+    data: Iterable[Mapping[str, torch.Tensor]] | None = None,
+    num_batches: int | None = None,
+    *,
+    adapter_name: str | None = None,
+    force: bool = False,
+    max_grad_norm: float | None = None,
+    show_progress: bool = True,
+) -> dict[str, int]:
+    """Choose the entries a SAM adapter trains: score them on `data` at the current (pre-trained) weights, keep top-k.
+
+    Runs forward and backward on `num_batches` batches with no optimizer step (the model's train/eval mode is kept,
+    the reference implementation calibrates in train mode, dropout on), computes the configured score for every
+    targeted entry, selects the budget globally or per tensor, and installs the selection with zero values, so the
+    model's outputs are unchanged. Under `torch.distributed` the statistics are all-reduced first, so every rank
+    selects the same entries. Parameter objects are kept (resized in place), so it may run after an optimizer was
+    built, as long as that optimizer has not stepped.
+
+    Args:
+        model (`PeftModel`): a model from `get_peft_model(base, SAMTuningConfig(...))`.
+        data (iterable of `dict`, *optional*):
+            Batches of model keyword arguments whose output has `.loss` (include `labels`): a DataLoader, a list or a
+            generator. Not needed for the `"magnitude"` and `"random"` scores.
+        num_batches (`int`, *optional*): how many batches to use; all of them when `None`.
+        adapter_name (`str`, *optional*): defaults to the active adapter.
+        force (`bool`, *optional*, defaults to `False`): recalibrate an adapter that already has a selection (its
+            trained values are reset to zero).
+        max_grad_norm (`float`, *optional*): clip each batch's gradient (over the targeted tensors) to this norm before
+            accumulating, as the reference code does with 1.0.
+        show_progress (`bool`, *optional*, defaults to `True`): show a progress bar.
+
+    Returns:
+        `dict[str, int]`: the selected count per targeted tensor (also written to the config's `nnz_pattern`).
+
+    Example:
+
+    ```py
+    >>> import torch, peft_designspace
+    >>> from peft import get_peft_model
+    >>> from transformers import BertConfig, BertForSequenceClassification
+    >>> base = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    ...                                                 intermediate_size=64, vocab_size=100))
+    >>> model = get_peft_model(base, peft_designspace.SAMTuningConfig(budget=0.01, task_type="SEQ_CLS"))
+    >>> batches = [{"input_ids": torch.randint(0, 100, (4, 8)), "labels": torch.tensor([0, 1, 0, 1])}] * 2
+    >>> counts = peft_designspace.calibrate_sam(model, batches, show_progress=False)
+    >>> sum(counts.values()) == model.get_nb_trainable_parameters()[0] - 66  # minus the classifier head
+    True
+    ```
+    """
+    tuner = _tuner_of(model)
+    name = adapter_name or tuner.active_adapters[0]
+    if name not in tuner.peft_config:
+        raise ValueError(f"`adapter_name` must be one of {sorted(tuner.peft_config)}, got {name!r}.")
+    config: SAMTuningConfig = tuner.peft_config[name]
+    if config.calibrated and not force:
+        raise ValueError(
+            f"The SAM adapter {name!r} already has a selection (calibrated or loaded); pass `force=True` to choose "
+            "again (its trained values are reset to zero)."
+        )
+    if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0):
+        raise ValueError(f"`max_grad_norm` must be a positive number or None, got {max_grad_norm!r}.")
+    needs_data = config.score in DATA_SCORES
+    if needs_data and data is None:
+        raise ValueError(f"`score={config.score!r}` needs calibration data: pass batches as `data`.")
+    if needs_data:
+        _check_num_batches(data, num_batches)
+    layers = tuner.sam_layers(name)
+    targets = [
+        (f"{path}.{part}", layer, part)
+        for path, layer in layers
+        for part in ("weight", "bias")
+        if name in getattr(layer, f"samtuning_{part}_values")
+    ]
+    counts = {key: getattr(layer, f"samtuning_{part}_values")[name].numel() for key, layer, part in targets}
+    started = time.perf_counter()
+
+    stats, batches = None, 0
+    if needs_data:
+        stats, batches = _accumulate(
+            model, tuner, name, config, data, num_batches, targets, max_grad_norm, show_progress
+        )
+    scores = _scores(config, targets, stats, batches)
+    check_scores(scores, [key for key, _, _ in targets])
+    if config.scope == "global":
+        picked = select_top_k(scores, sum(counts.values()))
+    else:
+        picked = [select_top_k([s], counts[key])[0] for s, (key, _, _) in zip(scores, targets)]
+    del scores, stats
+    for (_, layer, part), flat in zip(targets, picked):
+        layer.set_selection(name, part, flat)
+    config.nnz_pattern = {key: int(flat.numel()) for (key, _, _), flat in zip(targets, picked)}
+    tuner._sam_last_calibration = {"batches": batches, "seconds": time.perf_counter() - started}
+    return dict(config.nnz_pattern)
+
+
+def _accumulate(model, tuner, name, config, data, num_batches, targets, max_grad_norm, show_progress):
+    fisher = config.score == "fisher" or config.curvature == "fisher"
+    per_batch = fisher or max_grad_norm is not None
+    stats = {}
+    for key, layer, part in targets:
+        shape = layer.stored_shape(part)
+        device = layer.samtuning_weight_values[name].device
+        stats[key] = _Accumulator(shape, device, squares=fisher, per_batch=per_batch)
+    device = next(iter(stats.values())).sum.device
+    anchor = torch.zeros((), device=device, requires_grad=True)
+    norm_leaves: dict[str, torch.Tensor] = {}
+    by_layer: dict[int, tuple[SAMTuningLayer, dict]] = {}
+    for key, layer, part in targets:
+        by_layer.setdefault(id(layer), (layer, {}))[1][part] = key
+    for layer, parts in by_layer.values():
+        sinks = {part: stats[key].add for part, key in parts.items()}
+        leaves = {}
+        if layer.kind == "norm":
+            for part, key in parts.items():
+                tensor = getattr(layer.get_base_layer(), part)
+                leaves[part] = norm_leaves[key] = torch.zeros(tensor.shape, device=tensor.device, requires_grad=True)
+        layer.probe = probe_forward(anchor, sinks, leaves)
+
+    grad_flags = {p: p.requires_grad for p in model.parameters()}
+    batches = 0
+    try:
+        for p in grad_flags:
+            p.requires_grad_(False)
+        iterator = itertools.islice(iter(data), num_batches) if num_batches else iter(data)
+        total = num_batches or (len(data) if hasattr(data, "__len__") else None)
+        for batch in tqdm(iterator, total=total, desc="SAM calibration", unit="batch", disable=not show_progress):
+            if not isinstance(batch, Mapping):
+                raise TypeError(f"Calibration batches must be dicts of model keyword arguments, got {type(batch)}.")
+            with torch.enable_grad():
+                output = model(**_to_device(batch, device))
+                loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+                if loss is None:
+                    raise ValueError(
+                        "The model returned no `.loss` for a calibration batch: include the targets (`labels`) "
+                        "in each batch."
+                    )
+                loss.backward()
+            for key, leaf in norm_leaves.items():
+                if leaf.grad is not None:
+                    stats[key].add(leaf.grad)
+                    leaf.grad = None
+            scale = 1.0
+            if max_grad_norm is not None:
+                norm = math.sqrt(sum(float(s.batch.double().pow(2).sum()) for s in stats.values()))
+                scale = min(1.0, max_grad_norm / (norm + 1e-6))
+            for s in stats.values():
+                s.end_batch(scale)
+            batches += 1
+    finally:
+        for layer, _ in by_layer.values():
+            layer.probe = None
+        for p, flag in grad_flags.items():
+            p.requires_grad_(flag)
+    if num_batches is not None and batches < num_batches:
+        raise ValueError(f"`num_batches` is {num_batches} but the data yielded only {batches} batches.")
+    if batches == 0:
+        raise ValueError("The calibration data yielded no batch.")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        for s in stats.values():
+            torch.distributed.all_reduce(s.sum)
+            if s.sq is not None:
+                torch.distributed.all_reduce(s.sq)
+        count = torch.tensor([batches], device=device)
+        torch.distributed.all_reduce(count)
+        batches = int(count.item())
+    return stats, batches
+
+
+def _scores(config: SAMTuningConfig, targets, stats, batches: int) -> list[torch.Tensor]:
+    scores = []
+    generator = torch.Generator().manual_seed(config.seed)
+    for key, layer, part in targets:
+        if config.score == "random":
+            scores.append(
+                torch.rand(layer.stored_shape(part), generator=generator).to(layer._base_tensor(part).device)
+            )
+        elif config.score == "magnitude":
+            scores.append(layer._base_tensor(part).detach().reshape(layer.stored_shape(part)).float().abs())
+        elif config.score == "fisher":
+            scores.append(stats[key].sq)
+        elif config.curvature == "constant":  # sam with h = |λ_max|: the squared accumulated gradient
+            scores.append(stats[key].sum.pow_(2))
+        else:  # sam with h = empirical Fisher diagonal: (mean g)² / mean g²
+            s = stats[key]
+            mean = s.sum.div_(batches)
+            scores.append(mean.pow_(2).div_(s.sq.div_(batches).add_(FISHER_EPS)))
+    return scores

@@ -1,0 +1,249 @@
+"""The SAM tuner: finds the targeted tensors, splits the budget, wraps the modules, saves and reloads selections."""
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
+from torch import nn
+
+from .._tuner import WrapperTunerMixin
+from ..architecture import linear_features, resolve_architecture
+from .config import SAMTuningConfig
+from .layer import SAMTuningLayer, module_kind
+from .selection import split_budget
+
+CONTAINERS = {
+    "samtuning_weight_values": "weight",
+    "samtuning_bias_values": "bias",
+    "samtuning_weight_indices": "weight",
+    "samtuning_bias_indices": "bias",
+}
+
+
+@dataclass
+class SAMTarget:
+    """One targeted module: its path, kind and the numel of each targeted part (`weight`, `bias`)."""
+
+    path: str
+    kind: str
+    parts: dict[str, int]
+
+
+def _unwrapped(module: nn.Module) -> nn.Module:
+    return module.get_base_layer() if isinstance(module, SAMTuningLayer) else module
+
+
+def find_targets(model: nn.Module, config: SAMTuningConfig) -> list[SAMTarget]:
+    """The modules and tensors `config` targets in `model`, in module order (already wrapped modules included)."""
+    modules = {name: m for name, m in model.named_modules() if ".base_layer" not in f".{name}."}
+    if config.target_modules is None:
+        arch = resolve_architecture(model, config.layer_stacks)
+        strip = lambda p: p[: -len(".base_layer")] if p.endswith(".base_layer") else p  # noqa: E731
+        wanted = {strip(p) for layer in arch.layers for p in layer.linears}
+        if config.include_norms:
+            wanted |= {strip(p) for layer in arch.layers for p in layer.norms}
+        rules = SimpleNamespace(
+            target_modules=sorted(wanted),
+            exclude_modules=config.exclude_modules,
+            modules_to_save=config.modules_to_save,
+            target_parameters=None,
+        )
+        names = [n for n in modules if n in wanted and check_target_module_exists(rules, n)]
+    else:
+        names = [
+            n for n in modules if n and module_kind(_unwrapped(modules[n])) and check_target_module_exists(config, n)
+        ]
+    if config.include_embeddings:
+        embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        path = next((n for n, m in modules.items() if embedding is not None and _unwrapped(m) is embedding), None)
+        if path is None:
+            raise ValueError(f"`include_embeddings=True` but {type(model).__name__} has no input embedding module.")
+        names.append(path)
+    targets = []
+    for name in dict.fromkeys(n for n in modules if n in set(names)):
+        base = _unwrapped(modules[name])
+        kind = module_kind(base)
+        if kind == "linear":
+            in_features, out_features = linear_features(base)
+            parts = {"weight": in_features * out_features}  # not weight.numel(): 4-bit weights are packed
+        else:
+            parts = {"weight": base.weight.numel()}
+        has_bias = getattr(base, "bias", None) is not None
+        if has_bias and (kind == "norm" or (kind == "linear" and config.include_biases)):
+            parts["bias"] = base.bias.numel()
+        targets.append(SAMTarget(name, kind, parts))
+    return targets
+
+
+def budget_count(config: SAMTuningConfig, total: int) -> int:
+    """The number of entries `config.budget` selects out of `total` targeted entries (with clear errors)."""
+    if config.budget < 1:
+        count = int(config.budget * total)
+        if count < 1:
+            raise ValueError(
+                f"`budget` {config.budget!r} selects no entry out of the {total:,} targeted parameters; use at least "
+                f"{1 / total:.3g} (or an absolute count >= 1)."
+            )
+        return count
+    if config.budget > total:
+        raise ValueError(
+            f"`budget` {config.budget!r} is larger than the {total:,} targeted parameters; use a count <= {total:,} "
+            "or a fraction < 1."
+        )
+    return int(config.budget)
+
+
+class SAMTuningModel(WrapperTunerMixin, BaseTuner):
+    """Creates SAM sparse-tuning adapters on a transformers model.
+
+    Use it through `peft.get_peft_model(model, SAMTuningConfig(...))` after `import peft_designspace`, then choose the
+    entries with [`calibrate_sam`] before training.
+
+    Example:
+
+    ```py
+    >>> import peft_designspace
+    >>> from peft import get_peft_model
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> base = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    ...                                     num_attention_heads=4, num_key_value_heads=2, vocab_size=100))
+    >>> model = get_peft_model(base, peft_designspace.SAMTuningConfig(budget=100, task_type="CAUSAL_LM"))
+    >>> model.get_nb_trainable_parameters()[0]
+    100
+    ```
+    """
+
+    prefix: str = "samtuning_"
+    tuner_layer_cls = SAMTuningLayer
+    target_module_mapping: dict[str, list[str]] = {}
+
+    def _prepare_adapter_config(self, peft_config: SAMTuningConfig, model_config: dict) -> SAMTuningConfig:
+        return peft_config
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
+        # planned here rather than in `_pre_injection_hook`, which `add_adapter` does not call
+        self._plan(model, self.peft_config[adapter_name], adapter_name)
+        super().inject_adapter(model, adapter_name, **kwargs)
+
+    def _plan(self, model: nn.Module, config: SAMTuningConfig, adapter_name: str) -> None:
+        targets = find_targets(model, config)
+        if not targets:
+            raise ValueError(
+                f"No module of {type(model).__name__} matched `target_modules`={config.target_modules!r} "
+                f"(exclude_modules={config.exclude_modules!r}); SAM targets linear, embedding and norm modules."
+            )
+        keys = [f"{t.path}.{part}" for t in targets for part in t.parts]
+        sizes = [n for t in targets for n in t.parts.values()]
+        if config.nnz_pattern is not None:
+            missing = sorted(set(keys) - set(config.nnz_pattern))
+            unknown = sorted(set(config.nnz_pattern) - set(keys))
+            if missing or unknown:
+                raise ValueError(
+                    f"The adapter's `nnz_pattern` does not fit {type(model).__name__}: tensors missing from it "
+                    f"{missing[:3]}, tensors the model lacks {unknown[:3]}. The adapter was made for another model."
+                )
+            counts = [config.nnz_pattern[k] for k in keys]
+            too_big = [(k, c, n) for k, c, n in zip(keys, counts, sizes) if c > n]
+            if too_big:
+                raise ValueError(f"`nnz_pattern` asks for more entries than a tensor has: {too_big[:3]}.")
+        else:
+            counts = split_budget(sizes, budget_count(config, sum(sizes)))
+        self._sam_counts = dict(zip(keys, counts))
+        self._sam_paths = {t.path for t in targets}
+        if not config.init_weights and config.nnz_pattern is None:
+            config.nnz_pattern = dict(self._sam_counts)  # a random selection is drawn right away
+            self._sam_generator = torch.Generator().manual_seed(config.seed)
+        embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        self._sam_tied = embedding is not None and getattr(output, "weight", None) is getattr(embedding, "weight", 0)
+
+    def _check_target_module_exists(self, peft_config: SAMTuningConfig, key: str) -> bool:
+        return key in self._sam_paths
+
+    def _create_and_replace(
+        self,
+        peft_config: SAMTuningConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        parameter_name: str | None = None,
+    ) -> None:
+        options = {
+            "weight_nnz": self._sam_counts[f"{current_key}.weight"],
+            "bias_nnz": self._sam_counts.get(f"{current_key}.bias"),
+            "init_weights": peft_config.init_weights,
+            "generator": getattr(self, "_sam_generator", None),
+        }
+        if isinstance(target, SAMTuningLayer):
+            target.update_layer(adapter_name, **options)
+            return
+        new_module = SAMTuningLayer(target, adapter_name, **options)
+        new_module.tied = new_module.kind == "embedding" and self._sam_tied
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    # selections ---------------------------------------------------------------------------------------------------
+    def sam_layers(self, adapter_name: str) -> list[tuple[str, SAMTuningLayer]]:
+        """`(module path, layer)` of every layer holding `adapter_name`, in module order."""
+        return [
+            (path, m)
+            for path, m in self.model.named_modules()
+            if isinstance(m, SAMTuningLayer) and adapter_name in m.samtuning_weight_values
+        ]
+
+    def selection(self, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
+        """`"<module path>.<part>"` -> sorted int64 flat indices of the selected entries of one adapter."""
+        name = adapter_name or self.active_adapters[0]
+        found = {}
+        for path, layer in self.sam_layers(name):
+            for part in ("weight", "bias"):
+                indices = getattr(layer, f"samtuning_{part}_indices")
+                if name in indices:
+                    found[f"{path}.{part}"] = indices[name].long()
+        return found
+
+    # saving and loading -------------------------------------------------------------------------------------------
+    @classmethod
+    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
+        if not config.calibrated:
+            raise ValueError(
+                f"The SAM adapter {adapter_name!r} was never calibrated, so it would save an adapter that trains "
+                "nothing. Call `peft_designspace.calibrate_sam(model, batches)` before training (or pass "
+                "`trainer_ext.SAMCalibrationCallback()` to the Trainer), then train and save."
+            )
+        selected = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
+        if config.save_dtype is not None:
+            dtype = getattr(torch, config.save_dtype)
+            selected = {k: v.to(dtype) if "_values." in k else v for k, v in selected.items()}
+        return selected
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        # Values and indices are resized to the checkpoint's shapes first (a global selection is only known after
+        # calibration, e.g. when Trainer resumes into a freshly built model), so that loading never sees a mismatch.
+        mapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        modules = dict(model.named_modules())
+        pattern = dict(config.nnz_pattern or {})
+        for key, tensor in mapped.items():
+            module_path, _, rest = key.rpartition(".samtuning_")
+            container, _, name = f"samtuning_{rest}".partition(".")
+            layer = modules.get(module_path)
+            if name != adapter_name or container not in CONTAINERS or not isinstance(layer, SAMTuningLayer):
+                continue
+            live = getattr(layer, container)
+            if name in live and live[name].shape != tensor.shape:
+                with torch.no_grad():
+                    if container.endswith("_values"):
+                        live[name].data = torch.zeros(tensor.shape, dtype=live[name].dtype, device=live[name].device)
+                    else:
+                        live[name] = torch.zeros(tensor.shape, dtype=torch.int32, device=live[name].device)
+            part = CONTAINERS[container]
+            base_path = module_path.removeprefix("base_model.model.")
+            pattern[f"{base_path}.{part}"] = tensor.numel()
+        if pattern:
+            config.nnz_pattern = pattern
+        return mapped
