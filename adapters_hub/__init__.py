@@ -1,8 +1,31 @@
 """Adapter export and Hugging Face Hub sharing for the pack's methods.
 
-Reserved for the export/Hub work (safetensors export to plain PEFT formats, model cards, a local-Hub-tested push and
-load path); nothing is exported yet. Saving and loading already work through PEFT itself:
-`model.save_pretrained(dir)` and, after `import peft_designspace`, `PeftModel.from_pretrained(base, dir)`.
+- `write_model_card(dir)`: README.md with PEFT metadata, the install-and-import snippet, the method's settings and
+  the budget report (see `adapters_hub.card`).
+- `load_adapter(path_or_repo, base_model=None, ...)`: load a saved adapter from a folder or the Hub, with
+  actionable errors for an uninstalled method, a newer pack, a corrupted file or the wrong base model
+  (see `adapters_hub.loading`).
+
+Saving and pushing go through PEFT itself: `model.save_pretrained(dir)` / `model.push_to_hub(repo_id)`.
 """
 
-__all__: list[str] = []
+from .card import report_from_saved, write_model_card
+from .loading import (
+    AdapterLoadError,
+    AdapterVersionError,
+    BaseModelMismatchError,
+    CorruptedAdapterError,
+    load_adapter,
+    read_safetensors_header,
+)
+
+__all__ = [
+    "AdapterLoadError",
+    "AdapterVersionError",
+    "BaseModelMismatchError",
+    "CorruptedAdapterError",
+    "load_adapter",
+    "read_safetensors_header",
+    "report_from_saved",
+    "write_model_card",
+]
