@@ -9,11 +9,24 @@ from pathlib import Path
 
 import torch
 from peft import get_peft_model
+from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
 from tiny_models import make_inputs, make_model
 
 import peft_designspace  # noqa: F401  (registers the methods)
 
 ROOT = Path(__file__).resolve().parents[1]
+# the config field that makes a saved adapter describe its own shapes, per method
+SELF_DESCRIBING = {"DESIGNSPACE": "plan", "SAMTUNING": "nnz_pattern"}
+
+
+def prefix_of(config_cls) -> str:
+    """The parameter-name prefix of a method (`"designspace_"`, `"samtuning_"`)."""
+    return PEFT_TYPE_TO_PREFIX_MAPPING[config_cls().peft_type]
+
+
+def randomized(kwargs: dict) -> dict:
+    """`kwargs` with `init_weights=False` (adapters that change the outputs from the start)."""
+    return {**kwargs, "init_weights": False}
 
 
 def outputs(model, inputs: dict) -> torch.Tensor:
@@ -31,7 +44,8 @@ def check_only_adapter_params_change(model_id, task, config_cls, kwargs, tol):
     model = build(model_id, task, config_cls, kwargs)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all("designspace" in n or "modules_to_save" in n for n in trainable), sorted(trainable)[:5]
+    prefix = prefix_of(config_cls)
+    assert trainable and all(prefix in n or "modules_to_save" in n for n in trainable), sorted(trainable)[:5]
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(2):
@@ -47,7 +61,7 @@ def check_disable_gives_base(model_id, task, config_cls, kwargs, tol):
     base = make_model(model_id, task)
     inputs = make_inputs(model_id, task)
     expected = outputs(base, inputs)
-    model = get_peft_model(base, config_cls(task_type=task, init_weights=False, **kwargs))
+    model = get_peft_model(base, config_cls(task_type=task, **randomized(kwargs)))
     adapted = outputs(model, inputs)
     assert not torch.allclose(adapted, expected, atol=1e-4), "the adapter did not change the outputs"
     with model.disable_adapter():
@@ -102,7 +116,8 @@ def check_fresh_process_reload(model_id, task, config_cls, kwargs, tol, tmp_path
     files = sorted(os.listdir(tmp_path / "adapter"))
     assert "adapter_model.safetensors" in files and "adapter_config.json" in files, files
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
-    assert saved["peft_type"] == config_cls().peft_type.value and saved["plan"] is not None
+    peft_type = config_cls().peft_type.value
+    assert saved["peft_type"] == peft_type and saved[SELF_DESCRIBING[peft_type]] is not None
     code = LOAD_SCRIPT.format(
         tests=str(ROOT / "tests"),
         auto=AUTO[task],
@@ -127,7 +142,7 @@ def check_transformers_entry_points(model_id, task, config_cls, kwargs, tol, tmp
     }[task]
     base = make_model(model_id, task)
     base.save_pretrained(tmp_path / "base")
-    model = get_peft_model(base, config_cls(task_type=task, init_weights=False, **kwargs))
+    model = get_peft_model(base, config_cls(task_type=task, **randomized(kwargs)))
     model.peft_config["default"].base_model_name_or_path = str(tmp_path / "base")
     inputs = make_inputs(model_id, task)
     expected = outputs(model, inputs)
@@ -142,15 +157,15 @@ def check_transformers_entry_points(model_id, task, config_cls, kwargs, tol, tmp
 def check_two_adapters(model_id, task, config_cls, kwargs, tol):
     base = make_model(model_id, task)
     inputs = make_inputs(model_id, task)
-    model = get_peft_model(base, config_cls(task_type=task, init_weights=False, **kwargs))
+    model = get_peft_model(base, config_cls(task_type=task, **randomized(kwargs)))
     first = outputs(model, inputs)
     torch.manual_seed(123)
-    model.add_adapter("other", config_cls(task_type=task, init_weights=False, **kwargs))
+    model.add_adapter("other", config_cls(task_type=task, **randomized(kwargs)))
     assert torch.equal(outputs(model, inputs), first), "adding an inactive adapter changed the outputs"
     model.set_adapter("other")
     second = outputs(model, inputs)
     assert not torch.allclose(first, second, atol=1e-5)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad and "designspace" in n}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad and prefix_of(config_cls) in n}
     assert trainable and all(".other" in n for n in trainable)
     model.set_adapter("default")
     torch.testing.assert_close(outputs(model, inputs), first, atol=tol, rtol=0)
@@ -161,7 +176,7 @@ def check_two_adapters(model_id, task, config_cls, kwargs, tol):
 
 def check_generate_with_cache(model_id, task, config_cls, kwargs, tol):
     """Greedy generation with the KV cache equals generation without it (prefix masks at every step)."""
-    model = build(model_id, task, config_cls, {**kwargs, "init_weights": False})
+    model = build(model_id, task, config_cls, randomized(kwargs))
     inputs = make_inputs(model_id, task, batch=1)
     args = {
         "input_ids": inputs["input_ids"],

@@ -21,10 +21,12 @@ from .glue import (
     split_validation,
     tokenize_glue,
 )
+from .sam_callback import SAMCalibrationCallback
 
 __all__ = [
     "TASKS",
     "BudgetReportCallback",
+    "SAMCalibrationCallback",
     "glue_metric",
     "load_glue_folder",
     "matthews_corrcoef",

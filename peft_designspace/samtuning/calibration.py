@@ -21,16 +21,17 @@ from .model import SAMTuningModel
 from .selection import check_scores, select_top_k
 
 DATA_SCORES = ("sam", "fisher")
-FISHER_EPS = 1e-30
+CURVATURE_EPS = 1e-30  # keeps 0/0 at 0; entries with a zero gradient score 0 whatever h is
 
 
 class _Accumulator:
-    """Gradient statistics of one targeted tensor: Σ_b g_b and, when needed, Σ_b g_b² (float32)."""
+    """Statistics of one targeted tensor (float32): Σ_b g_b and, when needed, Σ_b g_b² and Σ z ⊙ Hz."""
 
-    def __init__(self, shape: tuple[int, ...], device: torch.device, squares: bool, per_batch: bool) -> None:
+    def __init__(self, shape, device: torch.device, squares: bool, per_batch: bool, curvature: bool) -> None:
         self.sum = torch.zeros(shape, device=device)
         self.sq = torch.zeros(shape, device=device) if squares else None
         self.batch = torch.zeros(shape, device=device) if per_batch else None
+        self.curv = torch.zeros(shape, device=device) if curvature else None  # Σ z ⊙ Hz (Hutchinson)
 
     def add(self, grad: torch.Tensor) -> None:
         (self.batch if self.batch is not None else self.sum).add_(grad.reshape(self.sum.shape).float())
@@ -173,32 +174,68 @@ def calibrate_sam(
     return dict(config.nnz_pattern)
 
 
-def _accumulate(model, tuner, name, config, data, num_batches, targets, max_grad_norm, show_progress):
-    fisher = config.score == "fisher" or config.curvature == "fisher"
-    per_batch = fisher or max_grad_norm is not None
-    stats = {}
-    for key, layer, part in targets:
-        shape = layer.stored_shape(part)
-        device = layer.samtuning_weight_values[name].device
-        stats[key] = _Accumulator(shape, device, squares=fisher, per_batch=per_batch)
-    device = next(iter(stats.values())).sum.device
+def _install_probes(name, config, targets, stats, device):
+    """Put a calibration probe on every layer; returns the zero leaves whose gradients are read after backward."""
+    hutchinson = config.score == "sam" and config.curvature == "hutchinson"
     anchor = torch.zeros((), device=device, requires_grad=True)
-    norm_leaves: dict[str, torch.Tensor] = {}
+    leaves: dict[str, torch.Tensor] = {}
     by_layer: dict[int, tuple[SAMTuningLayer, dict]] = {}
     for key, layer, part in targets:
         by_layer.setdefault(id(layer), (layer, {}))[1][part] = key
     for layer, parts in by_layer.values():
-        sinks = {part: stats[key].add for part, key in parts.items()}
-        leaves = {}
-        if layer.kind == "norm":
+        if hutchinson and layer.quantization_backend is not None:
+            raise ValueError(
+                "`curvature='hutchinson'` needs second derivatives through full-precision weights, but "
+                f"{type(layer.get_base_layer()).__name__} is quantized; use curvature 'constant' or 'fisher'."
+            )
+        layer_leaves = {}
+        if hutchinson or layer.kind == "norm":
             for part, key in parts.items():
                 tensor = getattr(layer.get_base_layer(), part)
-                leaves[part] = norm_leaves[key] = torch.zeros(tensor.shape, device=tensor.device, requires_grad=True)
-        layer.probe = probe_forward(anchor, sinks, leaves)
+                layer_leaves[part] = leaves[key] = torch.zeros(
+                    tensor.shape, device=tensor.device, dtype=torch.float32, requires_grad=True
+                )
+        layer.probe = probe_forward(anchor, {part: stats[key].add for part, key in parts.items()}, layer_leaves)
+    return [layer for layer, _ in by_layer.values()], leaves
 
+
+def _hutchinson_step(loss, leaves, stats, config, generator) -> None:
+    """Add this batch's gradient and `config.hutchinson_probes` Rademacher estimates z ⊙ Hz of the diagonal."""
+    keys = list(leaves)
+    grads = torch.autograd.grad(loss, [leaves[k] for k in keys], create_graph=True, allow_unused=True)
+    used = [(k, g) for k, g in zip(keys, grads) if g is not None]
+    for key, grad in used:
+        stats[key].add(grad.detach())
+    for probe in range(config.hutchinson_probes):
+        zs = [torch.randint(0, 2, g.shape, generator=generator).to(g.device, g.dtype) * 2 - 1 for _, g in used]
+        hvps = torch.autograd.grad(
+            [g for _, g in used],
+            [leaves[k] for k, _ in used],
+            grad_outputs=zs,
+            retain_graph=probe + 1 < config.hutchinson_probes,
+            allow_unused=True,
+        )
+        for (key, _), z, hvp in zip(used, zs, hvps):
+            if hvp is not None:
+                stats[key].curv.addcmul_(z, hvp.detach())
+
+
+def _accumulate(model, tuner, name, config, data, num_batches, targets, max_grad_norm, show_progress):
+    hutchinson = config.score == "sam" and config.curvature == "hutchinson"
+    fisher = config.score == "fisher" or (config.score == "sam" and config.curvature == "fisher")
+    per_batch = fisher or max_grad_norm is not None
+    stats = {}
+    for key, layer, part in targets:
+        stats[key] = _Accumulator(
+            layer.stored_shape(part), layer.samtuning_weight_values[name].device, fisher, per_batch, hutchinson
+        )
+    device = next(iter(stats.values())).sum.device
+    generator = torch.Generator().manual_seed(config.seed)
     grad_flags = {p: p.requires_grad for p in model.parameters()}
+    layers, leaves = [], {}
     batches = 0
     try:
+        layers, leaves = _install_probes(name, config, targets, stats, device)
         for p in grad_flags:
             p.requires_grad_(False)
         iterator = itertools.islice(iter(data), num_batches) if num_batches else iter(data)
@@ -214,8 +251,11 @@ def _accumulate(model, tuner, name, config, data, num_batches, targets, max_grad
                         "The model returned no `.loss` for a calibration batch: include the targets (`labels`) "
                         "in each batch."
                     )
-                loss.backward()
-            for key, leaf in norm_leaves.items():
+                if hutchinson:
+                    _hutchinson_step(loss, leaves, stats, config, generator)
+                else:
+                    loss.backward()
+            for key, leaf in leaves.items():
                 if leaf.grad is not None:
                     stats[key].add(leaf.grad)
                     leaf.grad = None
@@ -227,7 +267,7 @@ def _accumulate(model, tuner, name, config, data, num_batches, targets, max_grad
                 s.end_batch(scale)
             batches += 1
     finally:
-        for layer, _ in by_layer.values():
+        for layer in layers:
             layer.probe = None
         for p, flag in grad_flags.items():
             p.requires_grad_(flag)
@@ -237,9 +277,9 @@ def _accumulate(model, tuner, name, config, data, num_batches, targets, max_grad
         raise ValueError("The calibration data yielded no batch.")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         for s in stats.values():
-            torch.distributed.all_reduce(s.sum)
-            if s.sq is not None:
-                torch.distributed.all_reduce(s.sq)
+            for tensor in (s.sum, s.sq, s.curv):
+                if tensor is not None:
+                    torch.distributed.all_reduce(tensor)
         count = torch.tensor([batches], device=device)
         torch.distributed.all_reduce(count)
         batches = int(count.item())
@@ -260,8 +300,13 @@ def _scores(config: SAMTuningConfig, targets, stats, batches: int) -> list[torch
             scores.append(stats[key].sq)
         elif config.curvature == "constant":  # sam with h = |λ_max|: the squared accumulated gradient
             scores.append(stats[key].sum.pow_(2))
-        else:  # sam with h = empirical Fisher diagonal: (mean g)² / mean g²
+        elif config.curvature == "fisher":  # sam with h = empirical Fisher diagonal: (mean g)² / mean g²
             s = stats[key]
             mean = s.sum.div_(batches)
-            scores.append(mean.pow_(2).div_(s.sq.div_(batches).add_(FISHER_EPS)))
+            scores.append(mean.pow_(2).div_(s.sq.div_(batches).add_(CURVATURE_EPS)))
+        else:  # sam with h = |Hutchinson estimate of diag(H)|: (mean g)² / |mean z ⊙ Hz|
+            s = stats[key]
+            mean = s.sum.div_(batches)
+            curvature = s.curv.div_(batches * config.hutchinson_probes).abs_().add_(CURVATURE_EPS)
+            scores.append(mean.pow_(2).div_(curvature))
     return scores

@@ -5,11 +5,11 @@ from typing import Literal
 from peft import PeftConfig
 from peft.utils import PeftType
 
-from ..designspace.config import _check_type, _fail
+from ..designspace.config import _check_positive_int, _check_type, _fail
 
 SCHEMA_VERSION = 1
 SCORES = ("sam", "fisher", "magnitude", "random")
-CURVATURES = ("constant", "fisher")
+CURVATURES = ("constant", "fisher", "hutchinson")
 SCOPES = ("global", "per_tensor")
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -38,7 +38,11 @@ class SAMTuningConfig(PeftConfig):
             `"fisher"`: Σ_b g_b² (FISH mask); `"magnitude"`: |θ|; `"random"`: uniform (seeded by `seed`).
         curvature (`str`, *optional*, defaults to `"constant"`):
             h of the `"sam"` score. `"constant"`: the paper's final bound (H ≈ |λ_max|·I), so the score is g²;
-            `"fisher"`: the empirical Fisher diagonal, mean_b g_b², a diagonal Gauss-Newton estimate of the Hessian.
+            `"fisher"`: the empirical Fisher diagonal, mean_b g_b², a diagonal Gauss-Newton estimate of the Hessian;
+            `"hutchinson"`: |mean z ⊙ Hz| over Rademacher probes z (`hutchinson_probes` per batch), an unbiased
+            estimate of the Hessian diagonal (needs second derivatives: full-precision weights, eager attention).
+        hutchinson_probes (`int`, *optional*, defaults to `1`):
+            Rademacher probes per calibration batch for `curvature="hutchinson"`.
         target_modules (`list[str]` or `str`, *optional*):
             Modules whose weights are targeted, with PEFT's matching rules (suffixes or a regex). Default: every
             linear layer inside the transformer blocks.
@@ -83,7 +87,8 @@ class SAMTuningConfig(PeftConfig):
     budget: float = field(default=0.005, metadata={"help": "Fraction (<1) or count (>=1) of targeted entries."})
     scope: Literal["global", "per_tensor"] = field(default="global", metadata={"help": "global or per_tensor top-k."})
     score: str = field(default="sam", metadata={"help": "sam, fisher, magnitude or random."})
-    curvature: str = field(default="constant", metadata={"help": "h of the sam score: constant or fisher."})
+    curvature: str = field(default="constant", metadata={"help": "h of the sam score: constant/fisher/hutchinson."})
+    hutchinson_probes: int = field(default=1, metadata={"help": "Rademacher probes per batch (hutchinson)."})
     target_modules: list[str] | str | None = field(default=None, metadata={"help": "Targeted modules (PEFT rules)."})
     exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules to leave out."})
     include_biases: bool = field(default=False, metadata={"help": "Also target linear biases."})
@@ -121,6 +126,7 @@ class SAMTuningConfig(PeftConfig):
         for name in ("include_biases", "include_norms", "include_embeddings", "init_weights"):
             _check_type(name, getattr(self, name), bool, "True or False")
         _check_type("seed", self.seed, int, "an int")
+        _check_positive_int("hutchinson_probes", self.hutchinson_probes, optional=False)
         if self.target_parameters is not None:
             _fail("target_parameters", self.target_parameters, "None: SAM targets module weights")
         if self.layer_stacks is not None and (

@@ -282,18 +282,20 @@ class SAMTuningLayer(nn.Module, BaseTunerLayer):
         return "samtuning." + super().__repr__()
 
 
-def probe_forward(anchor: torch.Tensor, sinks: dict[str, object], norm_deltas: dict[str, torch.Tensor]):
-    """A `probe` for calibration: base output, unchanged, with gradient sinks on the weight (and bias) of the layer.
+def probe_forward(anchor: torch.Tensor, sinks: dict[str, object], leaves: dict[str, torch.Tensor]):
+    """A `probe` for calibration: the base output, unchanged, with a way to read the gradient of the layer's tensors.
 
-    `sinks[part](grad)` receives the float32 gradient of the stored tensor of one batch (or part of it); norms use
-    zero `norm_deltas` leaves instead (their gradient is read after backward).
+    With `leaves` (zero tensors shaped like the targeted parts, requiring grad) the layer runs through
+    `functional_call` with `tensor + leaf`, so autograd gives the leaf gradients (norms always; every layer for the
+    Hutchinson curvature, which needs a differentiable gradient). Otherwise `sinks[part](grad)` receives the float32
+    gradient of the stored tensor from a `GradProbe`, one batch (or part of one) at a time.
     """
 
     def probe(layer: SAMTuningLayer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         base = layer.get_base_layer()
-        if layer.kind == "norm":
+        if leaves:
             overrides = {
-                part: getattr(base, part) + delta.to(getattr(base, part).dtype) for part, delta in norm_deltas.items()
+                part: getattr(base, part) + leaf.to(getattr(base, part).dtype) for part, leaf in leaves.items()
             }
             return functional_call(base, overrides, (x, *args), kwargs)
         out = layer.base_layer(x, *args, **kwargs)

@@ -1,5 +1,6 @@
 """The SAM tuner: finds the targeted tensors, splits the budget, wraps the modules, saves and reloads selections."""
 
+import zlib
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -56,7 +57,8 @@ def find_targets(model: nn.Module, config: SAMTuningConfig) -> list[SAMTarget]:
         ]
     if config.include_embeddings:
         embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-        path = next((n for n, m in modules.items() if embedding is not None and _unwrapped(m) is embedding), None)
+        found = (n for n, m in modules.items() if embedding is not None and embedding in (m, _unwrapped(m)))
+        path = next(found, None)
         if path is None:
             raise ValueError(f"`include_embeddings=True` but {type(model).__name__} has no input embedding module.")
         names.append(path)
@@ -153,7 +155,8 @@ class SAMTuningModel(WrapperTunerMixin, BaseTuner):
         self._sam_paths = {t.path for t in targets}
         if not config.init_weights and config.nnz_pattern is None:
             config.nnz_pattern = dict(self._sam_counts)  # a random selection is drawn right away
-            self._sam_generator = torch.Generator().manual_seed(config.seed)
+            # seeded by `seed` and the adapter name, so two test adapters differ
+            self._sam_generator = torch.Generator().manual_seed(config.seed + zlib.crc32(adapter_name.encode()))
         embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
         output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         self._sam_tied = embedding is not None and getattr(output, "weight", None) is getattr(embedding, "weight", 0)

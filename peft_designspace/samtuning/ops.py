@@ -20,8 +20,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# torch warns once per process that CSR support is "in beta"; the ops used here are tested against dense references
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    # torch warns once per process that CSR support is "in beta"; the ops used here are tested against dense ones
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
 @dataclass
@@ -51,7 +55,7 @@ class SparsePattern:
         return cls(flat=flat, crow=crow, col=(flat64 % cols).to(torch.int32), shape=(rows, cols))
 
     def csr(self, values: torch.Tensor) -> torch.Tensor:
-        return torch.sparse_csr_tensor(self.crow, self.col, values, self.shape, check_invariants=False)
+        return _csr(self.crow, self.col, values, self.shape)
 
     def transposed_csr(self, values: torch.Tensor) -> torch.Tensor:
         """The CSR of the transposed matrix (`(cols, rows)`), with `values` permuted accordingly."""
@@ -64,9 +68,7 @@ class SparsePattern:
             tcrow[1:] = torch.bincount(col, minlength=cols).cumsum(0)
             self._transposed = (tcrow, row[perm].to(torch.int32), perm)
         tcrow, tcol, perm = self._transposed
-        return torch.sparse_csr_tensor(
-            tcrow, tcol, values[perm], (self.shape[1], self.shape[0]), check_invariants=False
-        )
+        return _csr(tcrow, tcol, values[perm], (self.shape[1], self.shape[0]))
 
     def sampled(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """`(left @ right)` at the pattern's entries, in flat order; `left` is `(rows, n)`, `right` `(n, cols)`."""
