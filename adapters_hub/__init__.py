@@ -6,10 +6,12 @@
   actionable errors for an uninstalled method, a newer pack, a corrupted file or the wrong base model
   (see `adapters_hub.loading`).
 
-Saving and pushing go through PEFT itself: `model.save_pretrained(dir)` / `model.push_to_hub(repo_id)`.
+- `push_adapter(model, repo_id, ...)`: save, write the card and upload in one commit. `model.push_to_hub` works
+  too, but transformers replaces README.md by its generic card on the way (see `adapters_hub.hub`).
 """
 
 from .card import report_from_saved, write_model_card
+from .hub import push_adapter
 from .loading import (
     AdapterLoadError,
     AdapterVersionError,
@@ -25,6 +27,7 @@ __all__ = [
     "BaseModelMismatchError",
     "CorruptedAdapterError",
     "load_adapter",
+    "push_adapter",
     "read_safetensors_header",
     "report_from_saved",
     "write_model_card",

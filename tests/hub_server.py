@@ -58,6 +58,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -185,6 +186,7 @@ class HubServer:
         self.requests: list[tuple[str, str]] = []
         self.lock = threading.RLock()
         self._servers: list[ThreadingHTTPServer] = []
+        self._connections: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
         self.url = ""
         self.storage_url = ""
@@ -209,6 +211,12 @@ class HubServer:
         for server in self._servers:
             server.shutdown()
             server.server_close()
+        # clients keep HTTP/1.1 connections alive in a pool: close them too, or a "stopped" server still answers
+        for connection in list(self._connections):
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         for thread in self._threads:
             thread.join(timeout=5)
         self._servers.clear()
@@ -352,6 +360,14 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     hub: HubServer
     role: str
+
+    def setup(self) -> None:
+        super().setup()
+        self.hub._connections.add(self.connection)
+
+    def finish(self) -> None:
+        self.hub._connections.discard(self.connection)
+        super().finish()
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - signature of the base class
         pass  # quiet: tests read `hub.requests` instead
