@@ -158,10 +158,10 @@ def test_private_repo_needs_token(hub, tiny, tmp_path):
     model.push_to_hub("tester/secret", token=WRITE, private=True)
     assert hub.repo("tester/secret").private
 
-    anonymous = load_in_fresh_process(hub, tiny, tmp_path, "tester/secret", [("anon", {})])
-    assert anonymous["anon"]["cause"] == "RepositoryNotFoundError", anonymous
-    authorised = load_in_fresh_process(hub, tiny, tmp_path, "tester/secret", [("token", {})], token=READ)
-    assert authorised == {"token": {"ok": True}}
+    loads = [("anon", {}), ("token", {"token": READ})]
+    results = load_in_fresh_process(hub, tiny, tmp_path, "tester/secret", loads)
+    assert results["anon"]["cause"] == "RepositoryNotFoundError", results
+    assert results["token"] == {"ok": True}
     torch.testing.assert_close(logits(tmp_path, "token"), expected, atol=1e-6, rtol=0)
 
     base = AutoModelForSequenceClassification.from_pretrained(tiny[0] / "base")
