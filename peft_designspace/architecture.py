@@ -21,6 +21,7 @@ Example:
 import re
 from dataclasses import dataclass, field
 
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 # Full-match patterns, relative to one layer. The first role list that matches wins for each module.
@@ -173,9 +174,13 @@ def resolve_architecture(model: nn.Module, layer_stacks: list[str] | None = None
         for position in range(len(modules[stack])):
             layer_path = f"{stack}.{position}"
             info = LayerInfo(path=layer_path, index=len(layers), stack=stack)
+            inside_wrapper: list[str] = []
             for name, module in modules[layer_path].named_modules():
-                if not name:
+                if not name or any(name.startswith(prefix) for prefix in inside_wrapper):
                     continue
+                if isinstance(module, BaseTunerLayer):  # an adapter wrapper: seen as the module it wraps
+                    inside_wrapper.append(name + ".")
+                    module = module.get_base_layer()
                 full = f"{layer_path}.{name}"
                 if is_linear(module):
                     info.linears.append(full)

@@ -132,3 +132,25 @@ def test_prefix_eager_and_sdpa_agree():
         model = get_peft_model(base, DesignSpaceConfig(task_type="CAUSAL_LM", preset="prefix", budget=0.05))
         results.append(common.outputs(model, make_inputs("llama", "CAUSAL_LM")))
     torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=0)
+
+
+def test_added_adapter_gets_its_own_plan_and_reloads(tmp_path):
+    """`add_adapter` plans the new adapter on the already-wrapped model (wrappers seen as the modules they wrap)."""
+    from peft import PeftModel
+
+    model = common.build("llama", "CAUSAL_LM", DesignSpaceConfig, {**S4, "init_weights": False})
+    model.add_adapter(
+        "other", DesignSpaceConfig(task_type="CAUSAL_LM", preset="lora", budget=0.05, init_weights=False)
+    )
+    plan = model.peft_config["other"].plan
+    assert plan is not None and plan != model.peft_config["default"].plan
+    report = model.base_model.budget_report("other")
+    assert abs(report.realised / report.target - 1) <= 0.05
+    other = {n for n, _ in model.named_parameters() if ".other" in n}
+    assert other and all("designspace_lora" in n for n in other), sorted(other)[:3]
+    model.set_adapter("other")
+    inputs = make_inputs("llama", "CAUSAL_LM")
+    expected = common.outputs(model, inputs)
+    model.save_pretrained(tmp_path, selected_adapters=["other"])
+    reloaded = PeftModel.from_pretrained(make_model("llama", "CAUSAL_LM"), tmp_path / "other", adapter_name="other")
+    torch.testing.assert_close(common.outputs(reloaded, inputs), expected, atol=1e-5, rtol=0)

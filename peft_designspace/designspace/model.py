@@ -56,7 +56,12 @@ class DesignSpaceModel(WrapperTunerMixin, BaseTuner):
     def _prepare_adapter_config(self, peft_config: DesignSpaceConfig, model_config: dict) -> DesignSpaceConfig:
         return peft_config  # placement comes from the plan, not from `target_modules`
 
-    def _pre_injection_hook(self, model: nn.Module, config: DesignSpaceConfig, adapter_name: str) -> None:
+    def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
+        # planned here rather than in `_pre_injection_hook`, which `add_adapter` does not call
+        self._plan(model, self.peft_config[adapter_name])
+        super().inject_adapter(model, adapter_name, **kwargs)
+
+    def _plan(self, model: nn.Module, config: DesignSpaceConfig) -> None:
         if config.plan is None:
             arch = resolve_architecture(model, config.layer_stacks)
             config.plan = build_plan(config, arch, count_base_parameters(model))
