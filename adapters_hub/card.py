@@ -35,7 +35,15 @@ STRATEGY_OF = {
     "designspace_prefix_kv": "prefix",
 }
 # Settings that are bookkeeping rather than choices of the method.
-HIDDEN_SETTINGS = {"plan", "peft_type", "auto_mapping", "base_model_name_or_path", "inference_mode", "revision"}
+HIDDEN_SETTINGS = {
+    "plan",
+    "nnz_pattern",
+    "peft_type",
+    "auto_mapping",
+    "base_model_name_or_path",
+    "inference_mode",
+    "revision",
+}
 
 
 def report_from_saved(adapter_dir: str | os.PathLike, adapter_name: str = "default") -> Any:
@@ -137,6 +145,25 @@ def _settings_table(config: dict) -> list[str]:
     return lines
 
 
+def _selection_table(nnz_pattern: dict[str, int]) -> list[str]:
+    """SAM's selected entries per kind of tensor (layer indices folded into `*`), from the config's `nnz_pattern`."""
+    groups: dict[str, list[int]] = {}
+    for key, count in nnz_pattern.items():
+        groups.setdefault(re.sub(r"\.\d+\.", ".*.", key), []).append(count)
+    total = sum(nnz_pattern.values())
+    lines = [
+        f"{total:,} selected entries in {len(nnz_pattern)} tensors (indices and values are stored; the rest of each "
+        "tensor is the base model's).",
+        "",
+        "| tensors | count | selected entries | share |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, counts in sorted(groups.items(), key=lambda item: -sum(item[1])):
+        share = sum(counts) / total if total else 0.0
+        lines.append(f"| `{name}` | {len(counts)} | {sum(counts):,} | {share:.1%} |")
+    return lines
+
+
 def card_section(config: dict, report: Any = None, repo_id: str | None = None) -> str:
     """The pack's part of the card body (between the markers), as Markdown.
 
@@ -197,6 +224,8 @@ def card_section(config: dict, report: Any = None, repo_id: str | None = None) -
     ]
     if report is not None:
         lines += ["## Budget report", "", "```text", str(report), "```", ""]
+    if isinstance(config.get("nnz_pattern"), dict):
+        lines += ["## Selected entries", "", *_selection_table(config["nnz_pattern"]), ""]
     lines += [
         "### Framework versions",
         "",

@@ -215,6 +215,16 @@ def _installed_pack_version() -> str:
     return peft_designspace.__version__
 
 
+def _is_newer(saved: object, installed: str) -> bool:
+    """Whether `saved` is a readable version above `installed` (unreadable versions count as not newer)."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(str(saved)) > Version(installed)
+    except InvalidVersion:
+        return False
+
+
 def check_registered(config: dict) -> type:
     """Return the config class registered for the adapter's `peft_type`, or raise with what to install.
 
@@ -243,7 +253,8 @@ def check_registered(config: dict) -> type:
     if peft_type in PEFT_TYPE_TO_CONFIG_MAPPING:
         return PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]
     needed = config.get("pack_version")
-    if peft_type in PACK_TYPES or needed is not None:
+    newer_pack = needed is not None and _is_newer(needed, _installed_pack_version())
+    if peft_type in PACK_TYPES or newer_pack:
         pin = f">={needed}" if needed else ""
         raise AdapterVersionError(
             f"The adapter's method {peft_type!r} is part of {PACK_NAME}"

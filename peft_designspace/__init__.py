@@ -17,11 +17,10 @@ from ._registry import check_peft_version, register_method
 
 check_peft_version()
 
+from ._version import __version__  # noqa: E402
 from ._warnings import DesignSpaceWarning  # noqa: E402
 from .designspace import BudgetReport, DesignSpaceConfig, DesignSpaceModel  # noqa: E402
 from .samtuning import SAMTuningConfig, SAMTuningModel, calibrate_sam  # noqa: E402
-
-__version__ = "0.1.0"
 
 register_method("designspace", DesignSpaceConfig, DesignSpaceModel)
 register_method("samtuning", SAMTuningConfig, SAMTuningModel)

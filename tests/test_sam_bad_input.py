@@ -112,3 +112,13 @@ def test_adapter_for_another_model_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match=r"`nnz_pattern` does not fit LlamaForCausalLM"):
         PeftModel.from_pretrained(make_model("llama", "CAUSAL_LM"), tmp_path / "adapter")
+
+
+def test_saved_adapter_card_summarises_the_selection(tmp_path):
+    model = _model(budget=0.01, init_weights=False)
+    model.save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    total = sum(model.peft_config["default"].nnz_pattern.values())
+    assert "library_name: peft" in card and "samtuning" in card and "import peft_designspace" in card
+    assert f"{total:,} selected entries in 48 tensors" in card
+    assert "| `bert.encoder.layer.*.attention.self.query.weight` | 8 |" in card

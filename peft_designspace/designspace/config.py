@@ -5,6 +5,7 @@ from typing import Any, Literal
 from peft import PeftConfig
 from peft.utils import PeftType
 
+from .._config import PackConfigMixin
 from .grouping import ALLOCATIONS, GROUPING_PATTERNS, pattern_weights
 from .presets import PRESETS, STRATEGIES
 
@@ -33,7 +34,7 @@ def _check_positive_int(name: str, value: Any, optional: bool = True) -> None:
 
 
 @dataclass
-class DesignSpaceConfig(PeftConfig):
+class DesignSpaceConfig(PackConfigMixin, PeftConfig):
     """Configuration of design-space mixed-strategy tuning (S4).
 
     Paper: *Parameter-Efficient Fine-Tuning Design Spaces*, Chen et al., ICLR 2023, https://arxiv.org/abs/2301.01821.
@@ -106,6 +107,7 @@ class DesignSpaceConfig(PeftConfig):
         plan (`dict`, *optional*):
             The resolved plan, filled when the adapter is created. Do not set it by hand.
         schema_version (`int`): version of this config's JSON layout, for forward compatibility checks.
+        pack_version (`str`): the peft-designspace version that wrote the config (filled in automatically).
 
     Example:
 

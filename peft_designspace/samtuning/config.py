@@ -5,6 +5,7 @@ from typing import Literal
 from peft import PeftConfig
 from peft.utils import PeftType
 
+from .._config import PackConfigMixin
 from ..designspace.config import _check_positive_int, _check_type, _fail
 
 SCHEMA_VERSION = 1
@@ -15,7 +16,7 @@ SAVE_DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass
-class SAMTuningConfig(PeftConfig):
+class SAMTuningConfig(PackConfigMixin, PeftConfig):
     """Configuration of SAM sparse tuning: train only the few entries chosen by a second-order approximation.
 
     Paper: *On the Effectiveness of Parameter-Efficient Fine-Tuning*, Fu et al., AAAI 2023,
@@ -69,6 +70,7 @@ class SAMTuningConfig(PeftConfig):
             Selected entries per targeted tensor (`"<module path>.weight"` -> count), written by calibration so that
             a saved adapter reloads with the right shapes. Do not set it by hand.
         schema_version (`int`): version of this config's JSON layout, for forward compatibility checks.
+        pack_version (`str`): the peft-designspace version that wrote the config (filled in automatically).
 
     Example:
 
