@@ -20,16 +20,20 @@ check_peft_version()
 from ._version import __version__  # noqa: E402
 from ._warnings import DesignSpaceWarning  # noqa: E402
 from .designspace import BudgetReport, DesignSpaceConfig, DesignSpaceModel  # noqa: E402
+from .s3pet import S3PETConfig, S3PETModel  # noqa: E402
 from .samtuning import SAMTuningConfig, SAMTuningModel, calibrate_sam  # noqa: E402
 
 register_method("designspace", DesignSpaceConfig, DesignSpaceModel)
 register_method("samtuning", SAMTuningConfig, SAMTuningModel)
+register_method("s3pet", S3PETConfig, S3PETModel)
 
 __all__ = [
     "BudgetReport",
     "DesignSpaceConfig",
     "DesignSpaceModel",
     "DesignSpaceWarning",
+    "S3PETConfig",
+    "S3PETModel",
     "SAMTuningConfig",
     "SAMTuningModel",
     "__version__",

@@ -14,6 +14,8 @@ from .config import DesignSpaceConfig
 from .layer import DesignSpaceLayer, Linear, Norm, PrefixHolder
 from .report import BudgetReport, build_report
 
+ADAPTER_PREFIXES = ("designspace_", "samtuning_", "s3pet_")  # parameters of the pack's methods, not of the base
+
 
 def count_base_parameters(model: nn.Module) -> int:
     """Parameters of the base model, leaving out adapter parts and `modules_to_save` copies.
@@ -22,7 +24,7 @@ def count_base_parameters(model: nn.Module) -> int:
     """
     total = 0
     for name, param in model.named_parameters():
-        if "designspace_" in name or ".modules_to_save." in name:
+        if any(prefix in name for prefix in ADAPTER_PREFIXES) or ".modules_to_save." in name:
             continue
         factor = 2 if type(param).__name__ == "Params4bit" else 1
         total += param.numel() * factor

@@ -2,6 +2,7 @@
 
 from .adapter import Bottleneck
 from .lora import LowRank
+from .lra import LowRankAdapter, lra_parameters
 from .prefix import PrefixKV
 
-__all__ = ["Bottleneck", "LowRank", "PrefixKV"]
+__all__ = ["Bottleneck", "LowRank", "LowRankAdapter", "PrefixKV", "lra_parameters"]

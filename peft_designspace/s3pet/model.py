@@ -1,0 +1,275 @@
+"""The S3PET tuner: inserts the search space (gated) or a structure (ungated), computes gates, derives structures."""
+
+import warnings
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner
+from torch import nn
+
+from .._tuner import WrapperTunerMixin
+from .._warnings import DesignSpaceWarning
+from ..architecture import is_linear, is_norm, linear_features
+from ..designspace.model import count_base_parameters
+from ..modules import lra_parameters
+from .config import S3PETConfig
+from .gates import keep_probabilities, sample_gates
+from .layer import Linear, Norm, S3PETLayer
+from .space import Candidate, enumerate_candidates
+from .structure import build_structure
+
+
+def _structure_size(module: nn.Module, kind: str, rank: int, reduction: int) -> int:
+    if kind in ("lora", "lra", "bitfit") and is_linear(module):
+        in_features, out_features = linear_features(module)
+        return {"lora": rank * (in_features + out_features), "lra": lra_parameters(out_features, reduction)}.get(
+            kind, out_features
+        )
+    if kind in ("lnfit", "bitfit") and is_norm(module):
+        return module.weight.numel()
+    return -1  # the type cannot sit on this module
+
+
+class S3PETModel(WrapperTunerMixin, BaseTuner):
+    """Creates S3PET adapters: the gated search space (search mode) or a searched structure (apply mode).
+
+    Use it through `peft.get_peft_model(model, S3PETConfig(...))` after `import peft_designspace`; search with
+    `trainer_ext.S3PETSearchTrainer`, then `derive_structure()`.
+
+    Example:
+
+    ```py
+    >>> import peft_designspace
+    >>> from peft import get_peft_model
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> base = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    ...                                     num_attention_heads=4, num_key_value_heads=2, vocab_size=100))
+    >>> model = get_peft_model(base, peft_designspace.S3PETConfig(budget=400, task_type="CAUSAL_LM"))
+    >>> len(model.base_model.candidates())
+    40
+    ```
+    """
+
+    prefix: str = "s3pet_"
+    tuner_layer_cls = S3PETLayer
+    target_module_mapping: dict[str, list[str]] = {}
+
+    def _prepare_adapter_config(self, peft_config: S3PETConfig, model_config: dict) -> S3PETConfig:
+        return peft_config
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
+        # planned here rather than in `_pre_injection_hook`, which `add_adapter` does not call
+        self._plan(model, self.peft_config[adapter_name], adapter_name)
+        super().inject_adapter(model, adapter_name, **kwargs)
+        if self.peft_config[adapter_name].searching and not getattr(self, "_gate_hook", None):
+            self._gate_hook = self.model.register_forward_pre_hook(self._refresh_gates, with_kwargs=True)
+
+    # planning -----------------------------------------------------------------------------------------------------
+    def _plan(self, model: nn.Module, config: S3PETConfig, adapter_name: str) -> None:
+        if not hasattr(self, "_s3pet"):
+            self._s3pet: dict[str, dict] = {}
+        if config.searching:
+            candidates = enumerate_candidates(model, config.search_space, config.layer_stacks, config.lra_reduction)
+            base_params = count_base_parameters(model)
+            budget = int(config.budget * base_params) if config.budget < 1 else int(config.budget)
+            sizes = [c.size for c in candidates]
+            if budget < min(sizes):
+                smallest = candidates[sizes.index(min(sizes))]
+                raise ValueError(
+                    f"`budget` {config.budget!r} ({budget:,} parameters) is smaller than the smallest candidate "
+                    f"({smallest.size:,} parameters, {smallest.key}); raise it to at least {smallest.size:,}."
+                )
+            if budget >= sum(sizes):
+                raise ValueError(
+                    f"`budget` {config.budget!r} ({budget:,} parameters) covers the whole search space "
+                    f"({sum(sizes):,} parameters): there is nothing to search. Lower the budget or widen the space."
+                )
+            parts: dict[str, list[str]] = {}
+            ranks: dict[str, int] = {}
+            for c in candidates:
+                parts.setdefault(c.path, []).append(c.type)
+                if c.type == "lora":
+                    ranks[c.path] = c.rank
+            self._s3pet[adapter_name] = {
+                "candidates": candidates,
+                "sizes": torch.tensor(sizes, dtype=torch.float64),
+                "budget": budget,
+                "base_params": base_params,
+                "parts": parts,
+                "ranks": ranks,
+            }
+            return
+        modules = dict(model.named_modules())
+        parts, ranks = {}, {}
+        for i, entry in enumerate(config.structure["modules"]):
+            path, kind = entry["path"], entry["type"]
+            module = modules.get(path)
+            if isinstance(module, S3PETLayer):
+                module = module.get_base_layer()
+            if module is None:
+                raise ValueError(
+                    f"The structure's module {i} names {path!r}, which {type(model).__name__} lacks: it was "
+                    "searched on another model."
+                )
+            rank = int(entry.get("rank") or 1)
+            size = _structure_size(module, kind, rank, config.lra_reduction)
+            if size < 0:
+                raise ValueError(f"The structure puts a {kind!r} module on {path!r}, a {type(module).__name__}.")
+            if size != entry["size"]:
+                raise ValueError(
+                    f"The structure's {kind!r} module on {path!r} has size {entry['size']:,}, but on this model it "
+                    f"would have {size:,}: the structure was searched on another model (or with other settings)."
+                )
+            parts.setdefault(path, []).append(kind)
+            if kind == "lora":
+                ranks[path] = rank
+        self._s3pet[adapter_name] = {"parts": parts, "ranks": ranks}
+
+    def _check_target_module_exists(self, peft_config: S3PETConfig, key: str) -> bool:
+        return key in self._s3pet[self._current_adapter()]["parts"]
+
+    def _current_adapter(self) -> str:
+        return next(reversed(self._s3pet))
+
+    def _create_and_replace(
+        self,
+        peft_config: S3PETConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        parameter_name: str | None = None,
+    ) -> None:
+        plan = self._s3pet[adapter_name]
+        options = {
+            "types": plan["parts"][current_key],
+            "rank": plan["ranks"].get(current_key, 1),
+            "lora_alpha": peft_config.lora_alpha,
+            "lra_reduction": peft_config.lra_reduction,
+            "searching": peft_config.searching,
+            "init_weights": peft_config.init_weights,
+        }
+        if isinstance(target, S3PETLayer):
+            target.update_layer(adapter_name, **options)
+            return
+        base = target
+        wrapper_cls = Linear if is_linear(base) else Norm
+        new_module = wrapper_cls(base, adapter_name, **options)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    # gates --------------------------------------------------------------------------------------------------------
+    def candidates(self, adapter_name: str | None = None) -> list[Candidate]:
+        """The candidates of a search-mode adapter, in search-space order."""
+        return list(self._search_plan(adapter_name)["candidates"])
+
+    def _search_plan(self, adapter_name: str | None) -> dict:
+        name = adapter_name or self.active_adapters[0]
+        plan = getattr(self, "_s3pet", {}).get(name)
+        if plan is None or "candidates" not in plan:
+            raise ValueError(f"Adapter {name!r} is not an S3PET adapter in search mode.")
+        return plan
+
+    def _layers_in_order(self, adapter_name: str) -> list[S3PETLayer]:
+        modules = dict(self.model.named_modules())
+        paths = dict.fromkeys(c.path for c in self._search_plan(adapter_name)["candidates"])
+        return [modules[p] for p in paths]
+
+    def architecture_parameters(self, adapter_name: str | None = None) -> list[nn.Parameter]:
+        """The α parameters (one vector per wrapped module) of a search-mode adapter, in search-space order."""
+        name = adapter_name or self.active_adapters[0]
+        return [layer.s3pet_alpha[name] for layer in self._layers_in_order(name)]
+
+    def keep_probabilities(self, adapter_name: str | None = None) -> tuple[torch.Tensor, float, float]:
+        """`(p, b, residual)` of a search-mode adapter: budget-shifted keep probabilities in search-space order."""
+        name = adapter_name or self.active_adapters[0]
+        plan, config = self._search_plan(name), self.peft_config[name]
+        alpha = torch.cat([a.reshape(-1) for a in self.architecture_parameters(name)])
+        return keep_probabilities(alpha, plan["sizes"], plan["budget"], config.beta)
+
+    def _refresh_gates(self, module: nn.Module, args, kwargs):
+        for name in self.active_adapters:
+            config = self.peft_config.get(name)
+            if not isinstance(config, S3PETConfig) or not config.searching:
+                continue
+            p, b, residual = self.keep_probabilities(name)
+            z = sample_gates(p) if self.model.training else p
+            self._s3pet[name]["last"] = {"shift": b, "residual": residual}
+            start = 0
+            for layer in self._layers_in_order(name):
+                count = len(layer.part_types[name])
+                layer.gates[name] = z[start : start + count]
+                start += count
+        return None
+
+    def derive_structure(
+        self, adapter_name: str | None = None, strategy: str = "greedy", alpha: list[torch.Tensor] | None = None
+    ) -> dict:
+        """Discretise a search-mode adapter: keep candidates under the budget by their keep probability.
+
+        Args:
+            adapter_name (`str`, *optional*): defaults to the active adapter.
+            strategy (`str`, *optional*, defaults to `"greedy"`): `"greedy"` (by p, the paper's rule) or
+                `"knapsack"` (exact: maximum Σp under the budget).
+            alpha (`list[torch.Tensor]`, *optional*): α vectors to use instead of the live ones (e.g. from the best
+                checkpoint), in the order of `architecture_parameters()`.
+
+        Returns:
+            `dict`: the structure (JSON-able), for `S3PETConfig(structure=...)`.
+        """
+        name = adapter_name or self.active_adapters[0]
+        plan, config = self._search_plan(name), self.peft_config[name]
+        if alpha is None:
+            alpha = self.architecture_parameters(name)
+        vector = torch.cat([a.detach().reshape(-1).float().cpu() for a in alpha])
+        p, _, _ = keep_probabilities(vector, plan["sizes"], plan["budget"], config.beta)
+        space = config.search_space
+        return build_structure(plan["candidates"], p.tolist(), plan["budget"], plan["base_params"], strategy, space)
+
+    # merging ------------------------------------------------------------------------------------------------------
+    def unmergeable_parts(self, adapter_names: list[str] | None = None) -> list[str]:
+        """`"module path: part"` for every part of the given (default: active) adapters that cannot be merged."""
+        names = adapter_names or self.active_adapters
+        found = []
+        for path, module in self.model.named_modules():
+            if isinstance(module, S3PETLayer):
+                found.extend(f"{path}: {part}" for part in module.unmergeable_parts(names))
+        return found
+
+    def merge_and_unload(
+        self,
+        progressbar: bool = False,
+        safe_merge: bool = False,
+        adapter_names: list[str] | None = None,
+        partial: bool = False,
+    ) -> nn.Module:
+        """Merge the LoRA, BitFit and LNFit parts and return the base model; low-rank adapters cannot be merged.
+
+        With low-rank adapters this raises unless `partial=True`, which drops them (the outputs then differ).
+        """
+        parts = self.unmergeable_parts(adapter_names)
+        if parts and not partial:
+            raise ValueError(
+                f"This adapter has {len(parts)} parts that cannot be merged (low-rank adapters or bias deltas on "
+                f"bias-free norms), e.g. {parts[:3]}. Call `merge_and_unload(partial=True)` to merge the rest and "
+                "drop them, or `merge_adapter()` to merge the rest while they stay active."
+            )
+        if parts:
+            warnings.warn(
+                f"Dropping {len(parts)} non-mergeable parts (e.g. {parts[:3]}); the merged model's outputs differ.",
+                DesignSpaceWarning,
+                stacklevel=2,
+            )
+        return self._unload_and_optionally_merge(
+            merge=True, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
+        )
+
+    def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
+        hook = getattr(self, "_gate_hook", None)
+        if hook is not None:
+            hook.remove()
+            self._gate_hook = None
+        return super()._unload_and_optionally_merge(
+            merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
+        )

@@ -1,0 +1,140 @@
+"""The S3PET search space: every candidate delta module of a model, resolved from module roles, with exact sizes.
+
+Candidate types (one gate each), with their exact sizes:
+
+- `lora` on a projection (`query`, `key`, `value`, `attn_out`, `ffn_in`, `ffn_out`): a rank-`r` update beside it,
+  scaled by `lora_alpha / r`; `r·(in + out)` parameters.
+- `bitfit` on a projection or a norm: a bias delta on its output; `out` parameters.
+- `lnfit` on a norm: a delta on its scale; `size` parameters.
+- `lra` after the attention block / the FFN block (on the `attn_out` / `ffn_out` projection's output): a rank-1
+  factorised bottleneck; `3d + 3·(d // 32)` parameters.
+
+Spaces: `"m"` (S3PET-M: LoRA and BitFit on every projection, LNFit and BitFit on every norm, LRA after every
+attention and FFN block), `"l"` (S3PET-L: LoRA on every projection), or a list of entries
+`{"type": ..., "roles": [...], "rank": r}` (`roles` out of the projection roles and `"norm"`; `lra` takes
+`"attn_out"` and/or `"ffn_out"`). A module serving several roles (GPT-2's fused `c_attn`) gets one candidate per type.
+"""
+
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from ..architecture import PROJECTION_ROLES, resolve_architecture
+from ..modules import lra_parameters
+
+TYPES = ("lora", "bitfit", "lnfit", "lra")
+TYPE_ROLES = {
+    "lora": PROJECTION_ROLES,
+    "bitfit": (*PROJECTION_ROLES, "norm"),
+    "lnfit": ("norm",),
+    "lra": ("attn_out", "ffn_out"),
+}
+SPACES = {
+    "m": [
+        {"type": "lora", "roles": list(PROJECTION_ROLES), "rank": 1},
+        {"type": "bitfit", "roles": [*PROJECTION_ROLES, "norm"]},
+        {"type": "lnfit", "roles": ["norm"]},
+        {"type": "lra", "roles": ["attn_out", "ffn_out"]},
+    ],
+    "l": [{"type": "lora", "roles": list(PROJECTION_ROLES), "rank": 1}],
+}
+
+
+@dataclass
+class Candidate:
+    """One candidate delta module.
+
+    Args:
+        path (`str`): module path in the base model.
+        role (`str`): the role it was found under (the first one for modules with several roles).
+        type (`str`): `lora`, `bitfit`, `lnfit` or `lra`.
+        layer (`int`): index of its transformer layer (0 = bottom, encoder before decoder).
+        size (`int`): exact number of parameters.
+        rank (`int`): LoRA rank (0 for other types).
+    """
+
+    path: str
+    role: str
+    type: str
+    layer: int
+    size: int
+    rank: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.path}:{self.type}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def normalize_space(space) -> list[dict]:
+    """Validate a search space (`"m"`, `"l"` or a list of entries) and return its entries."""
+    if isinstance(space, str):
+        if space not in SPACES:
+            raise ValueError(f"`search_space` must be one of {sorted(SPACES)} or a list of entries, got {space!r}.")
+        return [dict(e) for e in SPACES[space]]
+    if not isinstance(space, (list, tuple)) or not space:
+        raise ValueError(
+            f"`search_space` must be 'm', 'l' or a non-empty list of {{'type', 'roles', 'rank'}} entries, got "
+            f"{space!r}."
+        )
+    entries = []
+    for i, entry in enumerate(space):
+        if not isinstance(entry, dict) or entry.get("type") not in TYPES:
+            raise ValueError(f"`search_space[{i}]` must be a dict with `type` out of {list(TYPES)}, got {entry!r}.")
+        roles = entry.get("roles", list(TYPE_ROLES[entry["type"]]))
+        if not isinstance(roles, (list, tuple)) or not roles:
+            raise ValueError(f"`search_space[{i}]['roles']` must be a non-empty list, got {roles!r}.")
+        unknown = sorted(set(roles) - set(TYPE_ROLES[entry["type"]]))
+        if unknown:
+            raise ValueError(
+                f"`search_space[{i}]['roles']` has roles {unknown} that a {entry['type']!r} candidate cannot take; "
+                f"allowed: {list(TYPE_ROLES[entry['type']])}."
+            )
+        rank = entry.get("rank", 1)
+        if entry["type"] == "lora" and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+            raise ValueError(f"`search_space[{i}]['rank']` must be a positive int, got {rank!r}.")
+        entries.append(
+            {"type": entry["type"], "roles": list(roles), **({"rank": rank} if entry["type"] == "lora" else {})}
+        )
+    return entries
+
+
+def enumerate_candidates(
+    model: nn.Module, space, layer_stacks: list[str] | None = None, lra_reduction: int = 32
+) -> list[Candidate]:
+    """All candidates of `space` in `model`, ordered by layer, then module order, then type (`TYPES` order).
+
+    Raises:
+        ValueError: when the space has no candidate in this model.
+    """
+    entries = normalize_space(space)
+    arch = resolve_architecture(model, layer_stacks)
+    found: dict[str, Candidate] = {}
+    rank: dict[str, tuple[int, int]] = {}  # module path -> (layer, position inside the layer)
+    for layer in arch.layers:
+        for position, path in enumerate([*layer.linears, *layer.norms]):
+            rank.setdefault(path, (layer.index, position))
+        for entry in entries:
+            for role in entry["roles"]:
+                for path in layer.norms if role == "norm" else layer.modules_for(role):
+                    candidate = _candidate(entry, role, path, layer.index, layer.features[path], lra_reduction)
+                    found.setdefault(candidate.key, candidate)
+    candidates = sorted(found.values(), key=lambda c: (*rank[c.path], TYPES.index(c.type)))
+    if not candidates:
+        raise ValueError(
+            f"The search space {space!r} has no candidate in {type(model).__name__}: no module matched its roles."
+        )
+    return candidates
+
+
+def _candidate(entry: dict, role: str, path: str, layer: int, features: tuple[int, int], reduction: int) -> Candidate:
+    in_features, out_features = features
+    kind = entry["type"]
+    if kind == "lora":
+        rank = entry["rank"]
+        return Candidate(path, role, kind, layer, rank * (in_features + out_features), rank)
+    if kind == "lra":
+        return Candidate(path, role, kind, layer, lra_parameters(out_features, reduction))
+    return Candidate(path, role, kind, layer, out_features)  # bitfit: output size; lnfit: norm size

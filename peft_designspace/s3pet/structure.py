@@ -1,0 +1,139 @@
+"""From keep probabilities to a discrete structure under the budget, and the structure's JSON form.
+
+- `greedy` (the paper's rule): candidates by `p`, descending (ties: search-space order); each is kept when it
+  still fits in what is left of the budget.
+- `knapsack`: the exact 0/1 knapsack maximising `Σ p_i` of the kept candidates under `Σ n_i ≤ B`, by dynamic
+  programming over the budget in units of `g = gcd(n_i)` (`O(N·B/g)` time and bits); ties go to the DP's first
+  optimum, which prefers earlier candidates.
+
+A structure is a JSON-able dict:
+
+```
+{"format": "s3pet-structure", "version": 1, "budget": B, "base_params": N, "total": Σ kept sizes,
+ "strategy": "greedy", "space": "m",
+ "modules": [{"path": "...", "role": "query", "type": "lora", "layer": 0, "size": 128, "rank": 1, "p": 0.83}, ...]}
+```
+"""
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .space import TYPES, Candidate
+
+FORMAT = "s3pet-structure"
+VERSION = 1
+KNAPSACK_LIMIT = 500_000_000  # cells of the DP table (bits)
+
+
+def greedy_select(p: list[float], sizes: list[int], budget: int) -> list[int]:
+    """Indices kept by the greedy-by-probability rule (in the order they were kept)."""
+    order = sorted(range(len(p)), key=lambda i: (-p[i], i))
+    kept, left = [], budget
+    for i in order:
+        if sizes[i] <= left:
+            kept.append(i)
+            left -= sizes[i]
+    return kept
+
+
+def knapsack_select(p: list[float], sizes: list[int], budget: int) -> list[int]:
+    """Indices of an exact 0/1 knapsack optimum (maximum `Σ p`) under `Σ sizes ≤ budget` (ascending)."""
+    unit = math.gcd(*sizes) if sizes else 1
+    weights = [s // unit for s in sizes]
+    capacity = budget // unit
+    if len(p) * (capacity + 1) > KNAPSACK_LIMIT:
+        raise ValueError(
+            f"The exact knapsack needs {len(p)} × {capacity + 1:,} table cells (over {KNAPSACK_LIMIT:,}); use "
+            "`strategy='greedy'` for this budget and search space."
+        )
+    best = np.zeros(capacity + 1)
+    take = np.zeros((len(p), capacity + 1), dtype=bool)
+    for i, (w, value) in enumerate(zip(weights, p)):
+        if w > capacity:
+            continue
+        candidate = best[: capacity + 1 - w] + value
+        better = candidate > best[w:] + 1e-15
+        take[i, w:] = better
+        best[w:] = np.where(better, candidate, best[w:])
+    kept, c = [], capacity
+    for i in range(len(p) - 1, -1, -1):
+        if take[i, c]:
+            kept.append(i)
+            c -= weights[i]
+    return sorted(kept)
+
+
+def build_structure(
+    candidates: list[Candidate], p: list[float], budget: int, base_params: int, strategy: str, space
+) -> dict:
+    """Discretise: keep candidates under `budget` by `strategy` (`"greedy"` or `"knapsack"`)."""
+    sizes = [c.size for c in candidates]
+    if budget < min(sizes):
+        raise ValueError(
+            f"The budget {budget:,} is smaller than the smallest candidate ({min(sizes):,} parameters, "
+            f"{candidates[sizes.index(min(sizes))].key}); no structure fits."
+        )
+    if strategy == "greedy":
+        kept = greedy_select(p, sizes, budget)
+    elif strategy == "knapsack":
+        kept = knapsack_select(p, sizes, budget)
+    else:
+        raise ValueError(f"`strategy` must be 'greedy' or 'knapsack', got {strategy!r}.")
+    modules = [{**candidates[i].to_dict(), "p": round(float(p[i]), 6)} for i in sorted(kept)]
+    total = sum(m["size"] for m in modules)
+    assert total <= budget, (total, budget)
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "budget": int(budget),
+        "base_params": int(base_params),
+        "total": int(total),
+        "strategy": strategy,
+        "space": space,
+        "modules": modules,
+    }
+
+
+def load_structure(structure) -> dict:
+    """A structure from a dict or a JSON file path, checked for its format (module-level checks need the model)."""
+    if isinstance(structure, (str, os.PathLike)):
+        path = Path(structure)
+        if not path.is_file():
+            raise ValueError(f"`structure` {str(structure)!r} is not a file (expected a JSON written by the search).")
+        try:
+            structure = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"`structure` file {str(path)!r} is not valid JSON: {err}.") from err
+    if not isinstance(structure, dict) or structure.get("format") != FORMAT:
+        raise ValueError(f"`structure` must be a dict or JSON file with format {FORMAT!r} (written by the search).")
+    modules = structure.get("modules")
+    if not isinstance(modules, list) or not modules:
+        raise ValueError("`structure['modules']` must be a non-empty list of kept modules.")
+    for i, module in enumerate(modules):
+        if not isinstance(module, dict) or module.get("type") not in TYPES or not isinstance(module.get("path"), str):
+            raise ValueError(f"`structure['modules'][{i}]` must name a `path` and a `type` out of {list(TYPES)}.")
+        if not isinstance(module.get("size"), int) or module["size"] < 1:
+            raise ValueError(f"`structure['modules'][{i}]` ({module['path']}) must give its `size` (an int >= 1).")
+    return structure
+
+
+def save_structure(structure: dict, path: str | os.PathLike) -> Path:
+    """Write `structure` as JSON through a temporary file in the same folder, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(structure, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
