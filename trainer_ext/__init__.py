@@ -21,11 +21,13 @@ from .glue import (
     split_validation,
     tokenize_glue,
 )
+from .s3pet_trainer import S3PETSearchTrainer
 from .sam_callback import SAMCalibrationCallback
 
 __all__ = [
     "TASKS",
     "BudgetReportCallback",
+    "S3PETSearchTrainer",
     "SAMCalibrationCallback",
     "glue_metric",
     "load_glue_folder",

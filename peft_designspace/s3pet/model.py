@@ -181,12 +181,20 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
         name = adapter_name or self.active_adapters[0]
         return [layer.s3pet_alpha[name] for layer in self._layers_in_order(name)]
 
-    def keep_probabilities(self, adapter_name: str | None = None) -> tuple[torch.Tensor, float, float]:
-        """`(p, b, residual)` of a search-mode adapter: budget-shifted keep probabilities in search-space order."""
+    def keep_probabilities(
+        self, adapter_name: str | None = None, alpha: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, float, float]:
+        """`(p, b, residual)` of a search-mode adapter: budget-shifted keep probabilities in search-space order.
+
+        `alpha` replaces the live architecture parameters (same order as `architecture_parameters()`).
+        """
         name = adapter_name or self.active_adapters[0]
         plan, config = self._search_plan(name), self.peft_config[name]
-        alpha = torch.cat([a.reshape(-1) for a in self.architecture_parameters(name)])
-        return keep_probabilities(alpha, plan["sizes"], plan["budget"], config.beta)
+        if alpha is None:
+            vector = torch.cat([a.reshape(-1) for a in self.architecture_parameters(name)])
+        else:
+            vector = torch.cat([a.detach().reshape(-1).float().cpu() for a in alpha])
+        return keep_probabilities(vector, plan["sizes"], plan["budget"], config.beta)
 
     def _refresh_gates(self, module: nn.Module, args, kwargs):
         for name in self.active_adapters:
@@ -220,10 +228,7 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
         """
         name = adapter_name or self.active_adapters[0]
         plan, config = self._search_plan(name), self.peft_config[name]
-        if alpha is None:
-            alpha = self.architecture_parameters(name)
-        vector = torch.cat([a.detach().reshape(-1).float().cpu() for a in alpha])
-        p, _, _ = keep_probabilities(vector, plan["sizes"], plan["budget"], config.beta)
+        p, _, _ = self.keep_probabilities(name, alpha if alpha is not None else self.architecture_parameters(name))
         space = config.search_space
         return build_structure(plan["candidates"], p.tolist(), plan["budget"], plan["base_params"], strategy, space)
 

@@ -1,0 +1,308 @@
+"""`S3PETSearchTrainer`: the bi-level S3PET search as a `transformers.Trainer` subclass.
+
+Each optimizer step first updates the architecture parameters α on a batch of the *search stream* (a part of the
+training set split off with a seed of its own), then the delta weights on the training batch, as in DARTS:
+
+- first order (default): `∇α L_search(w, α)`;
+- second order (`second_order=True`): `∇α L_search(w', α) − ξ (∇α L_train(w⁺) − ∇α L_train(w⁻)) / 2ε` with the
+  virtual step `w' = w − ξ ∇w L_train(w, α)` (plain SGD with the current learning rate ξ; the reference code used an
+  Adam-preconditioned step) and `w± = w ± ε ∇w' L_search`, `ε = 0.01 / ‖∇w' L_search‖`. The model is never copied:
+  the virtual weights go through `torch.func.functional_call` over the shared frozen base.
+
+α has its own AdamW (lr 0.1, no weight decay, linear decay to zero, gradient norm clipped at 2.0 by default), saved
+as `arch_optimizer.pt` in checkpoints and restored on resume. The weights use Trainer's optimizer (α left out);
+set `TrainingArguments(max_grad_norm=2.0, lr_scheduler_type="linear", warmup_steps=0)` to match the paper.
+"""
+
+from __future__ import annotations
+
+import os
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Subset
+from transformers import Trainer
+
+ARCH_FILE = "arch_optimizer.pt"
+STRUCTURE_FILE = "s3pet_structure.json"
+PLOT_FILE = "s3pet_structure.png"
+
+
+def _split(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any]:
+    n = len(dataset)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    k = int(n * fraction)
+    if k < 1 or k >= n:
+        raise ValueError(
+            f"`search_fraction` {fraction!r} of {n} training rows leaves an empty part; the search stream and the "
+            "weight stream both need rows."
+        )
+    search, train = sorted(order[:k]), sorted(order[k:])
+    if hasattr(dataset, "select"):  # datasets.Dataset keeps its columns and formatting
+        return dataset.select(train), dataset.select(search)
+    return Subset(dataset, train), Subset(dataset, search)
+
+
+class S3PETSearchTrainer(Trainer):
+    """Trainer for the S3PET search: bi-level updates of gates (α) and delta weights, then `derive_structure()`.
+
+    Args:
+        search_dataset (`Dataset`, *optional*):
+            Rows for the α updates. Default: `search_fraction` of `train_dataset`, split off with `search_seed`.
+        search_fraction (`float`, *optional*, defaults to `0.5`): share of the training rows for α (the paper: half).
+        search_seed (`int`, *optional*, defaults to `1234`): seed of that split and of the search stream's order,
+            independent of the run's seed.
+        arch_learning_rate (`float`, *optional*, defaults to `0.1`): α learning rate.
+        arch_max_grad_norm (`float`, *optional*, defaults to `2.0`): α gradient-norm clipping.
+        second_order (`bool`, *optional*, defaults to `False`): the DARTS second-order approximation.
+        structure_strategy (`str`, *optional*, defaults to `"greedy"`): `"greedy"` or `"knapsack"`.
+        *args, **kwargs: passed to `transformers.Trainer`.
+
+    Example:
+
+    ```py
+    >>> model = get_peft_model(base, S3PETConfig(budget=0.0001, task_type="SEQ_CLS"))
+    >>> trainer = S3PETSearchTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev)
+    >>> trainer.train()  # doctest: +SKIP
+    >>> structure = trainer.derive_structure()  # doctest: +SKIP
+    ```
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        search_dataset: Any = None,
+        search_fraction: float = 0.5,
+        search_seed: int = 1234,
+        arch_learning_rate: float = 0.1,
+        arch_max_grad_norm: float = 2.0,
+        second_order: bool = False,
+        structure_strategy: str = "greedy",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if not 0 < search_fraction < 1:
+            raise ValueError(f"`search_fraction` must be in (0, 1), got {search_fraction!r}.")
+        if not arch_learning_rate > 0:
+            raise ValueError(f"`arch_learning_rate` must be > 0, got {arch_learning_rate!r}.")
+        if structure_strategy not in ("greedy", "knapsack"):
+            raise ValueError(f"`structure_strategy` must be 'greedy' or 'knapsack', got {structure_strategy!r}.")
+        self._tuner()  # fail early on a model that is not in S3PET search mode
+        if search_dataset is None:
+            if self.train_dataset is None:
+                raise ValueError("S3PETSearchTrainer needs a `train_dataset` (or `search_dataset`).")
+            self.train_dataset, search_dataset = _split(self.train_dataset, search_fraction, search_seed)
+        self.search_dataset = search_dataset
+        self.search_seed = search_seed
+        self.arch_learning_rate = arch_learning_rate
+        self.arch_max_grad_norm = arch_max_grad_norm
+        self.second_order = second_order
+        self.structure_strategy = structure_strategy
+        self.arch_optimizer: torch.optim.Optimizer | None = None
+        self.arch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self._search_iter = None
+        self._arch_done_for_step = -1
+        self.search_log: list[dict] = []
+
+    # model access -------------------------------------------------------------------------------------------------
+    def _tuner(self):
+        from peft_designspace import S3PETModel
+
+        model = self.model
+        while hasattr(model, "module"):
+            model = model.module
+        tuner = getattr(model, "base_model", None)
+        if not isinstance(tuner, S3PETModel) or not tuner.peft_config[tuner.active_adapters[0]].searching:
+            raise TypeError(
+                "S3PETSearchTrainer needs a model from `get_peft_model(base, S3PETConfig(...))` in search mode "
+                "(no `structure`); train an applied structure with the ordinary Trainer."
+            )
+        return tuner
+
+    def _alphas(self) -> list[torch.nn.Parameter]:
+        return self._tuner().architecture_parameters()
+
+    # optimizers ---------------------------------------------------------------------------------------------------
+    def create_optimizer(self, model=None):
+        alphas = self._alphas()
+        for a in alphas:  # keep α out of the weight optimizer
+            a.requires_grad_(False)
+        try:
+            optimizer = super().create_optimizer(model)
+        finally:
+            for a in alphas:
+                a.requires_grad_(True)
+        if self.arch_optimizer is None:
+            self.arch_optimizer = torch.optim.AdamW(alphas, lr=self.arch_learning_rate, weight_decay=0.0)
+        return optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if self.arch_scheduler is None and self.arch_optimizer is not None:
+            total = max(1, num_training_steps)
+            self.arch_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.arch_optimizer, lambda step: max(0.0, 1.0 - step / total)
+            )
+        return scheduler
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.arch_optimizer is not None and self.args.should_save:
+            state = {"optimizer": self.arch_optimizer.state_dict(), "scheduler": self.arch_scheduler.state_dict()}
+            tmp = os.path.join(output_dir, f".{ARCH_FILE}.tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, os.path.join(output_dir, ARCH_FILE))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, ARCH_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{checkpoint} has no {ARCH_FILE}: it was not written by S3PETSearchTrainer, so the α optimizer "
+                "cannot be restored."
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.arch_optimizer.load_state_dict(state["optimizer"])
+        self.arch_scheduler.load_state_dict(state["scheduler"])
+
+    # the bi-level step ----------------------------------------------------------------------------------------------
+    def _search_batches(self):
+        loader = DataLoader(
+            self.search_dataset,
+            batch_size=self._train_batch_size,
+            shuffle=True,
+            collate_fn=self.data_collator,
+            generator=torch.Generator().manual_seed(self.search_seed),
+            drop_last=len(self.search_dataset) > self._train_batch_size,
+        )
+        # resuming: skip the batches the earlier run consumed, so the α updates continue where they stopped
+        skip = self.state.global_step
+        while True:
+            yield from islice(iter(loader), skip % max(1, len(loader)), None)
+            skip = 0
+
+    def _next_search_inputs(self) -> dict:
+        if self._search_iter is None:
+            self._search_iter = self._search_batches()
+        return self._prepare_inputs(next(self._search_iter))
+
+    def _loss(self, model, inputs: dict, params: dict | None = None) -> torch.Tensor:
+        if params is None:
+            return self.compute_loss(model, inputs)
+        outputs = torch.func.functional_call(model, params, (), dict(inputs))
+        return outputs["loss"] if isinstance(outputs, dict) else outputs[0]
+
+    def _arch_gradients(self, model, train_inputs: dict) -> list[torch.Tensor]:
+        alphas = self._alphas()
+        search_inputs = self._next_search_inputs()
+        if not self.second_order:
+            loss = self._loss(model, search_inputs)
+            grads = torch.autograd.grad(loss, alphas, allow_unused=True)
+            return [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grads)]
+        alpha_ids = {id(a) for a in alphas}
+        weights = {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in alpha_ids}
+        xi = self.lr_scheduler.get_last_lr()[0] if self.lr_scheduler is not None else self.args.learning_rate
+        loss = self._loss(model, train_inputs)
+        g_w = torch.autograd.grad(loss, list(weights.values()), allow_unused=True)
+        virtual = {
+            n: (p - xi * (g if g is not None else 0)).detach().requires_grad_()
+            for (n, p), g in zip(weights.items(), g_w)
+        }
+        loss = self._loss(model, search_inputs, virtual)
+        grads = torch.autograd.grad(loss, alphas + list(virtual.values()), allow_unused=True)
+        d_alpha = [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grads[: len(alphas)])]
+        d_virtual = [torch.zeros_like(v) if g is None else g for v, g in zip(virtual.values(), grads[len(alphas) :])]
+        norm = torch.sqrt(sum((d**2).sum() for d in d_virtual))
+        if float(norm) == 0.0:
+            return d_alpha
+        eps = 0.01 / float(norm)
+        hessian_terms = []
+        for sign in (1.0, -1.0):
+            shifted = {n: (p + sign * eps * d).detach() for (n, p), d in zip(weights.items(), d_virtual)}
+            loss = self._loss(model, train_inputs, shifted)
+            g = torch.autograd.grad(loss, alphas, allow_unused=True)
+            hessian_terms.append([torch.zeros_like(a) if x is None else x for a, x in zip(alphas, g)])
+        return [da - xi * (gp - gm) / (2 * eps) for da, gp, gm in zip(d_alpha, *hessian_terms)]
+
+    def _arch_step(self, model, train_inputs: dict) -> None:
+        model.train()
+        grads = self._arch_gradients(model, train_inputs)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+            for g in grads:
+                torch.distributed.all_reduce(g)
+                g.div_(world)
+        norm = torch.sqrt(sum((g.detach() ** 2).sum() for g in grads))
+        scale = min(1.0, self.arch_max_grad_norm / (float(norm) + 1e-6)) if self.arch_max_grad_norm else 1.0
+        for a, g in zip(self._alphas(), grads):
+            a.grad = g.detach() * scale
+        self.arch_optimizer.step()
+        self.arch_optimizer.zero_grad(set_to_none=True)
+        self.arch_scheduler.step()
+        last = self._tuner()._s3pet[self._tuner().active_adapters[0]].get("last", {})
+        self.search_log.append({"step": self.state.global_step, "alpha_grad_norm": float(norm), **last})
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self._arch_done_for_step != self.state.global_step:  # once per optimizer step, not per micro-batch
+            self._arch_done_for_step = self.state.global_step
+            self._arch_step(model, self._prepare_inputs(inputs))
+        alphas = self._alphas()
+        for a in alphas:  # the weight step must not touch α (nor let α's gradient into Trainer's clipping)
+            a.requires_grad_(False)
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            for a in alphas:
+                a.requires_grad_(True)
+
+    # result ---------------------------------------------------------------------------------------------------------
+    def _best_alphas(self) -> list[torch.Tensor] | None:
+        checkpoint = self.state.best_model_checkpoint
+        if not checkpoint:
+            return None
+        from safetensors.torch import load_file
+
+        weights = load_file(os.path.join(checkpoint, "adapter_model.safetensors"))
+        tuner = self._tuner()
+        name = tuner.active_adapters[0]
+        found = []
+        for layer_path, _ in _layer_paths(tuner, name):
+            key = f"base_model.model.{layer_path}.s3pet_alpha"
+            if key not in weights:
+                return None
+            found.append(weights[key])
+        return found
+
+    def derive_structure(self, strategy: str | None = None, from_best: bool = True, save: bool = True) -> dict:
+        """Discretise the search: α from the best checkpoint (by `metric_for_best_model`) when there is one.
+
+        The structure is also written to `args.output_dir/s3pet_structure.json`, with a heatmap
+        (`s3pet_structure.png`) of the kept modules and of every candidate's keep probability.
+        """
+        tuner = self._tuner()
+        alphas = self._best_alphas() if from_best else None
+        structure = tuner.derive_structure(strategy=strategy or self.structure_strategy, alpha=alphas)
+        structure["from_checkpoint"] = self.state.best_model_checkpoint if alphas is not None else None
+        if save and self.args.should_save:
+            from peft_designspace.s3pet import save_structure
+            from peft_designspace.s3pet.plot import plot_structure
+
+            out = Path(self.args.output_dir)
+            save_structure(structure, out / STRUCTURE_FILE)
+            p, _, _ = tuner.keep_probabilities(alpha=alphas if alphas is not None else tuner.architecture_parameters())
+            everything = [{**c.to_dict(), "p": float(v)} for c, v in zip(tuner.candidates(), p.tolist())]
+            try:
+                plot_structure(structure, out / PLOT_FILE, everything)
+            except ImportError:  # matplotlib is optional (`pip install peft-designspace[plots]`)
+                pass
+        return structure
+
+
+def _layer_paths(tuner, adapter_name: str) -> list[tuple[str, Any]]:
+    layers = tuner._layers_in_order(adapter_name)
+    paths = {id(m): p for p, m in tuner.model.named_modules()}
+    return [(paths[id(layer)], layer) for layer in layers]
