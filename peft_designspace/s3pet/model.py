@@ -253,6 +253,12 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
 
         With low-rank adapters this raises unless `partial=True`, which drops them (the outputs then differ).
         """
+        searching = [n for n in adapter_names or self.active_adapters if self.peft_config[n].searching]
+        if searching:
+            raise ValueError(
+                f"Adapter(s) {searching} are in S3PET search mode (gated candidates): derive the structure with "
+                "`derive_structure()`, then train it in apply mode, which can be merged."
+            )
         parts = self.unmergeable_parts(adapter_names)
         if parts and not partial:
             raise ValueError(

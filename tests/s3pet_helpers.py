@@ -1,0 +1,17 @@
+"""Shared helpers of the S3PET tests: a deterministic searched structure for any tiny model."""
+
+import torch
+from peft import get_peft_model
+from tiny_models import make_model
+
+from peft_designspace import S3PETConfig
+
+
+def searched_structure(model_id: str, task: str, budget: int = 1200, space="m", seed: int = 0, **kwargs) -> dict:
+    """A structure derived from random (seeded) α on the search space of a tiny model."""
+    model = get_peft_model(make_model(model_id, task), S3PETConfig(budget=budget, search_space=space, task_type=task))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for alpha in model.base_model.architecture_parameters():
+            alpha.copy_(torch.randn(alpha.shape, generator=generator) * 2)
+    return model.base_model.derive_structure(**kwargs)

@@ -1,0 +1,225 @@
+"""S3PET search: budget control, discretisation, gradients, the search Trainer, bad input."""
+
+import itertools
+import json
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from peft import PeftModel, get_peft_model
+from s3pet_helpers import searched_structure
+from test_trainer_quantized import _args, _dataset
+from tiny_models import make_inputs, make_model
+
+import peft_designspace.s3pet.model as s3pet_model
+from peft_designspace import S3PETConfig
+from peft_designspace.s3pet.gates import expected_size, keep_probabilities, solve_shift
+from peft_designspace.s3pet.structure import greedy_select, knapsack_select
+from trainer_ext import S3PETSearchTrainer
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 400), share=st.floats(0.001, 0.95), beta=st.floats(0.2, 5.0))
+def test_shift_meets_the_budget(seed, n, share, beta):
+    g = torch.Generator().manual_seed(seed)
+    alpha = torch.randn(n, generator=g, dtype=torch.float64) * 4
+    sizes = torch.randint(1, 5000, (n,), generator=g).double()
+    budget = float(sizes.sum()) * share
+    b, residual = solve_shift(alpha, sizes, budget, beta)
+    p = torch.sigmoid((alpha - b) / beta)
+    assert abs(float((p * sizes).sum()) - budget) / budget < 1e-6
+    assert residual < 1e-6
+
+
+def test_renormalised_probabilities_keep_the_budget_and_project_the_gradient():
+    g = torch.Generator().manual_seed(0)
+    alpha = torch.randn(50, generator=g, requires_grad=True)
+    sizes = torch.randint(10, 100, (50,), generator=g).double()
+    p, _, residual = keep_probabilities(alpha, sizes, 500.0)
+    assert abs(expected_size(p, sizes) / 500.0 - 1) < 1e-6 and residual < 1e-9
+    weights = torch.randn(50, generator=g)
+    (grad,) = torch.autograd.grad((p * weights).sum(), alpha)
+    plain = p.detach() * (1 - p.detach())  # dσ/dα with β = 1
+    projected = weights - (weights * p.detach()).sum() / p.detach().sum()
+    torch.testing.assert_close(grad, plain * projected, atol=1e-6, rtol=1e-5)
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data(), n=st.integers(1, 9))
+def test_knapsack_is_optimal_and_greedy_fits(data, n):
+    sizes = data.draw(st.lists(st.integers(1, 40), min_size=n, max_size=n))
+    p = data.draw(st.lists(st.floats(0.0, 1.0), min_size=n, max_size=n))
+    budget = data.draw(st.integers(1, sum(sizes)))
+    kept = knapsack_select(p, sizes, budget)
+    assert sum(sizes[i] for i in kept) <= budget
+    best = max(
+        sum(p[i] for i in combo)
+        for r in range(n + 1)
+        for combo in itertools.combinations(range(n), r)
+        if sum(sizes[i] for i in combo) <= budget
+    )
+    assert sum(p[i] for i in kept) >= best - 1e-9
+    assert sum(sizes[i] for i in greedy_select(p, sizes, budget)) <= budget
+
+
+def test_equal_alpha_keeps_candidates_in_search_space_order():
+    model = get_peft_model(make_model("bert", "SEQ_CLS"), S3PETConfig(budget=700, task_type="SEQ_CLS"))
+    structure = model.base_model.derive_structure()
+    candidates = model.base_model.candidates()
+    expected, left = [], 700
+    for c in candidates:  # equal p everywhere: the documented tie-break is the candidate order
+        if c.size <= left:
+            expected.append(c.key)
+            left -= c.size
+    assert [f"{m['path']}:{m['type']}" for m in structure["modules"]] == expected
+    assert structure["total"] == 700 - left <= 700
+
+
+def test_alpha_gradient_matches_finite_differences(monkeypatch):
+    """With z = p (eval) and the shift held fixed, autograd gives the documented projected gradient."""
+    torch.manual_seed(0)
+    base = make_model("bert", "SEQ_CLS", layers=2).double()
+    model = get_peft_model(base, S3PETConfig(budget=600, task_type="SEQ_CLS", init_weights=False)).double().eval()
+    inputs = make_inputs("bert", "SEQ_CLS")
+    tuner = model.base_model
+    alphas = tuner.architecture_parameters()
+    with torch.no_grad():
+        for a in alphas:
+            a.copy_(torch.randn(a.shape, dtype=a.dtype))
+    loss = model(**inputs).loss
+    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, alphas)])
+    p, shift, _ = tuner.keep_probabilities()
+    p = p.detach().double()
+    real_solve = s3pet_model.keep_probabilities.__globals__["solve_shift"]
+    monkeypatch.setitem(s3pet_model.keep_probabilities.__globals__, "solve_shift", lambda *a, **k: (shift, 0.0))
+    flat = torch.cat([a.detach().reshape(-1) for a in alphas])
+    sizes = [a.numel() for a in alphas]
+    h = 1e-5
+
+    def loss_at(vector):
+        with torch.no_grad():
+            for a, part in zip(alphas, vector.split(sizes)):
+                a.copy_(part.view_as(a))
+            return float(model(**inputs).loss)
+
+    fd = torch.zeros_like(flat)
+    for i in range(flat.numel()):
+        up, down = flat.clone(), flat.clone()
+        up[i] += h
+        down[i] -= h
+        fd[i] = (loss_at(up) - loss_at(down)) / (2 * h)
+    loss_at(flat)
+    monkeypatch.setitem(s3pet_model.keep_probabilities.__globals__, "solve_shift", real_solve)
+    slope = p * (1 - p)  # dp/dα at β = 1 with b fixed
+    dl_dp = fd / slope
+    expected = slope * (dl_dp - (dl_dp * p).sum() / p.sum())
+    assert fd.abs().max() > 1e-6, "the loss does not depend on α"
+    torch.testing.assert_close(grad, expected, atol=1e-7, rtol=1e-4)
+
+
+def test_structure_json_round_trip_and_apply_mode_size(tmp_path):
+    structure = searched_structure("llama", "CAUSAL_LM")
+    path = tmp_path / "structure.json"
+    path.write_text(json.dumps(structure))
+    model = get_peft_model(make_model("llama", "CAUSAL_LM"), S3PETConfig(structure=str(path), task_type="CAUSAL_LM"))
+    assert model.get_nb_trainable_parameters()[0] == structure["total"] <= structure["budget"]
+    assert {m["type"] for m in structure["modules"]} <= {"lora", "bitfit", "lnfit", "lra"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"budget": 5}, r"smaller than the smallest candidate \(\d+ parameters, .*:bitfit\)"),
+        ({"budget": 10_000_000}, r"covers the whole search space"),
+        ({"search_space": []}, r"`search_space` must be 'm', 'l' or a non-empty list"),
+        ({"search_space": "xl"}, r"`search_space` must be one of \['l', 'm'\]"),
+        ({"search_space": [{"type": "lnfit", "roles": ["query"]}]}, r"roles \['query'\] that a 'lnfit' candidate"),
+        ({"search_space": [{"type": "lora", "rank": 0}]}, r"`search_space\[0\]\['rank'\]` must be a positive int"),
+        ({"budget": -1}, r"`budget` must be > 0"),
+        ({"beta": 0}, r"`beta` must be a positive number"),
+        ({"target_modules": ["query"]}, r"`target_modules` must be None"),
+    ],
+)
+def test_bad_search_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        get_peft_model(make_model("bert", "SEQ_CLS"), S3PETConfig(task_type="SEQ_CLS", **kwargs))
+
+
+def test_search_space_without_candidates_is_refused():
+    space = [{"type": "lra", "roles": ["attn_out"]}]
+    with pytest.raises(ValueError, match=r"`layer_stacks` entry 'nothing' is not an nn.ModuleList"):
+        get_peft_model(make_model("bert", "SEQ_CLS"), S3PETConfig(search_space=space, layer_stacks=["nothing"]))
+
+
+def test_bad_structures_name_the_module(tmp_path):
+    structure = searched_structure("bert", "SEQ_CLS")
+    missing = json.loads(json.dumps(structure))
+    missing["modules"][0]["path"] = "bert.encoder.layer.99.attention.self.query"
+    with pytest.raises(ValueError, match=r"names 'bert.encoder.layer.99.attention.self.query', which Bert.* lacks"):
+        get_peft_model(make_model("bert", "SEQ_CLS"), S3PETConfig(structure=missing, task_type="SEQ_CLS"))
+    with pytest.raises(ValueError, match=r"has size .* but on this model it would have"):
+        get_peft_model(make_model("bert", "SEQ_CLS", hidden=64), S3PETConfig(structure=structure, task_type="SEQ_CLS"))
+    with pytest.raises(ValueError, match=r"is not a file"):
+        S3PETConfig(structure=str(tmp_path / "none.json"))
+    with pytest.raises(ValueError, match=r"format 's3pet-structure'"):
+        S3PETConfig(structure={"modules": []})
+
+
+def test_search_mode_saves_and_reloads_the_gates(tmp_path):
+    model = get_peft_model(make_model("bert", "SEQ_CLS"), S3PETConfig(budget=900, task_type="SEQ_CLS"))
+    with torch.no_grad():
+        for a in model.base_model.architecture_parameters():
+            a.normal_()
+    p, _, _ = model.base_model.keep_probabilities()
+    model.save_pretrained(tmp_path)
+    reloaded = PeftModel.from_pretrained(make_model("bert", "SEQ_CLS"), tmp_path)
+    torch.testing.assert_close(reloaded.base_model.keep_probabilities()[0], p)
+    assert reloaded.base_model.derive_structure() == model.base_model.derive_structure()
+    with pytest.raises(ValueError, match=r"search mode"):
+        model.merge_and_unload()
+
+
+def _search(tmp_path, name, max_steps=4, resume=None, **kwargs):
+    data = _dataset("bert", "SEQ_CLS", n=16)
+    model = get_peft_model(make_model("bert", "SEQ_CLS"), S3PETConfig(budget=900, task_type="SEQ_CLS"))
+    args = _args(tmp_path / name, max_steps=max_steps, save_steps=2, max_grad_norm=2.0, **kwargs)
+    trainer = S3PETSearchTrainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        eval_dataset=data[:4],
+        **({"second_order": True} if name == "second" else {}),
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    return model, trainer
+
+
+def test_search_trainer_updates_gates_checkpoints_and_resumes(tmp_path):
+    model, trainer = _search(tmp_path, "full")
+    alphas = [a.detach().clone() for a in model.base_model.architecture_parameters()]
+    assert any(a.abs().sum() > 0 for a in alphas), "the search did not move α"
+    assert len(trainer.train_dataset) == 8 and len(trainer.search_dataset) == 8
+    assert all(entry["residual"] < 1e-6 for entry in trainer.search_log)
+    checkpoint = tmp_path / "full" / "checkpoint-2"
+    assert {"arch_optimizer.pt", "adapter_model.safetensors"} <= set(os.listdir(checkpoint))
+    structure = trainer.derive_structure()
+    assert structure["total"] <= structure["budget"]
+    assert (tmp_path / "full" / "s3pet_structure.json").is_file() and (
+        tmp_path / "full" / "s3pet_structure.png"
+    ).is_file()
+
+    resumed, _ = _search(tmp_path, "full", resume=str(checkpoint))
+    for a, b in zip(resumed.base_model.architecture_parameters(), alphas):
+        torch.testing.assert_close(a.detach(), b, atol=1e-6, rtol=0)
+
+
+def test_second_order_search_runs_and_best_checkpoint_is_used(tmp_path):
+    model, trainer = _search(
+        tmp_path, "second", eval_strategy="steps", eval_steps=2, metric_for_best_model="loss", greater_is_better=False
+    )
+    assert trainer.state.best_model_checkpoint is not None
+    structure = trainer.derive_structure()
+    assert structure["from_checkpoint"] == trainer.state.best_model_checkpoint
+    assert structure["total"] <= structure["budget"]
