@@ -16,7 +16,7 @@ import peft_designspace  # noqa: F401  (registers the methods)
 
 ROOT = Path(__file__).resolve().parents[1]
 # the config field that makes a saved adapter describe its own shapes, per method
-SELF_DESCRIBING = {"DESIGNSPACE": "plan", "SAMTUNING": "nnz_pattern"}
+SELF_DESCRIBING = {"DESIGNSPACE": "plan", "SAMTUNING": "nnz_pattern", "S3PET": "structure"}
 
 
 def prefix_of(config_cls) -> str:

@@ -7,9 +7,12 @@ from tiny_models import make_model
 from peft_designspace import S3PETConfig
 
 
-def searched_structure(model_id: str, task: str, budget: int = 1200, space="m", seed: int = 0, **kwargs) -> dict:
+def searched_structure(
+    model_id: str, task: str, budget: int = 1200, space="m", seed: int = 0, hidden: int = 32, **kwargs
+) -> dict:
     """A structure derived from random (seeded) α on the search space of a tiny model."""
-    model = get_peft_model(make_model(model_id, task), S3PETConfig(budget=budget, search_space=space, task_type=task))
+    base = make_model(model_id, task, hidden=hidden)
+    model = get_peft_model(base, S3PETConfig(budget=budget, search_space=space, task_type=task))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for alpha in model.base_model.architecture_parameters():

@@ -130,17 +130,6 @@ class DesignSpaceModel(WrapperTunerMixin, BaseTuner):
         else:
             holder.update_layer(adapter_name, **options)
 
-    @classmethod
-    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
-        # Our containers hold nested modules (`designspace_lora.<name>.A.weight`), so the adapter name is not always
-        # second to last. Remove the segment right after the first `designspace_*` container: transformers'
-        # `load_adapter` re-inserts the adapter name exactly there.
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            if part.startswith(cls.prefix) and parts[i + 1] == adapter_name:
-                return ".".join(parts[: i + 1] + parts[i + 2 :])
-        return super()._remove_adapter_name_from_key(key, adapter_name)
-
     # merging and unloading ---------------------------------------------------------------------------------------
     def unmergeable_parts(self, adapter_names: list[str] | None = None) -> list[str]:
         """`"module path: part"` for every part of the given (default: active) adapters that cannot be merged."""

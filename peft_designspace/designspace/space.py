@@ -363,12 +363,17 @@ class DesignSampler:
         designs: list[dict] = []
         tries = 0
         seen: list[int] = []
+        distinct: set[str] = set()
         max_tries = MAX_TRIES_PER_SAMPLE * num_samples
         while len(designs) < num_samples:
-            if tries >= max_tries:
+            # give up when the tries run out, or early when nothing met the budget: every design of the space was
+            # drawn, or MAX_TRIES_PER_SAMPLE draws in a row failed
+            exhausted = not designs and (len(distinct) == space.size or tries >= MAX_TRIES_PER_SAMPLE)
+            if tries >= max_tries or exhausted:
                 self._raise_unmet(space, tries, len(designs), num_samples, seen)
             tries += 1
             design = space.draw(rng)
+            distinct.add(design_key(design))
             if self.meets_budget(design):
                 designs.append(design)
             elif self.realised(design) is not None:

@@ -233,15 +233,16 @@ class Norm(nn.Module, S3PETLayer):
         base = self.get_base_layer()
         if self.disable_adapters:
             return self.base_layer(x, *args, **kwargs)
-        active = [n for n in self.active_adapters if n not in self.merged_adapters]
         overrides, extra_bias = {}, None
-        for name in active:
-            if name in self.s3pet_lnfit:
+        for name in self.active_adapters:
+            merged = name in self.merged_adapters
+            if name in self.s3pet_lnfit and not merged:
                 delta = self.gate(name, "lnfit") * self.s3pet_lnfit[name]
                 overrides["weight"] = overrides.get("weight", base.weight) + delta.to(base.weight.dtype).view_as(
                     base.weight
                 )
-            if name in self.s3pet_bias:
+            if name in self.s3pet_bias and not (merged and getattr(base, "bias", None) is not None):
+                # a bias delta on a bias-free norm is never merged: it stays a separate addition
                 delta = self.gate(name, "bitfit") * self.s3pet_bias[name]
                 if getattr(base, "bias", None) is not None:
                     overrides["bias"] = overrides.get("bias", base.bias) + delta.to(base.bias.dtype).view_as(base.bias)
