@@ -12,6 +12,7 @@ Example:
 """
 
 from .callbacks import BudgetReportCallback, write_json_atomic
+from .explore import ExploreSettings, evaluate_designs, explore_main, run_exploration
 from .glue import (
     TASKS,
     glue_metric,
@@ -27,12 +28,16 @@ from .sam_callback import SAMCalibrationCallback
 __all__ = [
     "TASKS",
     "BudgetReportCallback",
+    "ExploreSettings",
     "S3PETSearchTrainer",
     "SAMCalibrationCallback",
+    "evaluate_designs",
+    "explore_main",
     "glue_metric",
     "load_glue_folder",
     "matthews_corrcoef",
     "normalize_task",
+    "run_exploration",
     "split_validation",
     "tokenize_glue",
     "write_json_atomic",

@@ -1,0 +1,298 @@
+"""Design-space exploration: sampling (uniformity, budget, seed), EDFs, stage selection, evaluation and resume."""
+
+import json
+import math
+import os
+import statistics
+from collections import Counter
+
+import pytest
+from peft import get_peft_model
+
+import peft_designspace  # noqa: F401  (registers the method)
+from peft_designspace import DesignSpaceConfig
+from peft_designspace.designspace.refine import Stage, edf, edf_curve, paper_stages, select_best, summarize
+from peft_designspace.designspace.space import DesignSampler, DesignSpace, design_config, design_key
+from tests.tiny_models import make_model
+from trainer_ext.explore import ExploreSettings, evaluate_designs, explore_main, run_exploration
+
+BUDGET = 0.05  # of a tiny 8-layer BERT (hidden 32): about 3.8k parameters
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model("bert", "SEQ_CLS", hidden=32, layers=8)
+
+
+@pytest.fixture(scope="module")
+def sampler(model):
+    return DesignSampler(model, BUDGET)
+
+
+def small_space(**overrides) -> DesignSpace:
+    data = {
+        "groupings": ["spindle", "uniform"],
+        "allocations": ["uniform"],
+        "tunable_groups": [[0, 1, 2, 3]],
+        "group_strategies": [[["adapter"], ["lora"]], [["adapter"]], [["lora"]], [["adapter"]]],
+    }
+    return DesignSpace.from_dict({**data, **overrides})
+
+
+# sampling ------------------------------------------------------------------------------------------------------------
+
+
+def test_sampling_is_uniform_over_the_space(sampler):
+    designs = sampler.sample(small_space(), 800, seed=0)
+    counts = Counter((d["grouping"], tuple(d["group_strategies"][0])) for d in designs)
+    assert len(counts) == 4
+    chi2 = sum((c - 200) ** 2 / 200 for c in counts.values())
+    assert chi2 < 16.3  # chi-square, 3 degrees of freedom, p = 0.001
+
+
+def test_sampling_is_uniform_over_the_designs_that_meet_the_budget(sampler):
+    # BitFit alone has a fixed cost far from the budget: those designs are rejected, the others stay uniform
+    space = small_space(
+        tunable_groups=[[0]],
+        group_strategies=[[["bitfit"], ["adapter"], ["lora"]], [["adapter"]], [["adapter"]], [["adapter"]]],
+    )
+    designs = sampler.sample(space, 600, seed=1)
+    counts = Counter(tuple(d["group_strategies"][0]) for d in designs)
+    assert set(counts) == {("adapter",), ("lora",)}
+    assert abs(counts[("adapter",)] - 300) < 60
+
+
+def test_every_sample_meets_the_budget(model, sampler):
+    designs = sampler.sample(DesignSpace(), 12, seed=3)
+    for design in designs:
+        realised = sampler.realised(design)
+        assert abs(realised / sampler.target - 1) <= 0.05
+    for design in designs[:3]:  # the sampler's count is the one the real adapter gets
+        peft_model = get_peft_model(make_model("bert", "SEQ_CLS"), design_config(design, BUDGET, task_type="SEQ_CLS"))
+        report = peft_model.base_model.budget_report()
+        assert report.realised == sampler.realised(design)
+        assert abs(report.relative_error) <= 0.05
+
+
+def test_sampling_is_reproducible_from_the_seed(sampler):
+    first = sampler.sample(DesignSpace(), 10, seed=7)
+    assert first == sampler.sample(DesignSpace(), 10, seed=7)
+    assert first != sampler.sample(DesignSpace(), 10, seed=8)
+
+
+def test_design_key_ignores_strategies_of_untuned_groups():
+    a = {"grouping": "spindle", "allocation": "uniform", "tunable_groups": [0], "group_strategies": [["lora"]] * 4}
+    b = {**a, "group_strategies": [["lora"], ["adapter"], ["prefix"], ["bitfit"]]}
+    assert design_key(a) == design_key(b)
+    assert design_key(a) != design_key({**a, "allocation": "increasing"})
+
+
+# bad input -----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"groupings": []}, "`groupings` is empty"),
+        ({"group_strategies": [[], [["lora"]], [["lora"]], [["lora"]]]}, r"`group_strategies\[0\]` is empty"),
+        ({"num_groups": 2}, "contradicts `num_groups=2`"),
+        ({"groupings": [[1, 2, 3]]}, "contradict"),
+        ({"tunable_groups": [[0, 4]]}, "contradicts `num_groups=4`"),
+        ({"allocations": ["uniform", "uniform"]}, "twice"),
+        ({"group_strategies": [[["dropout"]]] * 4}, "non-empty lists out of"),
+    ],
+)
+def test_bad_spaces_are_clear_errors(kwargs, match):
+    if kwargs.get("num_groups") == 2:
+        kwargs = {**kwargs, "groupings": ["spindle"], "group_strategies": None}
+    with pytest.raises(ValueError, match=match):
+        DesignSpace(**kwargs)
+
+
+def test_contradictory_constraint_is_a_clear_error():
+    space = DesignSpace().constrain("grouping", "spindle")
+    with pytest.raises(ValueError, match="contradicts the space"):
+        space.constrain("grouping", "uniform")
+
+
+def test_budget_no_design_meets_is_a_clear_error(model):
+    with pytest.raises(ValueError, match="is met by 0 of"):
+        DesignSampler(model, 3).sample(DesignSpace(), 2, seed=0)
+    with pytest.raises(ValueError, match="is met by 0 of"):  # a fixed BitFit cost can never reach this budget
+        DesignSampler(model, BUDGET).sample(small_space(group_strategies=[[["bitfit"]]] * 4), 2, seed=0)
+
+
+def test_fewer_than_two_samples_is_a_clear_error(sampler, model, tmp_path):
+    with pytest.raises(ValueError, match="`num_samples` must be an int >= 2"):
+        sampler.sample(DesignSpace(), 1, seed=0)
+    with pytest.raises(ValueError, match="`num_samples` must be an int >= 2"):
+        run_exploration(ExploreSettings(data_dir="unused"), str(tmp_path), num_samples=1, model=model)
+    with pytest.raises(SystemExit) as exit_info:
+        explore_main(["--data_dir", "x", "--output_dir", str(tmp_path), "--num_samples", "1", "--quiet"])
+    assert exit_info.value.code == 2
+
+
+# EDF and stage selection ---------------------------------------------------------------------------------------------
+
+
+def test_edf_and_summary():
+    errors = [0.3, 0.1, 0.2, 0.2]
+    assert edf(errors, 0.2) == 0.25  # strictly below
+    assert edf(errors, 0.25) == 0.75
+    assert edf(errors, 1.0) == 1.0
+    assert edf_curve(errors) == ([0.1, 0.2, 0.3], [0.25, 0.75, 1.0])
+    stats = summarize(errors)
+    assert math.isclose(stats["mean"], statistics.mean(errors))
+    assert math.isclose(stats["std"], statistics.stdev(errors))
+    assert (stats["min"], stats["median"], stats["max"], stats["n"]) == (0.1, 0.2, 0.3, 4)
+    with pytest.raises(ValueError, match="empty"):
+        edf([], 0.1)
+
+
+def test_select_best_uses_mean_then_median_then_order():
+    assert select_best({"a": [0.3, 0.3], "b": [0.1, 0.4], "c": [0.5, 0.2]}) == "b"
+    assert select_best({"a": [0.1, 0.3, 0.5], "b": [0.29, 0.29, 0.32]}) == "b"  # equal means: lower median
+    assert select_best({"a": [0.2, 0.2], "b": [0.2, 0.2]}) == "a"
+    with pytest.raises(ValueError, match="empty"):
+        select_best({})
+
+
+FAVOURED = [["adapter", "lora"], ["lora"], ["adapter"], ["adapter", "lora"]]
+
+
+def synthetic_error(design: dict) -> float:
+    """Lowest for spindle, uniform allocation, all groups and the FAVOURED strategies; no noise."""
+    error = 0.30
+    error -= {"spindle": 0.05, "uniform": 0.02}.get(design["grouping"], 0.0)
+    error -= 0.03 if design["allocation"] == "uniform" else 0.0
+    error -= 0.01 * len(design["tunable_groups"])
+    for g in design["tunable_groups"]:
+        error -= 0.01 * (sorted(design["group_strategies"][g]) == FAVOURED[g])
+    return error
+
+
+def test_exploration_with_synthetic_scores_refines_and_resumes(model, tmp_path):
+    space = DesignSpace(group_strategies=[[["adapter"], ["lora"], ["adapter", "lora"]]] * 4)
+    settings = ExploreSettings(data_dir="unused", budget=BUDGET)
+    kwargs = {"space": space, "num_samples": 6, "evaluator": synthetic_error, "model": model, "progress": False}
+    result = run_exploration(settings, str(tmp_path), **kwargs)
+    assert [s.stage for s in result.stages] == [s.name for s in paper_stages(4)]
+    assert [s.best for s in result.stages] == [
+        "spindle",
+        "uniform",
+        "G1+G2+G3+G4",
+        "adapter+lora",
+        "lora",
+        "adapter",
+        "adapter+lora",
+    ]
+    assert result.stages[-1].notes == []  # the last stage compares single-design spaces
+    assert result.final_space.size == 1
+    assert result.best_design["group_strategies"] == FAVOURED
+    for outcome in result.stages:
+        assert os.path.isfile(outcome.plot)
+        assert set(outcome.summaries) == set(outcome.candidates)
+    report = open(result.report_path).read()
+    assert report.count("## Stage") == 7 and "(kept)" in report
+    reloaded = DesignSpaceConfig.from_pretrained(str(tmp_path / "best_config"))
+    assert (reloaded.grouping, reloaded.allocation, reloaded.group_strategies) == ("spindle", "uniform", FAVOURED)
+    assert json.load(open(tmp_path / "final_space.json"))["groupings"] == ["spindle"]
+    assert result.evaluated == len(os.listdir(tmp_path / "results"))
+
+    again = run_exploration(settings, str(tmp_path), **kwargs)  # a re-run evaluates nothing
+    assert again.evaluated == 0
+    assert again.best_design == result.best_design
+
+
+def test_stage_of_an_untuned_group_is_skipped(model, tmp_path):
+    space = small_space(tunable_groups=[[0]], group_strategies=[[["adapter"], ["lora"]]] * 4)
+    stages = [Stage("group_strategies", 0), Stage("group_strategies", 1)]
+    result = run_exploration(
+        ExploreSettings(data_dir="unused", budget=BUDGET),
+        str(tmp_path),
+        space=space,
+        num_samples=2,
+        stages=stages,
+        evaluator=lambda d: 0.1 if d["group_strategies"][0] == ["lora"] else 0.2,
+        model=model,
+        progress=False,
+    )
+    assert result.stages[0].best == "lora"
+    assert "not tuned" in result.stages[1].notes[0]
+
+
+# real training: two designs, interrupted and resumed -----------------------------------------------------------------
+
+WORDS = ["good", "great", "fine", "fun", "bad", "awful", "dull", "poor", "film", "plot", "very", "the"]
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory):
+    from transformers import BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny")
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    model_dir = folder / "model"
+    BertTokenizer(str(vocab)).save_pretrained(str(model_dir))
+    make_model("bert", "SEQ_CLS", hidden=16, layers=4).save_pretrained(str(model_dir))
+    data_dir = folder / "SST-2"
+    data_dir.mkdir()
+    rows = ["sentence\tlabel"]
+    for i in range(48):
+        positive = i % 2 == 0
+        rows.append(f"the film {WORDS[i % 4] if positive else WORDS[4 + i % 4]} very\t{int(positive)}")
+    (data_dir / "train.tsv").write_text("\n".join(rows) + "\n")
+    (data_dir / "dev.tsv").write_text("\n".join(rows[:9]) + "\n")
+    return str(model_dir), str(data_dir)
+
+
+def test_evaluation_with_trainer_stores_results_and_resumes(tiny_backbone, tmp_path):
+    model_dir, data_dir = tiny_backbone
+    settings = ExploreSettings(
+        data_dir=data_dir,
+        model_name_or_path=model_dir,
+        budget=300,
+        train_samples=24,
+        validation_samples=12,
+        max_steps=2,
+        batch_size=8,
+        max_length=16,
+    )
+    sampler = DesignSampler(make_model("bert", "SEQ_CLS", hidden=16, layers=4), 300)
+    designs = sampler.sample(DesignSpace(), 2, seed=0)
+    assert design_key(designs[0]) != design_key(designs[1])
+    results_dir = str(tmp_path / "results")
+
+    first = evaluate_designs(designs[:1], settings, results_dir, progress=False)  # "interrupted" after one design
+    (key1,) = first
+    path1 = os.path.join(results_dir, f"{key1}.json")
+    stamp = os.stat(path1).st_mtime_ns
+    stored = json.load(open(path1))
+    assert 0.0 <= stored["error"] <= 1.0 and math.isclose(stored["error"], 1 - stored["accuracy"])
+    assert abs(stored["realised"] / stored["target"] - 1) <= 0.05
+
+    resumed = evaluate_designs(designs, settings, results_dir, progress=False)
+    assert resumed[key1]["cached"] is True
+    assert [r["cached"] for k, r in resumed.items() if k != key1] == [False]
+    assert os.stat(path1).st_mtime_ns == stamp  # the finished design was not trained again
+    assert len(os.listdir(results_dir)) == 2
+
+
+def test_command_line_options_build_the_space():
+    import argparse
+
+    from trainer_ext.explore import add_explore_arguments, space_from_args, stages_from_args
+
+    parser = add_explore_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(
+        ["--data_dir", "d", "--output_dir", "o", "--groupings", "spindle,uniform", "--tunable_groups", "1234,23"]
+        + ["--strategy_sets", "adapter,adapter+lora", "--stages", "grouping,strategies_G2"]
+    )
+    space = space_from_args(args)
+    assert space.groupings == ["spindle", "uniform"]
+    assert space.tunable_groups == [[0, 1, 2, 3], [1, 2]]
+    assert space.group_strategies == [[["adapter"], ["adapter", "lora"]]] * 4
+    assert [s.name for s in stages_from_args(args, 4)] == ["grouping", "strategies_G2"]
+    with pytest.raises(ValueError, match="--stages"):
+        stages_from_args(parser.parse_args(["--data_dir", "d", "--output_dir", "o", "--stages", "nope"]), 4)
