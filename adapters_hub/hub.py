@@ -8,12 +8,15 @@ budget report and uploads the folder in one commit.
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from .card import write_model_card
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def push_adapter(
@@ -61,4 +64,41 @@ def push_adapter(
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
         write_model_card(folder, report=report, repo_id=repo_id)
+        return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, commit_message=commit_message)
+
+
+def push_folder(
+    adapter_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str = "Upload adapter",
+) -> Any:
+    """Upload a saved adapter folder to `repo_id` with the pack's model card (written on a copy; the folder is kept).
+
+    Args:
+        adapter_dir (`str` or `os.PathLike`): a folder written by `save_pretrained`.
+        repo_id (`str`): the target repository, `namespace/name`.
+        token, private, revision, commit_message: as in [`push_adapter`].
+
+    Returns:
+        `huggingface_hub.CommitInfo`
+
+    Example:
+
+    ```py
+    >>> push_folder("outputs/designspace-SST-2/adapter", "my-org/minilm-s4-sst2")  # doctest: +SKIP
+    ```
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    if revision is not None and revision != "main":
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copytree(adapter_dir, folder, dirs_exist_ok=True)
+        write_model_card(folder, repo_id=repo_id)
         return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, commit_message=commit_message)

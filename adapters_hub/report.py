@@ -1,0 +1,167 @@
+"""What a saved adapter holds, read from its folder alone (no base model): budget table and structure heatmap.
+
+The structure is a grid with one row per transformer layer:
+
+- design space: one column per strategy (`adapter`, `bitfit`, `lora`, `prefix`), cells = parameters, from the plan;
+- SAM: one column per kind of tensor (`attention.self.query.weight`, ...), cells = selected entries, from the
+  config's `nnz_pattern`.
+
+`heatmap_text` draws it with shade characters for a terminal; `plot_heatmap` writes an image with matplotlib.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .loading import CONFIG_NAME, WEIGHTS_NAME
+
+SHADES = " ░▒▓█"
+LAYER_RE = re.compile(r"\.(\d+)\.")
+
+
+@dataclass
+class Structure:
+    """A layer × column grid of counts.
+
+    Attributes:
+        title (`str`): what the cells count.
+        rows (`list[str]`): row labels (layers).
+        columns (`list[str]`): column labels.
+        cells (`list[list[int]]`): `cells[row][column]`.
+        table (`str`): the budget table (text) of the adapter.
+    """
+
+    title: str
+    rows: list[str]
+    columns: list[str]
+    cells: list[list[int]]
+    table: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"title": self.title, "rows": self.rows, "columns": self.columns, "cells": self.cells, **self.extra}
+
+
+def read_config(adapter_dir: str | os.PathLike) -> dict:
+    """The adapter's `adapter_config.json`, with a clear error when the folder holds none."""
+    path = Path(adapter_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{adapter_dir} holds no {CONFIG_NAME}; is it a folder written by save_pretrained?")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def adapter_structure(adapter_dir: str | os.PathLike) -> Structure:
+    """The budget table and structure grid of a saved design-space or SAM adapter.
+
+    Raises:
+        ValueError: for other methods, or a config without its resolved plan / selection.
+    """
+    config = read_config(adapter_dir)
+    peft_type = config.get("peft_type")
+    if peft_type == "DESIGNSPACE" and isinstance(config.get("plan"), dict):
+        return _designspace_structure(adapter_dir, config)
+    if peft_type == "SAMTUNING" and isinstance(config.get("nnz_pattern"), dict):
+        return _sam_structure(config)
+    raise ValueError(
+        f"{adapter_dir}: no structure report for a {peft_type} adapter (reports cover design-space adapters with a "
+        "plan and calibrated SAM adapters)."
+    )
+
+
+def _designspace_structure(adapter_dir, config: dict) -> Structure:
+    from .card import report_from_saved
+
+    plan = config["plan"]
+    table = str(report_from_saved(adapter_dir)) if (Path(adapter_dir) / WEIGHTS_NAME).is_file() else ""
+    columns = sorted({s for layer in plan["layers"] for s in layer["params"]})
+    by_index = {layer["index"]: layer for layer in plan["layers"]}
+    group_of = {i: g for g, members in enumerate(plan["groups"]) for i in members}
+    rows, cells = [], []
+    for i in range(plan["num_layers"]):
+        rows.append(f"L{i} G{group_of.get(i, 0) + 1}")
+        params = by_index.get(i, {}).get("params", {})
+        cells.append([int(params.get(c, 0)) for c in columns])
+    return Structure("parameters per layer and strategy", rows, columns, cells, table)
+
+
+def _sam_structure(config: dict) -> Structure:
+    from .card import _selection_table
+
+    pattern = config["nnz_pattern"]
+    grid: dict[int, dict[str, int]] = {}
+    columns: list[str] = []
+    outside = 0
+    for key, count in pattern.items():
+        match = LAYER_RE.search(key)
+        if match is None:
+            outside += count
+            continue
+        column = key[match.end() :]
+        if column not in columns:
+            columns.append(column)
+        grid.setdefault(int(match.group(1)), {})[column] = count
+    layers = sorted(grid)
+    cells = [[grid[i].get(c, 0) for c in columns] for i in layers]
+    table = "\n".join(_selection_table(pattern))
+    return Structure(
+        "selected entries per layer and tensor", [f"L{i}" for i in layers], columns, cells, table, {"outside": outside}
+    )
+
+
+def heatmap_text(structure: Structure) -> str:
+    """The grid as text: one shade character per cell (darker = more), with the count; a legend line at the end."""
+    peak = max((v for row in structure.cells for v in row), default=0) or 1
+    width = max(8, *(len(c) for c in _short(structure.columns)))
+    label = max((len(r) for r in structure.rows), default=0)
+    lines = [structure.title, " " * label + " " + " ".join(f"{c:>{width}}" for c in _short(structure.columns))]
+    for name, row in zip(structure.rows, structure.cells):
+        cells = []
+        for value in row:
+            shade = SHADES[0] if value == 0 else SHADES[1 + min(3, int(4 * value / peak - 1e-9))]
+            cells.append(f"{shade * 2}{_compact(value):>{width - 2}}")
+        lines.append(f"{name:<{label}} " + " ".join(cells))
+    lines.append(f"shades: {SHADES[1]} ≤25%  {SHADES[2]} ≤50%  {SHADES[3]} ≤75%  {SHADES[4]} >75% of the largest cell")
+    return "\n".join(lines)
+
+
+def plot_heatmap(structure: Structure, path: str | os.PathLike) -> Path:
+    """Write the grid as an image (format from the suffix: .png, .pdf, .svg); needs matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(structure.columns), 0.8 + 0.35 * len(structure.rows)))
+    image = ax.imshow(structure.cells, aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(structure.columns)), _short(structure.columns), rotation=45, ha="right")
+    ax.set_yticks(range(len(structure.rows)), structure.rows)
+    ax.set_title(structure.title)
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def _short(columns: list[str]) -> list[str]:
+    """Each label as its shortest dotted suffix that no other label shares (`.weight` dropped)."""
+    parts = [c.removesuffix(".weight").split(".") for c in columns]
+    short = []
+    for i, p in enumerate(parts):
+        k = 1
+        while k < len(p) and any(q[-k:] == p[-k:] for j, q in enumerate(parts) if j != i):
+            k += 1
+        short.append(".".join(p[-k:]))
+    return short
+
+
+def _compact(value: int) -> str:
+    if value >= 10_000_000:
+        return f"{value / 1e6:.0f}M"
+    if value >= 10_000:
+        return f"{value / 1e3:.0f}k"
+    return str(value)

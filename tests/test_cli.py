@@ -1,0 +1,184 @@
+"""The `peft-designspace` command line: help texts, up-front validation (exit 2 before any model loads), and a tiny
+end-to-end train -> report -> export -> calibrate on a saved tiny model and a tiny GLUE folder."""
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import transformers
+from tiny_models import make_model
+
+from adapters_hub.cli import build_parser, main
+
+SUBCOMMANDS = ("train", "calibrate", "search", "report", "export", "push")
+WORDS = ["good", "bad", "film", "great", "awful", "fine", "dull", "the", "a", "is", "movie", "plot"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A saved tiny BERT with a word-level tokenizer (ids inside its 128-token vocabulary) and a tiny SST-2 folder."""
+    root = tmp_path_factory.mktemp("tiny")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz"]
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    transformers.BertTokenizer(str(root / "vocab.txt")).save_pretrained(root / "model")
+    make_model("bert", "SEQ_CLS", layers=4).save_pretrained(root / "model")
+    rng = random.Random(0)
+    (root / "SST-2").mkdir()
+    for split, n in (("train", 48), ("dev", 8)):
+        lines = ["sentence\tlabel"]
+        for i in range(n):
+            word = rng.choice(["good", "great", "fine"] if i % 2 else ["bad", "awful", "dull"])
+            lines.append(f"the {rng.choice(['film', 'movie', 'plot'])} is {word}\t{i % 2}")
+        (root / "SST-2" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Fail the test if any transformers model or tokenizer is loaded."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the options were validated")
+
+    for name in ("AutoModelForSequenceClassification", "AutoTokenizer", "AutoModel"):
+        monkeypatch.setattr(getattr(transformers, name), "from_pretrained", refuse)
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_console_script_help_is_instant():
+    exe = shutil.which("peft-designspace", path=os.path.dirname(sys.executable))
+    assert exe, "the console script is missing: run `pip install -e . --no-deps`"
+    start = time.perf_counter()
+    result = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and all(c in result.stdout for c in SUBCOMMANDS)
+    assert "exit status" in result.stdout
+    assert time.perf_counter() - start < 10  # no torch import for --help
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_option_is_documented(command, capsys):
+    assert run([command, "--help"], capsys)[0] == 0
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    for action in sub._actions:
+        assert action.help and action.help.strip(), f"{command}: {action.option_strings or action.dest} has no help"
+    help_text = capsys.readouterr().out or sub.format_help()
+    assert "exit status" in sub.format_help() and help_text is not None
+
+
+BAD_OPTIONS = [
+    (["train", "--data", "{tmp}/missing"], "--data"),
+    (["train", "--data", "{tiny}/SST-2", "--model", "{tmp}/no-model"], "--model"),
+    (["train", "--data", "{tiny}/SST-2", "--model", "{tiny}/model", "--method", "magic"], "--method"),
+    (["train", "--data", "{tiny}/SST-2", "--model", "{tiny}/model", "--preset", "s5"], "--preset"),
+    (["train", "--data", "{tiny}/SST-2", "--model", "{tiny}/model", "--budget", "-1"], "--budget"),
+    (["train", "--data", "{tiny}/SST-2", "--model", "{tiny}/model", "--budget", "2.5"], "--budget"),
+    (["train", "--data", "{tiny}/SST-2", "--model", "{tiny}/model", "--max_steps", "0"], "--max_steps"),
+    (["train", "--data", "{tiny}/SST-2", "--model", "{tiny}/model", "--task", "mnli"], "--task"),
+    (["train", "--data", "{tiny}/SST-2", "--model", "{tiny}/model", "--output_dir", "{file}"], "--output_dir"),
+    (["train", "--data", "{tiny}/SST-2", "--model", "{tiny}/model", "--adapter", "{tmp}"], "--adapter"),
+    (["train", "--data", "{tiny}/SST-2", "--model", "{tiny}/model", "--max_steps", "x"], "--max_steps"),
+    (["calibrate", "--data", "{tiny}/SST-2", "--model", "{tiny}/model", "--score", "best"], "--score"),
+    (["report", "{tmp}/nothing"], "adapter"),
+    (["export", "{tmp}", "--output_dir", "{tmp}/out"], "adapter"),
+    (["export", "{tmp}/missing", "--output_dir", "{tmp}/out", "--format", "onnx"], "--format"),
+    (["push", "{tmp}", "not a repo"], "adapter"),
+]
+
+
+@pytest.mark.parametrize(("argv", "option"), BAD_OPTIONS, ids=[f"{a[0]}:{o}" for a, o in BAD_OPTIONS])
+def test_bad_options_fail_fast_naming_the_option(argv, option, tiny, tmp_path, no_model_loads, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # default output folders would go here
+    (tmp_path / "a-file").write_text("x")
+    argv = [a.format(tmp=tmp_path, tiny=tiny, file=tmp_path / "a-file") for a in argv]
+    code, _, err = run(argv, capsys)
+    assert code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert option in last, last
+    assert sorted(os.listdir(tmp_path)) == ["a-file"]  # nothing written
+
+
+def test_hub_dataset_offline_is_a_clear_usage_error(tiny, tmp_path, no_model_loads, monkeypatch, capsys):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    argv = [
+        "train",
+        "--data",
+        "nyu-mll/glue:sst2",
+        "--model",
+        str(tiny / "model"),
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "--data" in err and "local GLUE folder" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_report_export_end_to_end(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    common = ["--data", str(tiny / "SST-2"), "--model", str(tiny / "model"), "--batch_size", "8", "-q"]
+    code, out, err = run(["train", *common, "--preset", "lora", "--budget", "0.05", "--max_steps", "3"], capsys)
+    assert code == 0, err[-2000:]
+    summary = next(line for line in out.splitlines() if line.startswith("SUMMARY"))
+    assert "method=designspace preset=lora" in summary and "adapter=outputs/designspace-SST-2/adapter" in summary
+    out_dir = tmp_path / "outputs" / "designspace-SST-2"
+    assert json.loads((out_dir / "results.json").read_text())["reload_ok"] is True
+    assert sorted(os.listdir(tmp_path / "outputs")) == ["designspace-SST-2"]  # no temporary folder left
+
+    code, out, err = run(["train", *common, "--max_steps", "1"], capsys)  # exists: refused up front
+    assert code == 2 and "--overwrite" in err
+
+    code, out, _ = run(["report", str(out_dir / "adapter")], capsys)
+    assert code == 0 and "budget report" in out and "lora" in out and "█" in out
+    code, out, _ = run(["report", str(out_dir / "adapter"), "--json"], capsys)
+    assert json.loads(out)["columns"] == ["lora"]
+
+    code, out, err = run(
+        ["export", str(out_dir / "adapter"), "--output_dir", "exported", "--model", str(tiny / "model")], capsys
+    )
+    assert code == 0, err[-2000:]
+    assert "format=lora exact=True" in out
+    assert float(out.split("max_abs_diff=")[1].split()[0]) < 1e-6
+    assert json.loads((tmp_path / "exported" / "adapter_config.json").read_text())["peft_type"] == "LORA"
+
+
+def test_calibrate_then_export_sam(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["calibrate", "--data", str(tiny / "SST-2"), "--model", str(tiny / "model"), "--budget", "0.02"]
+    code, out, err = run([*argv, "--calibration_batches", "2", "--batch_size", "8", "-q"], capsys)
+    assert code == 0, err[-2000:]
+    assert "CALIBRATED" in out and "train --data" in out
+    adapter = tmp_path / "outputs" / "sam-calibration-SST-2" / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["nnz_pattern"]
+    code, out, _ = run(["report", str(adapter)], capsys)
+    assert code == 0 and "selected entries" in out
+    code, out, err = run(["export", str(adapter), "--output_dir", "merged", "--format", "merged", "-q"], capsys)
+    assert code == 0 and "format=merged exact=True" in out, err[-2000:]
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+
+
+def test_search_runs_or_says_it_is_unavailable(tiny, tmp_path, capsys, monkeypatch):
+    import peft_designspace
+
+    monkeypatch.delattr(peft_designspace, "S3PETConfig", raising=False)
+    argv = [
+        "search",
+        "--data",
+        str(tiny / "SST-2"),
+        "--model",
+        str(tiny / "model"),
+        "--output_dir",
+        str(tmp_path / "s"),
+    ]
+    code, _, err = run(argv, capsys)
+    assert code == 3 and "not available yet" in err
+    assert not (tmp_path / "s").exists()
