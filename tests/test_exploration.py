@@ -296,3 +296,14 @@ def test_command_line_options_build_the_space():
     assert [s.name for s in stages_from_args(args, 4)] == ["grouping", "strategies_G2"]
     with pytest.raises(ValueError, match="--stages"):
         stages_from_args(parser.parse_args(["--data_dir", "d", "--output_dir", "o", "--stages", "nope"]), 4)
+
+
+def test_report_only_replays_finished_stages_and_stops_at_missing_results(model, tmp_path):
+    space = DesignSpace(group_strategies=[[["adapter"], ["lora"]]] * 4)
+    settings = ExploreSettings(data_dir="unused", budget=BUDGET)
+    kwargs = {"space": space, "num_samples": 2, "model": model, "progress": False}
+    first = run_exploration(settings, str(tmp_path), stages=paper_stages(4)[:1], evaluator=synthetic_error, **kwargs)
+    partial = run_exploration(settings, str(tmp_path), evaluate=False, **kwargs)  # an "interrupted" full run
+    assert [s.best for s in partial.stages] == [first.stages[0].best] == ["spindle"]
+    assert partial.stopped_at.startswith("Parameter allocation (stage 2): 0 of")
+    assert partial.evaluated == 0 and "## Not finished" in open(partial.report_path).read()

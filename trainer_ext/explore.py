@@ -276,12 +276,13 @@ def evaluate_designs(
     evaluator: Callable[[dict], float] | None = None,
     desc: str = "designs",
     progress: bool = True,
+    stored_only: bool = False,
 ) -> dict[str, dict]:
     """Evaluate the distinct `designs` whose results are not stored yet; return `{key: result}` for all of them.
 
     Results of this call carry `"cached": False`, stored ones `"cached": True` (in memory only). With `workers > 1`
     designs train in spawned processes, each with `cores // workers` torch threads (a custom `evaluator` always
-    runs in this process).
+    runs in this process). `stored_only=True` evaluates nothing and returns the stored results only.
     """
     from tqdm.auto import tqdm
 
@@ -295,6 +296,8 @@ def evaluate_designs(
         if stored is not None:
             results[key] = {**stored, "cached": True}
     todo = [(key, d) for key, d in unique.items() if key not in results]
+    if stored_only:
+        return results
     bar = tqdm(total=len(unique), initial=len(results), desc=desc, unit="design", disable=not progress)
     bar.set_postfix(left=len(todo))
 
@@ -350,6 +353,7 @@ class ExplorationResult:
     best_config: Any  # DesignSpaceConfig
     report_path: str
     evaluated: int  # designs trained (or scored) in this call, not loaded from earlier runs
+    stopped_at: str | None = None  # set when `evaluate=False` stopped at a stage with missing results
 
 
 def _candidate_seed(seed: int, stage: Stage, label: str) -> int:
@@ -384,6 +388,7 @@ def run_exploration(
     report_path: str | None = None,
     plots_dir: str | None = None,
     progress: bool = True,
+    evaluate: bool = True,
 ) -> ExplorationResult:
     """Refine `space` stage by stage; results go to `<output_dir>/results/`, the outcome next to them.
 
@@ -399,6 +404,8 @@ def run_exploration(
         evaluator (`Callable[[dict], float]`, *optional*): scores a design instead of training it (tests, proxies).
         model (`nn.Module`, *optional*): the base model used to check budgets; loaded from `settings` by default.
         report_path / plots_dir (`str`, *optional*): markdown report and plot folder (defaults: in `output_dir`).
+        evaluate (`bool`, *optional*, defaults to `True`): `False` trains nothing: the stages are replayed from the
+            stored results up to the first stage with missing designs, and a partial report is written.
 
     Raises:
         ValueError: `num_samples` < 2, an empty or contradictory space, or a budget that no design meets.
@@ -444,8 +451,19 @@ def run_exploration(
         designs = [d for _, ds in samples.values() for d in ds]
         desc = f"[{index}/{len(stages)}] {stage.name}"
         results = evaluate_designs(
-            designs, settings, results_dir, workers=workers, evaluator=evaluator, desc=desc, progress=progress
+            designs,
+            settings,
+            results_dir,
+            workers=workers,
+            evaluator=evaluator,
+            desc=desc,
+            progress=progress,
+            stored_only=not evaluate,
         )
+        missing = len({design_key(d, settings.fingerprint()) for d in designs}) - len(results)
+        if missing:
+            stopped = f"{stage.title} (stage {index}): {len(results)} of {len(results) + missing} designs evaluated"
+            return _finish_partial(settings, start_space, space, outcomes, all_results, report_path, stopped)
         evaluated += sum(not r["cached"] for r in results.values())
         all_results.update(results)
         errors = {
@@ -464,7 +482,7 @@ def run_exploration(
                 samples[best][0],
                 plot,
                 notes,
-            )  # fmt: skip
+            )
         )
         space = space.constrain(stage.component, samples[best][0], stage.group)
         logger.info("Stage %s: kept %s", stage.name, best)
@@ -474,6 +492,23 @@ def run_exploration(
 def _skipped(stage: Stage, note: str, value: Any = None) -> StageOutcome:
     label = _value_label(stage, value) if value is not None else "-"
     return StageOutcome(stage.name, stage.title, {}, {}, label, value, None, [note])
+
+
+def _finish_partial(settings, start_space, space, outcomes, all_results, report_path, stopped):
+    in_space = [r for r in all_results.values() if _in_space(r["design"], space)]
+    best = min(in_space, key=lambda r: (r["error"], r["key"])) if in_space else None
+    result = ExplorationResult(
+        outcomes,
+        space,
+        best["design"] if best else None,
+        best["error"] if best else float("nan"),
+        None,
+        report_path,
+        0,
+        stopped_at=stopped,
+    )
+    write_report(result, settings, start_space, all_results, None)
+    return result
 
 
 def _finish(settings, output_dir, start_space, space, outcomes, all_results, evaluated, report_path, sampler):
@@ -543,6 +578,22 @@ def write_report(result: ExplorationResult, settings: ExploreSettings, start_spa
         if outcome.summaries:
             lines += [stage_table(outcome.summaries, outcome.best), "", f"Kept: **{outcome.best}**.", ""]
             lines += [f"![{outcome.title}]({rel(outcome.plot)})", ""]
+    if result.stopped_at is not None:
+        lines += [
+            "## Not finished",
+            "",
+            f"The exploration stopped at {result.stopped_at}; re-run the same command to resume. Refined space so "
+            "far:",
+            "",
+            "```json",
+            json.dumps(result.final_space.to_dict()),
+            "```",
+            "",
+        ]
+        os.makedirs(folder, exist_ok=True)
+        with open(result.report_path, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines))
+        return result.report_path
     lines += [
         "## Outcome",
         "",
@@ -596,6 +647,9 @@ def add_explore_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--report", default=None, help="Report path (default: <output_dir>/report.md).")
     parser.add_argument("--plots_dir", default=None, help="Plot folder (default: <output_dir>/plots).")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
+    parser.add_argument(
+        "--report_only", action="store_true", help="Train nothing: report the stages the stored results complete."
+    )
     return parser
 
 
@@ -659,7 +713,11 @@ def run_explore(args: argparse.Namespace) -> int:
         report_path=args.report,
         plots_dir=args.plots_dir,
         progress=not args.quiet,
+        evaluate=not args.report_only,
     )
+    if result.stopped_at is not None:
+        print(f"Partial report (stopped at {result.stopped_at}): {result.report_path}", flush=True)
+        return 0
     print(f"Best design: {design_label(result.best_design)} (error {result.best_error:.4f})", flush=True)
     print(f"Report: {result.report_path}", flush=True)
     return 0
