@@ -223,3 +223,14 @@ def test_second_order_search_runs_and_best_checkpoint_is_used(tmp_path):
     structure = trainer.derive_structure()
     assert structure["from_checkpoint"] == trainer.state.best_model_checkpoint
     assert structure["total"] <= structure["budget"]
+
+
+def test_heatmap_grid_uses_every_candidate_as_its_frame():
+    from peft_designspace.s3pet.plot import structure_grid
+
+    model = get_peft_model(make_model("bert", "SEQ_CLS"), S3PETConfig(budget=700, task_type="SEQ_CLS"))
+    frame = [c.to_dict() for c in model.base_model.candidates()]
+    structure = model.base_model.derive_structure()
+    rows, layers, grid = structure_grid(structure["modules"], frame=frame)
+    assert layers == list(range(8)) and len(rows) == len({(c["type"], c["path"].split(".", 4)[-1]) for c in frame})
+    assert sum(map(sum, grid)) == len(structure["modules"])

@@ -1,21 +1,27 @@
 """Heatmaps of S3PET structures: kept modules (layers × candidate kinds) and keep probabilities after search."""
 
 import os
+import re
 from pathlib import Path
 
 from .space import TYPES
 
 
 def _row_name(module: dict) -> str:
-    return f"{module['type']} @ {module['role']}"
+    inside_layer = re.sub(r"^.*?\.\d+\.", "", module["path"], count=1)  # the path relative to its layer
+    return f"{module['type']} @ {inside_layer}"
 
 
 def structure_grid(
-    modules: list[dict], value_key: str | None = None
+    modules: list[dict], value_key: str | None = None, frame: list[dict] | None = None
 ) -> tuple[list[str], list[int], list[list[float]]]:
-    """`(rows, layers, grid)`: one row per `type @ role`, one column per layer; cells hold 1 (or `value_key`)."""
-    rows = sorted({_row_name(m) for m in modules}, key=lambda r: (TYPES.index(r.split(" @ ")[0]), r))
-    layers = sorted({m["layer"] for m in modules})
+    """`(rows, layers, grid)`: one row per `type @ module inside the layer`, one column per layer.
+
+    Cells hold 1 for each module (or its `value_key`); `frame` (e.g. every candidate) fixes the rows and columns.
+    """
+    frame = frame or modules
+    rows = sorted({_row_name(m) for m in frame}, key=lambda r: (TYPES.index(r.split(" @ ")[0]), r))
+    layers = sorted({m["layer"] for m in frame})
     grid = [[0.0] * len(layers) for _ in rows]
     for m in modules:
         i, j = rows.index(_row_name(m)), layers.index(m["layer"])
@@ -49,10 +55,11 @@ def plot_structure(
     panels = [("kept modules", structure["modules"], None)]
     if probabilities:
         panels.append(("keep probability after search", probabilities, "p"))
-    all_rows = structure_grid(probabilities or structure["modules"])[0]
+    frame = probabilities or structure["modules"]
+    all_rows = structure_grid(frame)[0]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 0.35 * len(all_rows) + 2), squeeze=False)
     for ax, (name, modules, key) in zip(axes[0], panels):
-        rows, layers, grid = structure_grid(modules, key)
+        rows, layers, grid = structure_grid(modules, key, frame)
         image = ax.imshow(grid, aspect="auto", cmap="viridis" if key else "Greens", vmin=0, vmax=1)
         ax.set_yticks(range(len(rows)), rows, fontsize=7)
         ax.set_xticks(range(len(layers)), layers, fontsize=7)
