@@ -233,6 +233,8 @@ def export_to_peft(
         builder = _designspace_to_lora
     elif peft_type == "SAMTUNING":
         builder = _sam_to_shira
+    elif peft_type == "S3PET":
+        builder = _s3pet_to_lora
     elif hasattr(tuner, "export_lora_structure"):  # hook for tuners such as S3PET (see docs/hub.md)
         builder = _structure_to_lora
     else:
@@ -316,6 +318,51 @@ def _designspace_to_lora(model, tuner, name, config):
             bias.add_(delta.to(bias.dtype))
     exported = _lora_model(plain, lora_parts, config, bias="all" if biases else "none", dropout=config.lora_dropout)
     return exported, ExportInfo("", "lora", "DESIGNSPACE", exact=not biases, notes=notes)
+
+
+def _s3pet_to_lora(model, tuner, name, config):
+    """An applied S3PET structure of LoRA parts (and BitFit parts on modules with a bias) as a plain LoraConfig."""
+    from peft_designspace.s3pet.layer import Linear, Norm
+
+    if config.searching:
+        raise ExportError(
+            f"S3PET adapter {name!r} is in search mode; derive its structure and train it in apply mode before "
+            "exporting."
+        )
+    lora_parts: list[LoraPart] = []
+    biases: dict[str, torch.Tensor] = {}
+    refused: list[str] = []
+    for path, module in tuner.model.named_modules():
+        if isinstance(module, Linear):
+            if name in module.s3pet_lra:
+                refused.append(f"{path}: low-rank adapter")
+            if name in module.s3pet_lora:
+                low_rank = module.s3pet_lora[name]
+                parts = (low_rank.A.weight.detach(), low_rank.B.weight.detach(), low_rank.scaling)
+                lora_parts.append(LoraPart(path, *parts, config.lora_alpha, module.fan_in_fan_out))
+        if isinstance(module, Norm) and name in module.s3pet_lnfit:
+            refused.append(f"{path}: LNFit scale delta")
+        if isinstance(module, (Linear, Norm)) and name in module.s3pet_bias:
+            if getattr(module.get_base_layer(), "bias", None) is None:
+                refused.append(f"{path}: bias delta on a module without a bias (nothing to fold it into)")
+            else:
+                biases[path] = module.s3pet_bias[name].detach()
+    if refused or not lora_parts:
+        what = f"{len(refused)} parts, e.g. {refused[:3]}" if refused else "a structure without LoRA parts"
+        raise ExportError(
+            f"Plain PEFT cannot express {what} of S3PET adapter {name!r}: only LoRA (and BitFit on biased modules) "
+            "has a plain-PEFT form. Use `export_merged` when every part merges (`unmergeable_parts` lists the rest)."
+        )
+    plain = _plain_copy(model)
+    with torch.no_grad():
+        for path, delta in biases.items():
+            bias = plain.get_submodule(path).bias
+            bias.add_(delta.to(bias.dtype))
+    exported = _lora_model(plain, lora_parts, config, bias="all" if biases else "none", dropout=0.0)
+    notes = [f"{len(lora_parts)} LoRA modules as LoraConfig with rank_pattern/alpha_pattern"]
+    if biases:
+        notes.append(f"{len(biases)} BitFit bias deltas folded into the base biases, saved with bias='all'")
+    return exported, ExportInfo("", "lora", "S3PET", exact=not biases, notes=notes)
 
 
 def _structure_to_lora(model, tuner, name, config):

@@ -8,10 +8,10 @@ from peft_designspace import S3PETConfig
 
 
 def searched_structure(
-    model_id: str, task: str, budget: int = 1200, space="m", seed: int = 0, hidden: int = 32, **kwargs
+    model_id: str, task: str, budget: int = 1200, space="m", seed: int = 0, hidden: int = 32, layers: int = 8, **kwargs
 ) -> dict:
     """A structure derived from random (seeded) α on the search space of a tiny model."""
-    base = make_model(model_id, task, hidden=hidden)
+    base = make_model(model_id, task, hidden=hidden, layers=layers)
     model = get_peft_model(base, S3PETConfig(budget=budget, search_space=space, task_type=task))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -10,10 +10,11 @@ import textwrap
 import pytest
 import torch
 from peft import get_peft_model
+from s3pet_helpers import searched_structure
 from tiny_models import make_inputs, make_model
 
 from adapters_hub.export import INFO_NAME, ExportError, export_merged, export_to_peft, shira_rank
-from peft_designspace import DesignSpaceConfig, SAMTuningConfig
+from peft_designspace import DesignSpaceConfig, S3PETConfig, SAMTuningConfig
 
 AUTO = {"SEQ_CLS": "AutoModelForSequenceClassification", "CAUSAL_LM": "AutoModelForCausalLM"}
 
@@ -38,6 +39,12 @@ FRESH_LOAD = textwrap.dedent(
     """
 )
 
+# applied S3PET structures for the 4-layer tiny BERT of the cases: LoRA only, and every mergeable type
+S3PET_LORA = searched_structure("bert", "SEQ_CLS", budget=600, space="l", layers=4)
+S3PET_LINEAR = searched_structure(
+    "bert", "SEQ_CLS", budget=900, space=[{"type": "lora"}, {"type": "bitfit"}, {"type": "lnfit"}], layers=4
+)
+
 CASES = {
     # name: (model id, task, config class, kwargs, export, exact)
     "lora": ("bert", "SEQ_CLS", DesignSpaceConfig, {"preset": "lora", "budget": 0.05}, "peft", True),
@@ -53,6 +60,8 @@ CASES = {
     "sam_shira": ("bert", "SEQ_CLS", SAMTuningConfig, {"budget": 0.01}, "peft", True),
     "sam_merged": ("bert", "SEQ_CLS", SAMTuningConfig, {"budget": 0.01, "include_biases": True}, "merged", True),
     "lora_merged": ("bert", "SEQ_CLS", DesignSpaceConfig, {"preset": "lora", "budget": 0.05}, "merged", False),
+    "s3pet_lora": ("bert", "SEQ_CLS", S3PETConfig, {"structure": S3PET_LORA}, "peft", True),
+    "s3pet_merged": ("bert", "SEQ_CLS", S3PETConfig, {"structure": S3PET_LINEAR}, "merged", False),
 }
 
 

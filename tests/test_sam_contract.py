@@ -97,3 +97,10 @@ def test_tied_embedding_merge_is_refused():
         model.merge_and_unload()
     base = make_model("gpt2", "CAUSAL_LM")
     assert base.get_output_embeddings().weight is base.get_input_embeddings().weight
+
+
+def test_unmergeable_parts_name_the_tied_embedding():
+    model = common.build("gpt2", "CAUSAL_LM", SAMTuningConfig, {**SAM, "include_embeddings": True})
+    parts = model.base_model.unmergeable_parts()
+    assert parts == ["transformer.wte: SAM delta on a tied embedding (the output projection shares the weight)"]
+    assert common.build("bert", "SEQ_CLS", SAMTuningConfig, SAM).base_model.unmergeable_parts() == []

@@ -209,6 +209,21 @@ class SAMTuningModel(WrapperTunerMixin, BaseTuner):
                     found[f"{path}.{part}"] = indices[name].long()
         return found
 
+    def unmergeable_parts(self, adapter_names: list[str] | None = None) -> list[str]:
+        """`"module path: reason"` for every SAM delta of the given (default: active) adapters that cannot merge.
+
+        A delta on a tied embedding (the output projection shares the weight) or on a forward-only quantized layer.
+        """
+        found = []
+        for name in adapter_names or self.active_adapters:
+            for path, layer in self.sam_layers(name):
+                if layer.tied:
+                    found.append(f"{path}: SAM delta on a tied embedding (the output projection shares the weight)")
+                backend = layer.quantization_backend
+                if backend is not None and not backend.supports_merge:
+                    found.append(f"{path}: SAM delta on a forward-only quantized layer")
+        return found
+
     # saving and loading -------------------------------------------------------------------------------------------
     @classmethod
     def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
