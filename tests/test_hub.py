@@ -239,3 +239,27 @@ def test_push_adapter_uploads_the_pack_card(hub, tiny, tmp_path):
     results = load_in_fresh_process(hub, tiny, tmp_path, "tester/carded", [("v2", {"revision": "v2"})])
     assert results == {"v2": {"ok": True}}
     torch.testing.assert_close(logits(tmp_path, "v2"), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["samtuning", "s3pet"])
+def test_every_method_round_trips_through_the_hub(hub, tiny, tmp_path, method):
+    """SAM (calibrated) and S3PET (applied structure) adapters: push, then load in a fresh process, same logits."""
+    from s3pet_helpers import searched_structure
+
+    from peft_designspace import S3PETConfig, SAMTuningConfig, calibrate_sam
+
+    base = AutoModelForSequenceClassification.from_pretrained(tiny[0] / "base")
+    if method == "samtuning":
+        model = get_peft_model(base, SAMTuningConfig(task_type="SEQ_CLS", budget=0.02))
+        calibrate_sam(model, [make_inputs("bert", "SEQ_CLS", seed=s) for s in range(2)], show_progress=False)
+        model = common.train_a_little(model, "bert", "SEQ_CLS")
+    else:
+        structure = searched_structure("bert", "SEQ_CLS")
+        model = get_peft_model(base, S3PETConfig(task_type="SEQ_CLS", structure=structure, init_weights=False))
+    expected = common.outputs(model, make_inputs("bert", "SEQ_CLS"))
+    model.push_to_hub(f"tester/bert-{method}", token=WRITE)
+    config = json.loads(hub.repo(f"tester/bert-{method}").resolve("main").files["adapter_config.json"].data)
+    assert config["peft_type"] == method.upper()
+    results = load_in_fresh_process(hub, tiny, tmp_path, f"tester/bert-{method}", [("main", {})])
+    assert results == {"main": {"ok": True}}
+    torch.testing.assert_close(logits(tmp_path, "main"), expected, atol=1e-6, rtol=0)
