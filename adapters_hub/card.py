@@ -38,6 +38,7 @@ STRATEGY_OF = {
 HIDDEN_SETTINGS = {
     "plan",
     "nnz_pattern",
+    "structure",
     "peft_type",
     "auto_mapping",
     "base_model_name_or_path",
@@ -145,6 +146,27 @@ def _settings_table(config: dict) -> list[str]:
     return lines
 
 
+STRUCTURE_IMAGE = "s3pet_structure.png"
+
+
+def _structure_lines(structure: dict) -> list[str]:
+    """S3PET: the kept modules per type, and the heatmap image saved next to the card."""
+    counts: dict[str, list[int]] = {}
+    for module in structure.get("modules", []):
+        counts.setdefault(module["type"], []).append(module["size"])
+    lines = [
+        f"{len(structure.get('modules', []))} modules kept by the search, {structure.get('total', 0):,} of a budget "
+        f"of {structure.get('budget', 0):,} parameters (`{structure.get('strategy')}` discretisation).",
+        "",
+        f"![S3PET structure]({STRUCTURE_IMAGE})",
+        "",
+        "| type | modules | parameters |",
+        "| --- | ---: | ---: |",
+    ]
+    lines += [f"| `{kind}` | {len(sizes)} | {sum(sizes):,} |" for kind, sizes in sorted(counts.items())]
+    return lines
+
+
 def _selection_table(nnz_pattern: dict[str, int]) -> list[str]:
     """SAM's selected entries per kind of tensor (layer indices folded into `*`), from the config's `nnz_pattern`."""
     groups: dict[str, list[int]] = {}
@@ -226,6 +248,8 @@ def card_section(config: dict, report: Any = None, repo_id: str | None = None) -
         lines += ["## Budget report", "", "```text", str(report), "```", ""]
     if isinstance(config.get("nnz_pattern"), dict):
         lines += ["## Selected entries", "", *_selection_table(config["nnz_pattern"]), ""]
+    if isinstance(config.get("structure"), dict):
+        lines += ["## Structure", "", *_structure_lines(config["structure"]), ""]
     lines += [
         "### Framework versions",
         "",
@@ -286,6 +310,13 @@ def write_model_card(
     if report is None and config.get("peft_type") == "DESIGNSPACE" and (adapter_dir / WEIGHTS_NAME).is_file():
         report = report_from_saved(adapter_dir, adapter_name)
 
+    if isinstance(config.get("structure"), dict):
+        try:  # the heatmap the card shows; matplotlib is optional (`pip install peft-designspace[plots]`)
+            from peft_designspace.s3pet.plot import plot_structure
+
+            plot_structure(config["structure"], adapter_dir / STRUCTURE_IMAGE)
+        except ImportError:
+            pass
     readme = adapter_dir / "README.md"
     card = ModelCard(readme.read_text(encoding="utf-8") if readme.is_file() else "", ignore_metadata_errors=True)
     method = str(config.get("peft_type", "")).lower()

@@ -234,3 +234,13 @@ def test_heatmap_grid_uses_every_candidate_as_its_frame():
     rows, layers, grid = structure_grid(structure["modules"], frame=frame)
     assert layers == list(range(8)) and len(rows) == len({(c["type"], c["path"].split(".", 4)[-1]) for c in frame})
     assert sum(map(sum, grid)) == len(structure["modules"])
+
+
+def test_saved_applied_structure_gets_a_card_with_its_heatmap(tmp_path):
+    structure = searched_structure("bert", "SEQ_CLS")
+    model = get_peft_model(make_model("bert", "SEQ_CLS"), S3PETConfig(structure=structure, task_type="SEQ_CLS"))
+    model.save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert f"{len(structure['modules'])} modules kept by the search" in card
+    assert "![S3PET structure](s3pet_structure.png)" in card
+    assert (tmp_path / "s3pet_structure.png").read_bytes()[:4] == b"\x89PNG"
