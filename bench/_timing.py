@@ -180,6 +180,13 @@ class Method:
     head_params: int
     details: dict = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
+    step: Callable[[dict], None] | None = None  # a custom training step (default: `train_step`)
+
+    def run_step(self, batch: dict) -> None:
+        if self.step is not None:
+            self.step(batch)
+        else:
+            train_step(self.model, self.optimizer, batch)
 
     def clean_steps(self) -> list[Step]:
         return [s for s in self.steps if s.clean]
@@ -194,7 +201,7 @@ def timed_step(method: Method, batch: dict, load: ForeignLoad, round_index: int,
     mark = load.start()
     cpu_start = time.process_time()
     start = time.perf_counter()
-    train_step(method.model, method.optimizer, batch)
+    method.run_step(batch)
     wall = time.perf_counter() - start
     cpu = time.process_time() - cpu_start
     foreign = load.stop(mark)
@@ -211,7 +218,7 @@ def run_rounds(methods: list[Method], batch: dict, args: argparse.Namespace, loa
     for method in methods:
         method.model.train()
         for _ in range(args.warmup):
-            train_step(method.model, method.optimizer, batch)
+            method.run_step(batch)
 
     def progress() -> int:
         return sum(min(args.steps, len(m.clean_steps())) for m in methods)
@@ -328,13 +335,15 @@ def memory_worker(setup: Callable, setup_args: tuple, threads: int, steps: int, 
     import torch
 
     torch.set_num_threads(threads)
-    model, optimizer, batch = setup(*setup_args)
+    built = setup(*setup_args)  # (model, optimizer, batch) or (model, optimizer, batch, custom step)
+    model, optimizer, batch = built[:3]
+    step = built[3] if len(built) > 3 else (lambda b: train_step(model, optimizer, b))
     model.train()
     gc.collect()
     setup_peak = _peak_rss_mib()
     start = _proc_status_mib("VmRSS") if _reset_peak_rss() else setup_peak
     for _ in range(steps):
-        train_step(model, optimizer, batch)
+        step(batch)
     steps_peak = _peak_rss_mib()
     queue.put((max(setup_peak, steps_peak), steps_peak - start))
 

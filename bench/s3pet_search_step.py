@@ -1,0 +1,248 @@
+"""Cost of one S3PET search step against one PEFT LoRA training step, and the memory it needs (no model copy).
+
+Model: the MiniLM-L6-shaped BERT of `bench/_minilm.py` (random init, 2 labels); batch `--batch-size` x
+`--seq-len`; CPU, `--threads` threads. Methods:
+
+- `peft-lora`: PEFT LoRA rank `--lora-rank` on query and value (the usual baseline), one plain step;
+- `s3pet-search`: one first-order S3PET search step as `S3PETSearchTrainer` runs it: an α step (forward and
+  backward on a search batch, α gradient only, AdamW on α), then a weight step (forward, backward, AdamW on the
+  deltas), with the whole search space (`--space`) gated at `--budget`;
+- `s3pet-search-2nd`: the same with the second-order DARTS approximation (four extra passes);
+- `s3pet-apply`: one plain step of an applied structure of the same budget (the retraining phase).
+
+Memory: peak RSS of a fresh process per method, and the parameter bytes of the model (base + deltas + α), to show
+that the search keeps one model only (the reference code holds a second full model for the virtual step).
+
+Example:
+
+```
+python bench/s3pet_search_step.py --json bench/results/s3pet_search_step.json
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _minilm import MODEL_SHAPE, build_base, make_batch, method_params  # noqa: E402
+from _timing import (  # noqa: E402
+    ForeignLoad,
+    Method,
+    add_timing_arguments,
+    check_timing_arguments,
+    environment,
+    import_pack,
+    load_average,
+    make_optimizer,
+    measure_memory,
+    run_rounds,
+    summarise,
+    write_json,
+)
+
+BASELINE = "peft-lora"
+METHODS = (BASELINE, "s3pet-search", "s3pet-search-2nd", "s3pet-apply")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Time one S3PET search step (gates + deltas) against one PEFT LoRA step on a MiniLM-shaped "
+        "BERT on CPU, and measure peak memory per method in fresh processes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="Methods to run.")
+    parser.add_argument("--budget", type=float, default=1.389e-4, help="S3PET budget (fraction of the backbone).")
+    parser.add_argument("--space", default="m", choices=("m", "l"), help="S3PET search space.")
+    parser.add_argument("--lora-rank", type=int, default=8, help="Rank of the PEFT LoRA baseline (query, value).")
+    parser.add_argument("--batch-size", type=int, default=32, help="Sequences per batch.")
+    parser.add_argument("--seq-len", type=int, default=64, help="Tokens per sequence.")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Learning rate of the weight optimizers.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the model and batches.")
+    parser.add_argument("--target-ratio", type=float, default=2.0, help="Target of search step / LoRA step.")
+    parser.add_argument("--no-memory", action="store_true", help="Skip the fresh-process memory measurement.")
+    parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
+    parser.add_argument("--json", type=Path, default=None, help="Write the results as JSON here.")
+    add_timing_arguments(parser, steps=10)
+    args = parser.parse_args(argv)
+    check_timing_arguments(parser, args)
+    if BASELINE not in args.methods:
+        parser.error(f"--methods must include the baseline {BASELINE!r}")
+    if not args.budget > 0:
+        parser.error("--budget must be > 0")
+    return args
+
+
+def _search_step(model, optimizer, arch_optimizer, alphas, search_batch, second_order: bool, lr: float):
+    """The step of `S3PETSearchTrainer` without the Trainer around it: α step on `search_batch`, then weights."""
+    import torch
+
+    def step(batch: dict) -> None:
+        if second_order:
+            alpha_ids = {id(a) for a in alphas}
+            weights = {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in alpha_ids}
+            g_w = torch.autograd.grad(model(**batch).loss, list(weights.values()), allow_unused=True)
+            virtual = {
+                n: (p - lr * (g if g is not None else 0)).detach().requires_grad_()
+                for (n, p), g in zip(weights.items(), g_w)
+            }
+            out = torch.func.functional_call(model, virtual, (), search_batch)
+            grads = torch.autograd.grad(out.loss, alphas + list(virtual.values()), allow_unused=True)
+            d_alpha, d_virtual = grads[: len(alphas)], grads[len(alphas) :]
+            norm = torch.sqrt(sum((d**2).sum() for d in d_virtual if d is not None))
+            eps = 0.01 / float(norm)
+            terms = []
+            for sign in (1.0, -1.0):
+                shifted = {n: (p + sign * eps * d).detach() for (n, p), d in zip(weights.items(), d_virtual)}
+                loss = torch.func.functional_call(model, shifted, (), batch).loss
+                terms.append(torch.autograd.grad(loss, alphas, allow_unused=True))
+            grads = [da - lr * (gp - gm) / (2 * eps) for da, gp, gm in zip(d_alpha, *terms)]
+        else:
+            grads = torch.autograd.grad(model(**search_batch).loss, alphas)
+        for a, g in zip(alphas, grads):
+            a.grad = g
+        arch_optimizer.step()
+        arch_optimizer.zero_grad(set_to_none=True)
+        for a in alphas:
+            a.requires_grad_(False)
+        optimizer.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+        optimizer.step()
+        for a in alphas:
+            a.requires_grad_(True)
+
+    return step
+
+
+def build(name: str, args: argparse.Namespace):
+    """`(model, optimizer, batch, step or None, description, details)` of one method."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from peft_designspace import S3PETConfig
+
+    batch = make_batch(args.batch_size, args.seq_len, args.seed)
+    base = build_base(args.seed)
+    if name == BASELINE:
+        model = get_peft_model(
+            base, LoraConfig(r=args.lora_rank, target_modules=["query", "value"], task_type="SEQ_CLS")
+        )
+        return model, make_optimizer(model, args.lr), batch, None, f"PEFT LoRA r={args.lora_rank} q,v", {}
+    if name == "s3pet-apply":
+        search = get_peft_model(build_base(args.seed), S3PETConfig(budget=args.budget, search_space=args.space))
+        structure = search.base_model.derive_structure()
+        model = get_peft_model(base, S3PETConfig(structure=structure, task_type="SEQ_CLS"))
+        details = {"modules": len(structure["modules"]), "structure_params": structure["total"]}
+        return model, make_optimizer(model, args.lr), batch, None, "applied structure, plain step", details
+    model = get_peft_model(base, S3PETConfig(budget=args.budget, search_space=args.space, task_type="SEQ_CLS"))
+    alphas = model.base_model.architecture_parameters()
+    for a in alphas:
+        a.requires_grad_(False)
+    optimizer = make_optimizer(model, args.lr)
+    for a in alphas:
+        a.requires_grad_(True)
+    arch_optimizer = torch.optim.AdamW(alphas, lr=0.1, weight_decay=0.0)
+    search_batch = make_batch(args.batch_size, args.seq_len, args.seed + 100)
+    second = name == "s3pet-search-2nd"
+    step = _search_step(model, optimizer, arch_optimizer, alphas, search_batch, second, args.lr)
+    candidates = model.base_model.candidates()
+    details = {
+        "candidates": len(candidates),
+        "candidate_params": sum(c.size for c in candidates),
+        "alpha_params": sum(a.numel() for a in alphas),
+        "budget_params": model.base_model._search_plan(None)["budget"],
+    }
+    order = "second" if second else "first"
+    return model, optimizer, batch, step, f"{order}-order search step (α + weights), space {args.space}", details
+
+
+def memory_setup(name: str, args: argparse.Namespace):
+    model, optimizer, batch, step, _, _ = build(name, args)
+    return (model, optimizer, batch) if step is None else (model, optimizer, batch, step)
+
+
+def parameter_mib(model) -> float:
+    return sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import_pack()
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    base_mib = parameter_mib(build_base(args.seed))
+    methods = []
+    for name in args.methods:
+        model, optimizer, batch, step, description, details = build(name, args)
+        params, head = method_params(model)
+        details["model_param_mib"] = round(parameter_mib(model), 3)
+        methods.append(Method(name, description, model, optimizer, params, head, details, step=step))
+    baseline = methods[0]
+    load = ForeignLoad()
+    batch = make_batch(args.batch_size, args.seq_len, args.seed)
+    load_before = load_average()
+    started = time.perf_counter()
+    run = run_rounds(methods, batch, args, load)
+    run["duration_s"] = time.perf_counter() - started
+    rows = [summarise(m, baseline) for m in methods]
+    memory = None
+    if not args.no_memory:
+        for method in methods:
+            method.model = method.optimizer = method.step = None
+        gc.collect()
+        memory = measure_memory(memory_setup, {name: (name, args) for name in args.methods}, args.threads)
+        for row in rows:
+            row["peak_rss_mib"], row["step_rss_growth_mib"] = memory[row["method"]]
+
+    print(
+        f"Base: BERT {MODEL_SHAPE}, {base_mib:.1f} MiB of parameters; batch {args.batch_size} x {args.seq_len}, "
+        f"{args.threads} threads"
+    )
+    header = f"{'method':18} {'trainable':>10} {'model MiB':>9} {'median ms':>10} {'ratio':>6} {'clean':>6}"
+    if memory:
+        header += f" {'peak RSS':>9} {'step +RSS':>9}"
+    print(header)
+    for row in rows:
+        line = (
+            f"{row['method']:18} {row['method_params']:>10,} {row['details']['model_param_mib']:>9.2f} "
+            f"{row['median_ms']:>10.1f} {row['ratio']:>6.2f} {row['steps_clean']:>3}/{row['steps_total']:<2}"
+        )
+        if memory:
+            line += f" {row['peak_rss_mib']:>9.0f} {row['step_rss_growth_mib']:>9.0f}"
+        print(line)
+    search = next((r for r in rows if r["method"] == "s3pet-search"), None)
+    if search is not None:
+        met = search["ratio"] <= args.target_ratio
+        print(
+            f"\nS3PET first-order search step / PEFT LoRA step: {search['ratio']:.2f} (paired "
+            f"{search['paired_ratio_median']:.2f}); target <= {args.target_ratio:g}: {'MET' if met else 'NOT MET'}"
+        )
+    if args.json is not None:
+        payload = {
+            "benchmark": "s3pet_search_step",
+            "command": " ".join([Path(sys.argv[0]).as_posix(), *(sys.argv[1:] if argv is None else argv)]),
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "environment": {**environment(), "load_average_before": load_before, "load_average_after": load_average()},
+            "model": {**MODEL_SHAPE, "num_labels": 2, "base_param_mib": base_mib},
+            "run": run,
+            "results": rows,
+        }
+        write_json(args.json, payload)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
