@@ -1,8 +1,51 @@
 """What every config of the pack shares: the pack version it was written with, and the model card on save."""
 
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from ._version import __version__
+
+
+def _fail(field_name: str, value: Any, allowed: str, exc: type[Exception] = ValueError) -> None:
+    raise exc(f"`{field_name}` must be {allowed}, got {value!r}.")
+
+
+def _check_type(name: str, value: Any, types: type | tuple[type, ...], allowed: str) -> None:
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        _fail(name, value, allowed, TypeError)
+    if not isinstance(value, types):
+        _fail(name, value, allowed, TypeError)
+
+
+def _check_positive_int(name: str, value: Any, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(name, value, "a positive int" + (" or None" if optional else ""), TypeError)
+    if value < 1:
+        _fail(name, value, "a positive int" + (" or None" if optional else ""))
+
+
+def check_budget(budget: Any, of: str) -> float | int:
+    """Validate a budget (a fraction of `of` in (0, 1), or a whole count >= 1) and return it (counts as `int`)."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        _fail("budget", budget, "a float fraction in (0, 1) or an int count >= 1", TypeError)
+    if math.isnan(budget) or math.isinf(budget) or not budget > 0:
+        _fail("budget", budget, f"> 0 (a fraction of {of} in (0, 1) or a count >= 1)")
+    if budget >= 1 and float(budget) != int(budget):
+        _fail("budget", budget, "a whole number when >= 1 (an absolute parameter count)")
+    return int(budget) if budget >= 1 else budget
+
+
+def check_schema_version(version: Any, current: int) -> None:
+    """Refuse a config JSON layout newer than this version of the pack understands."""
+    _check_type("schema_version", version, int, "an int")
+    if version > current:
+        raise ValueError(
+            f"`schema_version` {version!r} is newer than this peft-designspace understands ({current}); upgrade "
+            "with `pip install -U peft-designspace`."
+        )
 
 
 @dataclass

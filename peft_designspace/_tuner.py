@@ -1,6 +1,10 @@
 """Pieces shared by the pack's tuners (`BaseTuner` subclasses)."""
 
+import warnings
+
 from torch import nn
+
+from ._warnings import DesignSpaceWarning
 
 
 class WrapperTunerMixin:
@@ -34,3 +38,63 @@ class WrapperTunerMixin:
             if part.startswith(cls.prefix) and parts[i + 1] == adapter_name:
                 return ".".join(parts[: i + 1] + parts[i + 2 :])
         return super()._remove_adapter_name_from_key(key, adapter_name)
+
+    # planning: every tuner of the pack resolves its placement in `_plan`, also for adapters added later -----------
+    def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
+        # planned here rather than in `_pre_injection_hook`, which `PeftModel.add_adapter` does not call
+        self._plan(model, self.peft_config[adapter_name], adapter_name)
+        super().inject_adapter(model, adapter_name, **kwargs)
+
+    def _plan(self, model: nn.Module, config, adapter_name: str) -> None:
+        raise NotImplementedError
+
+    # merging ----------------------------------------------------------------------------------------------------
+    def unmergeable_parts(self, adapter_names: list[str] | None = None) -> list[str]:
+        """`"module path: part"` for every part of the given (default: active) adapters that cannot be merged."""
+        names = adapter_names or self.active_adapters
+        found = []
+        for path, module in self.model.named_modules():
+            if isinstance(module, self.tuner_layer_cls):
+                found.extend(f"{path}: {part}" for part in module.unmergeable_parts(names))
+        return found
+
+    def _check_mergeable(self, adapter_names: list[str]) -> None:
+        """Raise when the adapters cannot be merged at all (default: they can)."""
+
+    def merge_and_unload(
+        self,
+        progressbar: bool = False,
+        safe_merge: bool = False,
+        adapter_names: list[str] | None = None,
+        partial: bool = False,
+    ) -> nn.Module:
+        """Merge the mergeable parts into the base weights and return the plain base model.
+
+        Parts that are not linear in the weights (see `unmergeable_parts()`) cannot be merged: with such parts this
+        raises, unless `partial=True`, which merges the rest and *drops* them (the outputs then differ from the
+        adapted model's). To merge while keeping them active, use `merge_adapter()` instead.
+
+        Args:
+            progressbar (`bool`): show a progress bar.
+            safe_merge (`bool`): check the merged deltas for NaNs first.
+            adapter_names (`list[str]`, *optional*): adapters to merge; defaults to the active ones.
+            partial (`bool`, *optional*, defaults to `False`): allow dropping the non-mergeable parts.
+        """
+        self._check_mergeable(adapter_names or self.active_adapters)
+        parts = self.unmergeable_parts(adapter_names)
+        if parts and not partial:
+            raise ValueError(
+                f"This adapter has {len(parts)} parts that cannot be merged into the base weights, e.g. "
+                f"{parts[:3]}. Call `merge_and_unload(partial=True)` to merge the rest and drop them, or "
+                "`merge_adapter()` to merge the rest while they stay active."
+            )
+        if parts:
+            warnings.warn(
+                f"Dropping {len(parts)} non-mergeable parts (e.g. {parts[:3]}); the merged model's outputs differ "
+                "from the adapted model's.",
+                DesignSpaceWarning,
+                stacklevel=2,
+            )
+        return self._unload_and_optionally_merge(
+            merge=True, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
+        )

@@ -1,36 +1,16 @@
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from peft import PeftConfig
 from peft.utils import PeftType
 
-from .._config import PackConfigMixin
+from .._config import PackConfigMixin, _check_positive_int, _check_type, _fail, check_budget, check_schema_version
 from .grouping import ALLOCATIONS, GROUPING_PATTERNS, pattern_weights
 from .presets import PRESETS, STRATEGIES
 
 LORA_ROLES = ("attn_out", "ffn_in", "ffn_out", "key", "query", "value")
 SCHEMA_VERSION = 1
-
-
-def _fail(field_name: str, value: Any, allowed: str, exc: type[Exception] = ValueError) -> None:
-    raise exc(f"`{field_name}` must be {allowed}, got {value!r}.")
-
-
-def _check_type(name: str, value: Any, types: type | tuple[type, ...], allowed: str) -> None:
-    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        _fail(name, value, allowed, TypeError)
-    if not isinstance(value, types):
-        _fail(name, value, allowed, TypeError)
-
-
-def _check_positive_int(name: str, value: Any, optional: bool = True) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        _fail(name, value, "a positive int" + (" or None" if optional else ""), TypeError)
-    if value < 1:
-        _fail(name, value, "a positive int" + (" or None" if optional else ""))
 
 
 @dataclass
@@ -189,12 +169,7 @@ class DesignSpaceConfig(PackConfigMixin, PeftConfig):
             self.group_strategies = [list(s) for s in strategies]
 
     def _validate(self) -> None:
-        if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)):
-            _fail("budget", self.budget, "a float fraction in (0, 1) or an int count >= 1", TypeError)
-        if math.isnan(self.budget) or math.isinf(self.budget) or not self.budget > 0:
-            _fail("budget", self.budget, "> 0 (a fraction of the base model in (0, 1) or a count >= 1)")
-        if self.budget >= 1 and float(self.budget) != int(self.budget):
-            _fail("budget", self.budget, "a whole number when >= 1 (an absolute parameter count)")
+        check_budget(self.budget, "the base model")
         _check_positive_int("num_groups", self.num_groups, optional=False)
         if isinstance(self.grouping, str):
             if self.grouping not in GROUPING_PATTERNS:
@@ -283,12 +258,7 @@ class DesignSpaceConfig(PackConfigMixin, PeftConfig):
                 "None: the design space places modules by layer group and "
                 "role; use `lora_targets`, `group_strategies` and `layer_stacks` instead",
             )
-        _check_type("schema_version", self.schema_version, int, "an int")
-        if self.schema_version > SCHEMA_VERSION:
-            raise ValueError(
-                f"`schema_version` {self.schema_version!r} is newer than this peft-designspace understands "
-                f"({SCHEMA_VERSION}); upgrade with `pip install -U peft-designspace`."
-            )
+        check_schema_version(self.schema_version, SCHEMA_VERSION)
         if self.plan is not None and not (isinstance(self.plan, dict) and isinstance(self.plan.get("layers"), list)):
             _fail("plan", type(self.plan).__name__, "a plan dict written by the method (leave it None)", TypeError)
 

@@ -1,12 +1,9 @@
 """The design-space tuner: plans the layout, injects the tuner layers, merges what can be merged, reports budgets."""
 
-import warnings
-
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
 from .._tuner import WrapperTunerMixin
-from .._warnings import DesignSpaceWarning
 from ..architecture import resolve_architecture
 from . import attention as prefix_attention
 from .budget import build_plan, plan_targets
@@ -58,12 +55,7 @@ class DesignSpaceModel(WrapperTunerMixin, BaseTuner):
     def _prepare_adapter_config(self, peft_config: DesignSpaceConfig, model_config: dict) -> DesignSpaceConfig:
         return peft_config  # placement comes from the plan, not from `target_modules`
 
-    def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
-        # planned here rather than in `_pre_injection_hook`, which `add_adapter` does not call
-        self._plan(model, self.peft_config[adapter_name])
-        super().inject_adapter(model, adapter_name, **kwargs)
-
-    def _plan(self, model: nn.Module, config: DesignSpaceConfig) -> None:
+    def _plan(self, model: nn.Module, config: DesignSpaceConfig, adapter_name: str) -> None:
         if config.plan is None:
             arch = resolve_architecture(model, config.layer_stacks)
             config.plan = build_plan(config, arch, count_base_parameters(model))
@@ -130,54 +122,7 @@ class DesignSpaceModel(WrapperTunerMixin, BaseTuner):
         else:
             holder.update_layer(adapter_name, **options)
 
-    # merging and unloading ---------------------------------------------------------------------------------------
-    def unmergeable_parts(self, adapter_names: list[str] | None = None) -> list[str]:
-        """`"module path: part"` for every part of the given (default: active) adapters that cannot be merged."""
-        names = adapter_names or self.active_adapters
-        found = []
-        for path, module in self.model.named_modules():
-            if isinstance(module, DesignSpaceLayer):
-                found.extend(f"{path}: {part}" for part in module.unmergeable_parts(names))
-        return found
-
-    def merge_and_unload(
-        self,
-        progressbar: bool = False,
-        safe_merge: bool = False,
-        adapter_names: list[str] | None = None,
-        partial: bool = False,
-    ) -> nn.Module:
-        """Merge the LoRA and bias parts into the base weights and return the plain base model.
-
-        Adapters and prefixes are non-linear and cannot be merged: with such parts this raises, unless
-        `partial=True`, which merges the LoRA and bias parts and *drops* the rest (the outputs then differ from the
-        adapted model's). To merge while keeping the rest active, use `merge_adapter()` instead.
-
-        Args:
-            progressbar (`bool`): show a progress bar.
-            safe_merge (`bool`): check the merged LoRA deltas for NaNs first.
-            adapter_names (`list[str]`, *optional*): adapters to merge; defaults to the active ones.
-            partial (`bool`, *optional*, defaults to `False`): allow dropping the non-mergeable parts.
-        """
-        parts = self.unmergeable_parts(adapter_names)
-        if parts and not partial:
-            raise ValueError(
-                f"This adapter has {len(parts)} parts that cannot be merged into the base weights "
-                f"(adapters, prefixes or bias deltas on bias-free norms), e.g. {parts[:3]}. Call "
-                "`merge_and_unload(partial=True)` to merge only the LoRA and bias parts and drop the rest, "
-                "or `merge_adapter()` to merge them while the rest stays active."
-            )
-        if parts:
-            warnings.warn(
-                f"Dropping {len(parts)} non-mergeable parts (e.g. {parts[:3]}); the merged model's outputs differ "
-                "from the adapted model's.",
-                DesignSpaceWarning,
-                stacklevel=2,
-            )
-        return self._unload_and_optionally_merge(
-            merge=True, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
-        )
-
+    # merging and unloading (`merge_and_unload(partial=...)` and `unmergeable_parts` come from the mixin) --------
     def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
         for attention in self._prefixed_attention_modules():
             del attention._modules[prefix_attention.HOLDER_NAME]

@@ -1,11 +1,9 @@
-import math
 from dataclasses import dataclass, field
 
 from peft import PeftConfig
 from peft.utils import PeftType
 
-from .._config import PackConfigMixin
-from ..designspace.config import _check_type, _fail
+from .._config import PackConfigMixin, _check_type, _fail, check_budget, check_schema_version
 from .space import normalize_space
 from .structure import load_structure
 
@@ -77,14 +75,7 @@ class S3PETConfig(PackConfigMixin, PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.S3PET
-        if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)):
-            _fail("budget", self.budget, "a float fraction in (0, 1) or an int count >= 1", TypeError)
-        if math.isnan(self.budget) or math.isinf(self.budget) or not self.budget > 0:
-            _fail("budget", self.budget, "> 0 (a fraction of the base model in (0, 1) or a count >= 1)")
-        if self.budget >= 1 and float(self.budget) != int(self.budget):
-            _fail("budget", self.budget, "a whole number when >= 1 (an absolute parameter count)")
-        if self.budget >= 1:
-            self.budget = int(self.budget)
+        self.budget = check_budget(self.budget, "the base model")
         normalize_space(self.search_space)
         if self.structure is not None:
             self.structure = load_structure(self.structure)
@@ -98,12 +89,7 @@ class S3PETConfig(PackConfigMixin, PeftConfig):
         for name in ("target_modules", "target_parameters", "exclude_modules"):
             if getattr(self, name) is not None:
                 _fail(name, getattr(self, name), "None: S3PET places modules by its search space and structure")
-        _check_type("schema_version", self.schema_version, int, "an int")
-        if self.schema_version > SCHEMA_VERSION:
-            raise ValueError(
-                f"`schema_version` {self.schema_version!r} is newer than this peft-designspace understands "
-                f"({SCHEMA_VERSION}); upgrade with `pip install -U peft-designspace`."
-            )
+        check_schema_version(self.schema_version, SCHEMA_VERSION)
 
     @property
     def searching(self) -> bool:

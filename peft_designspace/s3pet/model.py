@@ -1,13 +1,10 @@
 """The S3PET tuner: inserts the search space (gated) or a structure (ungated), computes gates, derives structures."""
 
-import warnings
-
 import torch
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
 from .._tuner import WrapperTunerMixin
-from .._warnings import DesignSpaceWarning
 from ..architecture import is_linear, is_norm, linear_features
 from ..designspace.model import count_base_parameters
 from ..modules import lra_parameters
@@ -57,8 +54,6 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
         return peft_config
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
-        # planned here rather than in `_pre_injection_hook`, which `add_adapter` does not call
-        self._plan(model, self.peft_config[adapter_name], adapter_name)
         super().inject_adapter(model, adapter_name, **kwargs)
         if self.peft_config[adapter_name].searching and not getattr(self, "_gate_hook", None):
             self._gate_hook = self.model.register_forward_pre_hook(self._refresh_gates, with_kwargs=True)
@@ -232,49 +227,14 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
         space = config.search_space
         return build_structure(plan["candidates"], p.tolist(), plan["budget"], plan["base_params"], strategy, space)
 
-    # merging ------------------------------------------------------------------------------------------------------
-    def unmergeable_parts(self, adapter_names: list[str] | None = None) -> list[str]:
-        """`"module path: part"` for every part of the given (default: active) adapters that cannot be merged."""
-        names = adapter_names or self.active_adapters
-        found = []
-        for path, module in self.model.named_modules():
-            if isinstance(module, S3PETLayer):
-                found.extend(f"{path}: {part}" for part in module.unmergeable_parts(names))
-        return found
-
-    def merge_and_unload(
-        self,
-        progressbar: bool = False,
-        safe_merge: bool = False,
-        adapter_names: list[str] | None = None,
-        partial: bool = False,
-    ) -> nn.Module:
-        """Merge the LoRA, BitFit and LNFit parts and return the base model; low-rank adapters cannot be merged.
-
-        With low-rank adapters this raises unless `partial=True`, which drops them (the outputs then differ).
-        """
-        searching = [n for n in adapter_names or self.active_adapters if self.peft_config[n].searching]
+    # merging (`merge_and_unload(partial=...)` and `unmergeable_parts` come from the mixin) ---------------------
+    def _check_mergeable(self, adapter_names: list[str]) -> None:
+        searching = [n for n in adapter_names if self.peft_config[n].searching]
         if searching:
             raise ValueError(
                 f"Adapter(s) {searching} are in S3PET search mode (gated candidates): derive the structure with "
                 "`derive_structure()`, then train it in apply mode, which can be merged."
             )
-        parts = self.unmergeable_parts(adapter_names)
-        if parts and not partial:
-            raise ValueError(
-                f"This adapter has {len(parts)} parts that cannot be merged (low-rank adapters or bias deltas on "
-                f"bias-free norms), e.g. {parts[:3]}. Call `merge_and_unload(partial=True)` to merge the rest and "
-                "drop them, or `merge_adapter()` to merge the rest while they stay active."
-            )
-        if parts:
-            warnings.warn(
-                f"Dropping {len(parts)} non-mergeable parts (e.g. {parts[:3]}); the merged model's outputs differ.",
-                DesignSpaceWarning,
-                stacklevel=2,
-            )
-        return self._unload_and_optionally_merge(
-            merge=True, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
-        )
 
     def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
         hook = getattr(self, "_gate_hook", None)

@@ -1,12 +1,10 @@
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 from peft import PeftConfig
 from peft.utils import PeftType
 
-from .._config import PackConfigMixin
-from ..designspace.config import _check_positive_int, _check_type, _fail
+from .._config import PackConfigMixin, _check_positive_int, _check_type, _fail, check_budget, check_schema_version
 
 SCHEMA_VERSION = 1
 SCORES = ("sam", "fisher", "magnitude", "random")
@@ -111,14 +109,7 @@ class SAMTuningConfig(PackConfigMixin, PeftConfig):
         self._validate()
 
     def _validate(self) -> None:
-        if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)):
-            _fail("budget", self.budget, "a float fraction in (0, 1) or an int count >= 1", TypeError)
-        if math.isnan(self.budget) or math.isinf(self.budget) or not self.budget > 0:
-            _fail("budget", self.budget, "> 0 (a fraction of the targeted parameters in (0, 1) or a count >= 1)")
-        if self.budget >= 1 and float(self.budget) != int(self.budget):
-            _fail("budget", self.budget, "a whole number when >= 1 (an absolute count of entries)")
-        if self.budget >= 1:
-            self.budget = int(self.budget)
+        self.budget = check_budget(self.budget, "the targeted parameters")
         for name, allowed in (("scope", SCOPES), ("score", SCORES), ("curvature", CURVATURES)):
             value = getattr(self, name)
             if not isinstance(value, str) or value not in allowed:
@@ -142,12 +133,7 @@ class SAMTuningConfig(PackConfigMixin, PeftConfig):
             )
             if not ok:
                 _fail("nnz_pattern", self.nnz_pattern, "a dict of tensor name -> count >= 0 written by calibration")
-        _check_type("schema_version", self.schema_version, int, "an int")
-        if self.schema_version > SCHEMA_VERSION:
-            raise ValueError(
-                f"`schema_version` {self.schema_version!r} is newer than this peft-designspace understands "
-                f"({SCHEMA_VERSION}); upgrade with `pip install -U peft-designspace`."
-            )
+        check_schema_version(self.schema_version, SCHEMA_VERSION)
 
     @property
     def calibrated(self) -> bool:

@@ -123,11 +123,6 @@ class SAMTuningModel(WrapperTunerMixin, BaseTuner):
     def _prepare_adapter_config(self, peft_config: SAMTuningConfig, model_config: dict) -> SAMTuningConfig:
         return peft_config
 
-    def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
-        # planned here rather than in `_pre_injection_hook`, which `add_adapter` does not call
-        self._plan(model, self.peft_config[adapter_name], adapter_name)
-        super().inject_adapter(model, adapter_name, **kwargs)
-
     def _plan(self, model: nn.Module, config: SAMTuningConfig, adapter_name: str) -> None:
         targets = find_targets(model, config)
         if not targets:
