@@ -540,10 +540,18 @@ def plot_edfs(title: str, candidate_errors: dict[str, list[float]], path: str) -
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label, errors in candidate_errors.items():
+    styles = ("-", "--", "-.", ":")  # curves of small samples often coincide: vary the dash as well as the colour
+    for i, (label, errors) in enumerate(candidate_errors.items()):
         xs, ys = edf_curve(errors)
         stats = summarize(errors)
-        ax.step([xs[0]] + xs, [0.0] + ys, where="post", label=f"{label} ({stats['mean']:.3f} ± {stats['std']:.3f})")
+        ax.step(
+            [xs[0]] + xs,
+            [0.0] + ys,
+            where="post",
+            linestyle=styles[i % len(styles)],
+            linewidth=1.8,
+            label=f"{label} ({stats['mean']:.3f} ± {stats['std']:.3f}, n={stats['n']})",
+        )
     ax.set_xlabel("validation error (1 - accuracy)")
     ax.set_ylabel("cumulative share of designs")
     ax.set_ylim(0, 1.02)
@@ -569,7 +577,7 @@ def write_report(result: ExplorationResult, settings: ExploreSettings, start_spa
         f"{settings.learning_rate:g}, on {settings.train_samples} training rows; error = 1 - accuracy on "
         f"{settings.validation_samples} validation rows carved from the training file (split seed "
         f"{settings.split_seed}). Start space: {start_space.size:,} designs. Designs evaluated: {len(trained)}"
-        f" (train time {sum(r.get('seconds', 0) for r in trained) / 60:.1f} min in total).",
+        f" (evaluation time {sum(r.get('seconds', 0) for r in trained) / 60:.1f} min in total).",
         "",
     ]
     for i, outcome in enumerate(result.stages, start=1):
