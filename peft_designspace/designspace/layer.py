@@ -17,10 +17,9 @@ import warnings
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
-from peft.utils.quantization_utils import resolve_quantization_backend
 from torch import nn
 
-from ..architecture import linear_features
+from .._layers import LinearDeltaMixin
 from ..modules import Bottleneck, LowRank, PrefixKV
 
 
@@ -34,7 +33,7 @@ class DesignSpaceLayer(BaseTunerLayer):
         return []
 
 
-class Linear(nn.Module, DesignSpaceLayer):
+class Linear(nn.Module, LinearDeltaMixin, DesignSpaceLayer):
     """Wraps a linear-like layer (`nn.Linear`, GPT-2 `Conv1D`, bitsandbytes 8/4-bit) with LoRA, bias and adapter parts.
 
     Args:
@@ -53,12 +52,9 @@ class Linear(nn.Module, DesignSpaceLayer):
         self.designspace_bias = nn.ParameterDict()
         self.designspace_adapter = nn.ModuleDict()
         self.designspace_adapter_mode: dict[str, str] = {}
-        self._created_bias: dict[str, bool] = {}
         self.merged_adapters: list[str] = []
         self._disable_adapters = False
-        self.quantization_backend = resolve_quantization_backend(base_layer)
-        self.fan_in_fan_out = type(base_layer).__name__ == "Conv1D"
-        self.in_features, self.out_features = linear_features(base_layer)
+        self._init_linear(base_layer)
         self.update_layer(adapter_name, **parts)
 
     def update_layer(
@@ -94,31 +90,11 @@ class Linear(nn.Module, DesignSpaceLayer):
 
     # merging ---------------------------------------------------------------------------------------------------
     def _lora_delta(self, name: str) -> torch.Tensor:
-        delta = self.designspace_lora[name].delta_weight()
-        return delta.T if self.fan_in_fan_out else delta
+        return self._stored_delta(self.designspace_lora[name])
 
     def _add_to_base(self, name: str, sign: float) -> None:
-        base = self.get_base_layer()
-        if name in self.designspace_lora:
-            if self.quantization_backend is not None and not self.quantization_backend.supports_merge:
-                raise ValueError(
-                    f"{type(base).__name__} cannot be merged into: its quantization backend is forward-only."
-                )
-            weight = self.get_base_weight()
-            self.set_base_weight(weight + sign * self._lora_delta(name).to(weight.device, weight.dtype))
-        if name in self.designspace_bias:
-            delta = self.designspace_bias[name].detach()
-            if base.bias is None:
-                base.bias = nn.Parameter(delta.clone().to(self._base_dtype()), requires_grad=False)
-                self._created_bias[name] = True
-            elif sign < 0 and self._created_bias.pop(name, False):
-                base.bias = None
-            else:
-                base.bias.data = base.bias.data + sign * delta.to(base.bias.dtype)
-
-    def _base_dtype(self) -> torch.dtype:
-        weight = self.get_base_layer().weight
-        return weight.dtype if weight.dtype.is_floating_point else torch.float32
+        lora = self.designspace_lora[name] if name in self.designspace_lora else None
+        self._add_deltas_to_base(name, lora, self.designspace_bias.get(name), sign)
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Merge the LoRA and bias parts of the active (or given) adapters into the base layer."""

@@ -15,11 +15,10 @@ import warnings
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
-from peft.utils.quantization_utils import resolve_quantization_backend
 from torch import nn
 from torch.func import functional_call
 
-from ..architecture import linear_features
+from .._layers import LinearDeltaMixin
 from ..modules import LowRank, LowRankAdapter
 from .space import TYPES
 
@@ -62,7 +61,7 @@ class S3PETLayer(BaseTunerLayer):
             )
 
 
-class Linear(nn.Module, S3PETLayer):
+class Linear(nn.Module, LinearDeltaMixin, S3PETLayer):
     """Wraps a linear-like layer with LoRA, BitFit and low-rank-adapter parts (any subset, per adapter)."""
 
     adapter_layer_names = ("s3pet_lora", "s3pet_bias", "s3pet_lra", "s3pet_alpha")
@@ -75,10 +74,7 @@ class Linear(nn.Module, S3PETLayer):
         self.s3pet_lra = nn.ModuleDict()
         self.s3pet_alpha = nn.ParameterDict()
         self._init_gates()
-        self._created_bias: dict[str, bool] = {}
-        self.quantization_backend = resolve_quantization_backend(base_layer)
-        self.fan_in_fan_out = type(base_layer).__name__ == "Conv1D"
-        self.in_features, self.out_features = linear_features(base_layer)
+        self._init_linear(base_layer)
         self.update_layer(adapter_name, **parts)
 
     def update_layer(
@@ -109,26 +105,11 @@ class Linear(nn.Module, S3PETLayer):
         return [f"low-rank adapter[{n}]" for n in adapter_names if n in self.s3pet_lra]
 
     def _lora_delta(self, name: str) -> torch.Tensor:
-        delta = self.s3pet_lora[name].delta_weight()
-        return delta.T if self.fan_in_fan_out else delta
+        return self._stored_delta(self.s3pet_lora[name])
 
     def _add_to_base(self, name: str, sign: float) -> None:
-        base = self.get_base_layer()
-        if name in self.s3pet_lora:
-            if self.quantization_backend is not None and not self.quantization_backend.supports_merge:
-                raise ValueError(f"{type(base).__name__} cannot be merged into: forward-only quantization backend.")
-            weight = self.get_base_weight()
-            self.set_base_weight(weight + sign * self._lora_delta(name).to(weight.device, weight.dtype))
-        if name in self.s3pet_bias:
-            delta = self.s3pet_bias[name].detach()
-            if base.bias is None:
-                dtype = base.weight.dtype if base.weight.dtype.is_floating_point else torch.float32
-                base.bias = nn.Parameter(delta.clone().to(dtype), requires_grad=False)
-                self._created_bias[name] = True
-            elif sign < 0 and self._created_bias.pop(name, False):
-                base.bias = None
-            else:
-                base.bias.data = base.bias.data + sign * delta.to(base.bias.dtype)
+        lora = self.s3pet_lora[name] if name in self.s3pet_lora else None
+        self._add_deltas_to_base(name, lora, self.s3pet_bias.get(name), sign)
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Merge the LoRA and BitFit parts of the active (or given) adapters; low-rank adapters stay active."""

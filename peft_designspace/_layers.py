@@ -1,0 +1,47 @@
+"""What the pack's wrappers of linear-like layers share: LoRA and bias deltas merged into the base layer."""
+
+import torch
+from peft.utils.quantization_utils import resolve_quantization_backend
+from torch import nn
+
+from .architecture import linear_features
+
+
+class LinearDeltaMixin:
+    """For `BaseTunerLayer` wrappers of `nn.Linear`, GPT-2 `Conv1D` and bitsandbytes layers with LoRA and bias deltas.
+
+    Merging goes through PEFT's quantization backend (`get_base_weight` / `set_base_weight`), so it dequantizes, adds
+    and requantizes bitsandbytes weights; a bias delta on a layer without a bias creates one, removed again on unmerge.
+    """
+
+    def _init_linear(self, base_layer: nn.Module) -> None:
+        self._created_bias: dict[str, bool] = {}
+        self.quantization_backend = resolve_quantization_backend(base_layer)
+        self.fan_in_fan_out = type(base_layer).__name__ == "Conv1D"  # GPT-2 stores (in, out)
+        self.in_features, self.out_features = linear_features(base_layer)
+
+    def _stored_delta(self, lora: nn.Module) -> torch.Tensor:
+        """The dense LoRA update in the base weight's storage layout."""
+        delta = lora.delta_weight()
+        return delta.T if self.fan_in_fan_out else delta
+
+    def _add_deltas_to_base(self, name: str, lora: nn.Module | None, bias: torch.Tensor | None, sign: float) -> None:
+        """Add (`sign=+1`) or remove (`-1`) one adapter's LoRA update and bias delta in the base layer."""
+        base = self.get_base_layer()
+        if lora is not None:
+            if self.quantization_backend is not None and not self.quantization_backend.supports_merge:
+                raise ValueError(
+                    f"{type(base).__name__} cannot be merged into: its quantization backend is forward-only."
+                )
+            weight = self.get_base_weight()
+            self.set_base_weight(weight + sign * self._stored_delta(lora).to(weight.device, weight.dtype))
+        if bias is not None:
+            delta = bias.detach()
+            if base.bias is None:
+                dtype = base.weight.dtype if base.weight.dtype.is_floating_point else torch.float32
+                base.bias = nn.Parameter(delta.clone().to(dtype), requires_grad=False)
+                self._created_bias[name] = True
+            elif sign < 0 and self._created_bias.pop(name, False):
+                base.bias = None
+            else:
+                base.bias.data = base.bias.data + sign * delta.to(base.bias.dtype)
