@@ -215,6 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true", help="Create the repository as private.")
     push.add_argument("--revision", default=None, help="Branch to commit to (created from main if missing).")
     push.add_argument("--commit_message", default="Upload adapter", help="Commit title.")
+    explore = commands.add_parser(  # parsed by trainer_ext.explore itself (main() hands it the arguments)
+        "explore",
+        help="explore the S4 design space: sample designs, train each briefly, refine stage by stage",
+        description="Sample designs of a constrained S4 design space at a fixed budget, evaluate each with a short "
+        "Trainer run (resumable, one result file per design), compare error EDFs per candidate and refine stage by "
+        "stage, as in the design-spaces paper. Options: `peft-designspace explore --help`; see docs/exploration.md.",
+        add_help=False,
+        formatter_class=Formatter,
+    )
+    explore.add_argument("options", nargs=argparse.REMAINDER, help="see `peft-designspace explore --help`")
     return parser
 
 
@@ -529,6 +539,14 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `peft-designspace` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["explore"]:  # its options live with it (importing them eagerly would slow every --help)
+        from trainer_ext.explore import explore_main
+
+        try:
+            return explore_main(argv[1:])
+        except SystemExit as exit_:
+            return int(exit_.code or 0)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -182,3 +182,13 @@ def test_search_runs_or_says_it_is_unavailable(tiny, tmp_path, capsys, monkeypat
     code, _, err = run(argv, capsys)
     assert code == 3 and "not available yet" in err
     assert not (tmp_path / "s").exists()
+
+
+def test_explore_subcommand_is_listed_and_fails_fast_on_a_missing_folder(tmp_path, capsys):
+    from adapters_hub.cli import main
+
+    assert main(["explore", "--data_dir", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "out")]) == 2
+    assert "holds no train.tsv" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main(["--help"]) == 0
+    assert "explore" in capsys.readouterr().out

@@ -697,6 +697,11 @@ def stages_from_args(args: argparse.Namespace, num_groups: int) -> list[Stage]:
 
 def run_explore(args: argparse.Namespace) -> int:
     """Run the exploration described by parsed `add_explore_arguments` options; return the exit status."""
+    if not os.path.isfile(os.path.join(args.data_dir, "train.tsv")):  # before any model is loaded
+        raise ValueError(
+            f"--data_dir {args.data_dir!r} holds no train.tsv; expected a GLUE folder such as "
+            "../shared/data/glue/SST-2."
+        )
     space = space_from_args(args)
     settings = ExploreSettings(
         data_dir=args.data_dir,
