@@ -148,3 +148,30 @@ def test_quantized_backbone_calibrates_trains_reloads_and_merges(tmp_path, bits,
     reloaded.merge_adapter()
     merged = common.outputs(reloaded, inputs)
     assert (merged - expected).abs().max().item() <= 0.1 * expected.abs().max().item() + 1e-3
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_every_trainable_part_gets_the_dense_reference_gradient(transposed):
+    """Weight and bias values of the fused path (nn.Linear and GPT-2 Conv1D) against a dense autograd reference."""
+    model_id = "gpt2" if transposed else "bert"
+    task = "CAUSAL_LM" if transposed else "SEQ_CLS"
+    config = SAMTuningConfig(task_type=task, budget=0.05, include_biases=True, init_weights=False)
+    model = get_peft_model(make_model(model_id, task, layers=2), config)
+    model(**make_inputs(model_id, task)).loss.backward()
+    values = {n: p for n, p in model.named_parameters() if "samtuning" in n and "_values" in n}
+    assert values and all(p.grad is not None and p.grad.abs().sum() > 0 for p in values.values()), [
+        n for n, p in values.items() if p.grad is None
+    ][:3]
+    # dense reference: the merged model with the base tensors trainable
+    reference = get_peft_model(make_model(model_id, task, layers=2), config)
+    reference.load_state_dict(model.state_dict())
+    selection = reference.base_model.selection()
+    merged = reference.merge_and_unload()
+    for p in merged.parameters():
+        p.requires_grad_(True)
+    merged(**make_inputs(model_id, task)).loss.backward()
+    dense = dict(merged.named_parameters())
+    for key, flat in selection.items():
+        part = key.rsplit(".", 1)[1]
+        live = values[f"base_model.model.{key.rsplit('.', 1)[0]}.samtuning_{part}_values.default"].grad
+        torch.testing.assert_close(live, dense[key].grad.reshape(-1)[flat], atol=1e-5, rtol=1e-4)

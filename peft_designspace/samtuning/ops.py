@@ -105,13 +105,16 @@ class _FusedSparseLinear(torch.autograd.Function):
             merged = _with_deltas(weight, ctx.patterns, values)
             grad_x = grad_out @ (merged.T if ctx.transposed else merged)
             del merged
+        grad_bias = None
+        if ctx.needs_input_grad[2]:  # the bias carries the bias deltas' gradient (base bias + Δb)
+            grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
         grads = []
         if any(ctx.needs_input_grad[5:]):
             g2 = grad_out.reshape(-1, grad_out.shape[-1]).float()
             x2 = x.reshape(-1, x.shape[-1]).float()
             left, right = (x2.T, g2) if ctx.transposed else (g2.T, x2)
             grads = [p.sampled(left, right).to(v.dtype) for p, v in zip(ctx.patterns, values)]
-        return (grad_x, None, None, None, None, *grads)
+        return (grad_x, None, grad_bias, None, None, *grads)
 
 
 def fused_sparse_linear(
