@@ -57,7 +57,7 @@ def test_unknown_peft_type_names_what_to_install(saved, tmp_path):
 
 
 def test_pack_method_not_installed_names_the_pack(saved, tmp_path):
-    folder = copy_adapter(saved, tmp_path, peft_type="S3PET", pack_version="0.9.0")
+    folder = copy_adapter(saved, tmp_path, peft_type="FUTURETUNE", pack_version="0.9.0")
     expected = r"part of peft-designspace 0.9.0.*pip install -U 'peft-designspace>=0.9.0'"
     with pytest.raises(AdapterVersionError, match=expected):
         load_adapter(folder)
