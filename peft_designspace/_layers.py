@@ -1,6 +1,9 @@
 """What the pack's wrappers of linear-like layers share: LoRA and bias deltas merged into the base layer."""
 
+import warnings
+
 import torch
+from peft.tuners.tuners_utils import check_adapters_to_merge
 from peft.utils.quantization_utils import resolve_quantization_backend
 from torch import nn
 
@@ -12,7 +15,11 @@ class LinearDeltaMixin:
 
     Merging goes through PEFT's quantization backend (`get_base_weight` / `set_base_weight`), so it dequantizes, adds
     and requantizes bitsandbytes weights; a bias delta on a layer without a bias creates one, removed again on unmerge.
+    Subclasses name their containers in `lora_container` and `bias_container` and define `_check_mergeable(names)`.
     """
+
+    lora_container: str
+    bias_container: str
 
     def _init_linear(self, base_layer: nn.Module) -> None:
         self._created_bias: dict[str, bool] = {}
@@ -45,3 +52,40 @@ class LinearDeltaMixin:
                 base.bias = None
             else:
                 base.bias.data = base.bias.data + sign * delta.to(base.bias.dtype)
+
+    def _part(self, container: str, name: str):
+        parts = getattr(self, container)
+        return parts[name] if name in parts else None
+
+    def _lora_delta(self, name: str) -> torch.Tensor:
+        return self._stored_delta(getattr(self, self.lora_container)[name])
+
+    def _add_to_base(self, name: str, sign: float) -> None:
+        lora, bias = self._part(self.lora_container, name), self._part(self.bias_container, name)
+        self._add_deltas_to_base(name, lora, bias, sign)
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Merge the LoRA and bias parts of the active (or given) adapters into the base layer."""
+        names = check_adapters_to_merge(self, adapter_names)
+        self._check_mergeable(names)
+        for name in names:
+            lora = self._part(self.lora_container, name)
+            if safe_merge and lora is not None and not torch.isfinite(self._stored_delta(lora)).all():
+                raise ValueError(f"NaNs or infs in the LoRA part of adapter {name!r}; refusing to merge.")
+            self._add_to_base(name, +1.0)
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        """Undo `merge`, last merged adapter first."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.")
+            return
+        while self.merged_adapters:
+            self._add_to_base(self.merged_adapters.pop(), -1.0)
+
+    def _base_output(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """The base layer's output (cloned on backends whose outputs must not be modified in place)."""
+        result = self.base_layer(x, *args, **kwargs)
+        if self.quantization_backend is not None:
+            result = self.quantization_backend.maybe_clone_base_result(result)
+        return result

@@ -13,8 +13,6 @@ wrapped once. LoRA and bias deltas are linear and merge into the base weights (t
 on bitsandbytes layers); adapters and prefixes are not and stay active after a merge.
 """
 
-import warnings
-
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
@@ -32,6 +30,9 @@ class DesignSpaceLayer(BaseTunerLayer):
         """Names of the parts of `adapter_names` that cannot be merged into the base weights."""
         return []
 
+    def _check_mergeable(self, adapter_names: list[str]) -> None:
+        """Raise when these adapters cannot be merged at all (design-space adapters always can, in part)."""
+
 
 class Linear(nn.Module, LinearDeltaMixin, DesignSpaceLayer):
     """Wraps a linear-like layer (`nn.Linear`, GPT-2 `Conv1D`, bitsandbytes 8/4-bit) with LoRA, bias and adapter parts.
@@ -41,6 +42,9 @@ class Linear(nn.Module, LinearDeltaMixin, DesignSpaceLayer):
         adapter_name (`str`): name of the first adapter.
         **parts: forwarded to [`~Linear.update_layer`].
     """
+
+    lora_container = "designspace_lora"
+    bias_container = "designspace_bias"
 
     adapter_layer_names = ("designspace_lora", "designspace_bias", "designspace_adapter")
     other_param_names = ("designspace_adapter_mode",)
@@ -89,29 +93,6 @@ class Linear(nn.Module, LinearDeltaMixin, DesignSpaceLayer):
         self.set_adapter(self.active_adapters)
 
     # merging ---------------------------------------------------------------------------------------------------
-    def _lora_delta(self, name: str) -> torch.Tensor:
-        return self._stored_delta(self.designspace_lora[name])
-
-    def _add_to_base(self, name: str, sign: float) -> None:
-        lora = self.designspace_lora[name] if name in self.designspace_lora else None
-        self._add_deltas_to_base(name, lora, self.designspace_bias.get(name), sign)
-
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """Merge the LoRA and bias parts of the active (or given) adapters into the base layer."""
-        for name in check_adapters_to_merge(self, adapter_names):
-            if safe_merge and name in self.designspace_lora and not torch.isfinite(self._lora_delta(name)).all():
-                raise ValueError(f"NaNs or infs in the LoRA part of adapter {name!r}; refusing to merge.")
-            self._add_to_base(name, +1.0)
-            self.merged_adapters.append(name)
-
-    def unmerge(self) -> None:
-        """Undo [`~Linear.merge`], last merged adapter first."""
-        if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
-            return
-        while self.merged_adapters:
-            self._add_to_base(self.merged_adapters.pop(), -1.0)
-
     def unmergeable_parts(self, adapter_names: list[str]) -> list[str]:
         return [f"adapter[{n}]" for n in adapter_names if n in self.designspace_adapter]
 
@@ -121,9 +102,7 @@ class Linear(nn.Module, LinearDeltaMixin, DesignSpaceLayer):
             if self.merged:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
-        if self.quantization_backend is not None:
-            result = self.quantization_backend.maybe_clone_base_result(result)
+        result = self._base_output(x, *args, **kwargs)
         out_dtype = result.dtype
         sequential = []
         for name in self.active_adapters:

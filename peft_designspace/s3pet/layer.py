@@ -11,8 +11,6 @@ architecture parameters `s3pet_alpha[adapter]`, one per part in `TYPES` order); 
 LNFit are linear in their parameters and merge into the base weights; the low-rank adapter (LRA) does not.
 """
 
-import warnings
-
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
@@ -64,6 +62,9 @@ class S3PETLayer(BaseTunerLayer):
 class Linear(nn.Module, LinearDeltaMixin, S3PETLayer):
     """Wraps a linear-like layer with LoRA, BitFit and low-rank-adapter parts (any subset, per adapter)."""
 
+    lora_container = "s3pet_lora"
+    bias_container = "s3pet_bias"
+
     adapter_layer_names = ("s3pet_lora", "s3pet_bias", "s3pet_lra", "s3pet_alpha")
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, **parts) -> None:
@@ -104,38 +105,12 @@ class Linear(nn.Module, LinearDeltaMixin, S3PETLayer):
     def unmergeable_parts(self, adapter_names: list[str]) -> list[str]:
         return [f"low-rank adapter[{n}]" for n in adapter_names if n in self.s3pet_lra]
 
-    def _lora_delta(self, name: str) -> torch.Tensor:
-        return self._stored_delta(self.s3pet_lora[name])
-
-    def _add_to_base(self, name: str, sign: float) -> None:
-        lora = self.s3pet_lora[name] if name in self.s3pet_lora else None
-        self._add_deltas_to_base(name, lora, self.s3pet_bias.get(name), sign)
-
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """Merge the LoRA and BitFit parts of the active (or given) adapters; low-rank adapters stay active."""
-        names = check_adapters_to_merge(self, adapter_names)
-        self._check_mergeable(names)
-        for name in names:
-            if safe_merge and name in self.s3pet_lora and not torch.isfinite(self._lora_delta(name)).all():
-                raise ValueError(f"NaNs or infs in the LoRA part of adapter {name!r}; refusing to merge.")
-            self._add_to_base(name, +1.0)
-            self.merged_adapters.append(name)
-
-    def unmerge(self) -> None:
-        if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
-            return
-        while self.merged_adapters:
-            self._add_to_base(self.merged_adapters.pop(), -1.0)
-
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
-        if self.quantization_backend is not None:
-            result = self.quantization_backend.maybe_clone_base_result(result)
+        result = self._base_output(x, *args, **kwargs)
         out_dtype = result.dtype
         sequential = []
         for name in self.active_adapters:
