@@ -19,6 +19,19 @@ class WrapperTunerMixin:
     prefix: str
     tuner_layer_cls: type
 
+    def _wrap_or_update(
+        self, wrapper_cls: type, target: nn.Module, adapter_name: str, parent: nn.Module, target_name: str, **options
+    ) -> nn.Module:
+        """Add `adapter_name` to `target` when it already is a tuner layer, else wrap it in `wrapper_cls` in place."""
+        if isinstance(target, self.tuner_layer_cls):
+            target.update_layer(adapter_name, **options)
+            return target
+        new_module = wrapper_cls(target, adapter_name, **options)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+        return new_module
+
     def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
         setattr(parent, child_name, new_module)
         if isinstance(new_module, self.tuner_layer_cls):

@@ -95,14 +95,9 @@ class DesignSpaceModel(WrapperTunerMixin, BaseTuner):
         if kind == "attention":
             self._add_prefix(peft_config, adapter_name, target, options)
             return
-        wrapper_cls = Linear if kind == "linear" else Norm
-        if isinstance(target, wrapper_cls):
-            target.update_layer(adapter_name, **options)
-            return
-        new_module = wrapper_cls(target, adapter_name, **options)
-        if adapter_name not in self.active_adapters:
-            new_module.requires_grad_(False)
-        self._replace_module(parent, target_name, new_module, target)
+        self._wrap_or_update(
+            Linear if kind == "linear" else Norm, target, adapter_name, parent, target_name, **options
+        )
 
     def _add_prefix(self, config: DesignSpaceConfig, adapter_name: str, attention: nn.Module, options: dict) -> None:
         model_config = getattr(self.model, "config", None)

@@ -93,6 +93,19 @@ def build_report(model: nn.Module, config: DesignSpaceConfig, adapter_name: str)
             key = (layer["group"], strategy)
             counts[key] = counts.get(key, 0) + params
             layers_in.setdefault(key, set()).add(layer["index"])
+    head = sum(p.numel() for n, p in model.named_parameters() if f".modules_to_save.{adapter_name}." in n)
+    return report_from_counts(adapter_name, plan, counts, layers_in, head, extra)
+
+
+def report_from_counts(
+    adapter_name: str,
+    plan: dict,
+    counts: dict[tuple[int, str], int],
+    layers_in: dict[tuple[int, str], set[int]],
+    head_params: int,
+    training_only_params: int,
+) -> BudgetReport:
+    """A `BudgetReport` from parameter counts per `(group, strategy)` and the layer indices that hold them."""
     rows = [
         {"group": g, "strategy": s, "layers": sorted(layers_in[(g, s)]), "params": n}
         for (g, s), n in sorted(counts.items())
@@ -100,7 +113,6 @@ def build_report(model: nn.Module, config: DesignSpaceConfig, adapter_name: str)
     per_strategy: dict[str, int] = {}
     for (_, s), n in counts.items():
         per_strategy[s] = per_strategy.get(s, 0) + n
-    head = sum(p.numel() for n, p in model.named_parameters() if f".modules_to_save.{adapter_name}." in n)
     return BudgetReport(
         adapter_name=adapter_name,
         target=plan["target"],
@@ -108,6 +120,6 @@ def build_report(model: nn.Module, config: DesignSpaceConfig, adapter_name: str)
         base_params=plan["base_params"],
         rows=rows,
         per_strategy=per_strategy,
-        head_params=head,
-        training_only_params=extra,
+        head_params=head_params,
+        training_only_params=training_only_params,
     )

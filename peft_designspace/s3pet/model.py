@@ -144,15 +144,8 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
             "searching": peft_config.searching,
             "init_weights": peft_config.init_weights,
         }
-        if isinstance(target, S3PETLayer):
-            target.update_layer(adapter_name, **options)
-            return
-        base = target
-        wrapper_cls = Linear if is_linear(base) else Norm
-        new_module = wrapper_cls(base, adapter_name, **options)
-        if adapter_name not in self.active_adapters:
-            new_module.requires_grad_(False)
-        self._replace_module(parent, target_name, new_module, target)
+        wrapper_cls = Linear if is_linear(target) else Norm  # (a wrapped target is updated, whatever its class)
+        self._wrap_or_update(wrapper_cls, target, adapter_name, parent, target_name, **options)
 
     # gates --------------------------------------------------------------------------------------------------------
     def candidates(self, adapter_name: str | None = None) -> list[Candidate]:
@@ -167,9 +160,12 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
         return plan
 
     def _layers_in_order(self, adapter_name: str) -> list[S3PETLayer]:
-        modules = dict(self.model.named_modules())
-        paths = dict.fromkeys(c.path for c in self._search_plan(adapter_name)["candidates"])
-        return [modules[p] for p in paths]
+        # looked up once per adapter (gates are refreshed on every forward, so no module walk on the hot path)
+        plan = self._search_plan(adapter_name)
+        if "layers" not in plan:
+            paths = dict.fromkeys(c.path for c in plan["candidates"])
+            plan["layers"] = [self.model.get_submodule(p) for p in paths]
+        return plan["layers"]
 
     def architecture_parameters(self, adapter_name: str | None = None) -> list[nn.Parameter]:
         """The α parameters (one vector per wrapped module) of a search-mode adapter, in search-space order."""

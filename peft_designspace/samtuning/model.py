@@ -175,14 +175,8 @@ class SAMTuningModel(WrapperTunerMixin, BaseTuner):
             "init_weights": peft_config.init_weights,
             "generator": getattr(self, "_sam_generator", None),
         }
-        if isinstance(target, SAMTuningLayer):
-            target.update_layer(adapter_name, **options)
-            return
-        new_module = SAMTuningLayer(target, adapter_name, **options)
-        new_module.tied = new_module.kind == "embedding" and self._sam_tied
-        if adapter_name not in self.active_adapters:
-            new_module.requires_grad_(False)
-        self._replace_module(parent, target_name, new_module, target)
+        layer = self._wrap_or_update(SAMTuningLayer, target, adapter_name, parent, target_name, **options)
+        layer.tied = layer.kind == "embedding" and self._sam_tied
 
     # selections ---------------------------------------------------------------------------------------------------
     def sam_layers(self, adapter_name: str) -> list[tuple[str, SAMTuningLayer]]:
