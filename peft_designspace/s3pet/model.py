@@ -62,6 +62,7 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
     def _plan(self, model: nn.Module, config: S3PETConfig, adapter_name: str) -> None:
         if not hasattr(self, "_s3pet"):
             self._s3pet: dict[str, dict] = {}
+        self._planned_adapter = adapter_name  # `_check_target_module_exists` is not told which adapter is injected
         if config.searching:
             candidates = enumerate_candidates(model, config.search_space, config.layer_stacks, config.lra_reduction)
             base_params = count_base_parameters(model)
@@ -120,10 +121,7 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
         self._s3pet[adapter_name] = {"parts": parts, "ranks": ranks}
 
     def _check_target_module_exists(self, peft_config: S3PETConfig, key: str) -> bool:
-        return key in self._s3pet[self._current_adapter()]["parts"]
-
-    def _current_adapter(self) -> str:
-        return next(reversed(self._s3pet))
+        return key in self._s3pet[self._planned_adapter]["parts"]
 
     def _create_and_replace(
         self,

@@ -124,10 +124,6 @@ class SAMTuningLayer(nn.Module, BaseTunerLayer):
             getattr(self, f"samtuning_{part}_values")[adapter_name] = nn.Parameter(values)
             getattr(self, f"samtuning_{part}_indices")[adapter_name] = flat
         self._move_adapter_to_device_of_base_layer(adapter_name)
-        for part in PARTS:  # values stay float32 (PEFT's autocast_adapter_dtype convention)
-            values = getattr(self, f"samtuning_{part}_values")
-            if adapter_name in values and not values[adapter_name].dtype.is_floating_point:
-                raise RuntimeError("values must be floating point")  # pragma: no cover - defensive
         self.set_adapter(self.active_adapters)
 
     def set_selection(self, adapter_name: str, part: str, flat: torch.Tensor) -> None:
