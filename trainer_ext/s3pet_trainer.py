@@ -90,6 +90,12 @@ class S3PETSearchTrainer(Trainer):
         if structure_strategy not in ("greedy", "knapsack"):
             raise ValueError(f"`structure_strategy` must be 'greedy' or 'knapsack', got {structure_strategy!r}.")
         self._tuner()  # fail early on a model that is not in S3PET search mode
+        # DDP must leave α alone: α gets no gradient in the weight step (which DDP would wait for without
+        # `find_unused_parameters`); its gradients are averaged by hand in `_arch_step`
+        alpha_ids = {id(a) for a in self._alphas()}
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            self.model, [n for n, p in self.model.named_parameters() if id(p) in alpha_ids]
+        )
         if search_dataset is None:
             if self.train_dataset is None:
                 raise ValueError("S3PETSearchTrainer needs a `train_dataset` (or `search_dataset`).")
@@ -171,6 +177,14 @@ class S3PETSearchTrainer(Trainer):
 
     # the bi-level step ----------------------------------------------------------------------------------------------
     def _search_batches(self):
+        """The search stream: shuffled batches (seeded with `search_seed`), pass after pass.
+
+        Under torch.distributed, rank `r` of `w` takes batches `r, r + w, r + 2w, …` of that one stream, so the ranks
+        see different rows (one α step uses `w` batches), and every rank builds the same stream without talking to
+        the others. Each rank collates the batches it skips too: cheap next to a forward pass, and it keeps the
+        stream of a single process exactly as it was.
+        """
+        rank, world = _rank_and_world()
         loader = DataLoader(
             self.search_dataset,
             batch_size=self._train_batch_size,
@@ -179,11 +193,15 @@ class S3PETSearchTrainer(Trainer):
             generator=torch.Generator().manual_seed(self.search_seed),
             drop_last=len(self.search_dataset) > self._train_batch_size,
         )
-        # resuming: skip the batches the earlier run consumed, so the α updates continue where they stopped
-        skip = self.state.global_step
-        while True:
-            yield from islice(iter(loader), skip % max(1, len(loader)), None)
-            skip = 0
+
+        def stream():
+            # resuming: skip the batches the earlier run consumed, so the α updates continue where they stopped
+            skip = self.state.global_step * world
+            while True:
+                yield from islice(iter(loader), skip % max(1, len(loader)), None)
+                skip = 0
+
+        return islice(stream(), rank, None, world)
 
     def _next_search_inputs(self) -> dict:
         if self._search_iter is None:
@@ -229,13 +247,16 @@ class S3PETSearchTrainer(Trainer):
         return [da - xi * (gp - gm) / (2 * eps) for da, gp, gm in zip(d_alpha, *hessian_terms)]
 
     def _arch_step(self, model, train_inputs: dict) -> None:
+        # α's passes bypass the DDP wrapper: its reducer expects one `backward()` per forward and α is reduced here
+        model = self.accelerator.unwrap_model(model)
         model.train()
         grads = self._arch_gradients(model, train_inputs)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            world = torch.distributed.get_world_size()
-            for g in grads:
-                torch.distributed.all_reduce(g)
-                g.div_(world)
+        _, world = _rank_and_world()
+        if world > 1:  # `torch.autograd.grad` bypasses DDP's hooks: average α's gradients by hand, in one message
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            torch.distributed.all_reduce(flat)
+            flat.div_(world)
+            grads = [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads)]
         norm = torch.sqrt(sum((g.detach() ** 2).sum() for g in grads))
         scale = min(1.0, self.arch_max_grad_norm / (float(norm) + 1e-6)) if self.arch_max_grad_norm else 1.0
         for a, g in zip(self._alphas(), grads):
@@ -300,6 +321,12 @@ class S3PETSearchTrainer(Trainer):
             except ImportError:  # matplotlib is optional (`pip install peft-designspace[plots]`)
                 pass
         return structure
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def _layer_paths(tuner, adapter_name: str) -> list[tuple[str, Any]]:
