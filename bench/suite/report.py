@@ -1,0 +1,407 @@
+"""Regenerate `docs/benchmarks.md` (and its PNG plots) from the suite's result JSON files.
+
+```
+python bench/suite/report.py                                   # bench/suite/results -> docs/benchmarks.md
+python bench/suite/report.py --results-dir /tmp/r --output /tmp/r/benchmarks.md
+```
+
+For each (backbone, task, experiment) the report takes the runs at the chosen learning rate (the sweep's best on
+validation, where the extra seeds ran) and gives the dev metric as mean ± sample std over seeds. Speed and memory are
+medians over those runs, with ratios to PEFT LoRA at the same budget (LoRA at 0.5% for unbudgeted methods).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+RESULTS_DIR = HERE / "results"
+OUTPUT = ROOT / "docs" / "benchmarks.md"
+TASK_ORDER = ("SST-2", "RTE", "CoLA")
+BASELINE_FAMILIES = ("lora", "prefix", "shira", "supertuning", "beft")
+METRIC_NAMES = {"accuracy": "accuracy", "matthews_correlation": "MCC"}
+
+
+@dataclass
+class Row:
+    """One experiment on one (backbone, task): its runs at the chosen learning rate."""
+
+    backbone: str
+    task: str
+    experiment: str
+    info: dict
+    runs: list[dict] = field(default_factory=list)
+    sweep: dict[float, float] = field(default_factory=dict)  # learning rate -> validation metric (first seed)
+    skipped: str | None = None
+    errors: int = 0
+
+    @property
+    def ours(self) -> bool:
+        return bool(self.info.get("ours"))
+
+    @property
+    def family(self) -> str:
+        return self.info.get("family") or self.experiment.split("/")[0]
+
+    @property
+    def budget(self) -> float | None:
+        return self.info.get("budget")
+
+    def values(self, key: str) -> list[float]:
+        return [r["train_info"][key] for r in self.runs if r["train_info"].get(key) is not None]
+
+    def mean_std(self, key: str) -> tuple[float, float, int]:
+        values = self.values(key)
+        if not values:
+            return math.nan, math.nan, 0
+        std = statistics.stdev(values) if len(values) > 1 else math.nan
+        return statistics.fmean(values), std, len(values)
+
+    def median(self, key: str) -> float:
+        values = self.values(key)
+        return statistics.median(values) if values else math.nan
+
+
+def load_rows(results_dir: Path) -> dict[tuple[str, str], list[Row]]:
+    """Rows grouped by (backbone, task), from every result file under `results_dir`."""
+    runs: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    skipped: dict[tuple[str, str, str], dict] = {}
+    for path in sorted(results_dir.rglob("*.json")):
+        if "_s3pet_structures" in path.parts:
+            continue
+        try:
+            result = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            print(f"warning: {path} is not valid JSON; left out", file=sys.stderr)
+            continue
+        info = result.get("run_info", {})
+        key = (info.get("backbone"), info.get("task"), info.get("experiment"))
+        if None in key:
+            continue
+        if info.get("status") == "skipped":
+            skipped[key] = result
+        else:
+            runs[key].append(result)
+    grouped: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    for key in sorted(set(runs) | set(skipped)):
+        backbone, task, experiment = key
+        if key in skipped:
+            info = skipped[key]["run_info"]
+            grouped[(backbone, task)].append(Row(backbone, task, experiment, info, skipped=info.get("reason")))
+            continue
+        ok = [r for r in runs[key] if r["run_info"]["status"] == "ok"]
+        row = Row(backbone, task, experiment, runs[key][0]["run_info"], errors=len(runs[key]) - len(ok))
+        first_seed = min((r["run_info"]["seed"] for r in ok), default=None)
+        row.sweep = {
+            r["run_info"]["learning_rate"]: r["train_info"]["val_metric"]
+            for r in ok
+            if r["run_info"]["seed"] == first_seed
+        }
+        seed_runs = [r for r in ok if r["run_info"].get("phase") == "seed"]
+        if seed_runs:
+            chosen = seed_runs[0]["run_info"]["learning_rate"]
+        elif row.sweep:
+            chosen = max(row.sweep, key=lambda lr: (row.sweep[lr], -lr))
+        else:
+            chosen = None
+        row.runs = [r for r in ok if r["run_info"]["learning_rate"] == chosen]
+        if row.runs:
+            row.info = row.runs[0]["run_info"]
+        grouped[(backbone, task)].append(row)
+    return grouped
+
+
+# formatting
+def fmt_metric(mean: float, std: float, n: int) -> str:
+    if n == 0:
+        return "–"
+    return f"{mean:.4f}" if n == 1 or math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def fmt_count(value: float) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{int(round(value)):,}"
+
+
+def fmt_ratio(value: float, reference: float) -> str:
+    if any(math.isnan(v) for v in (value, reference)) or reference == 0:
+        return "–"
+    return f"{value / reference:.2f}×"
+
+
+def budget_label(budget: float | None) -> str:
+    return "–" if budget is None else f"{100 * budget:g}%"
+
+
+def reference_lora(rows: list[Row], budget: float | None) -> Row | None:
+    """PEFT LoRA at `budget` (at the largest budget for unbudgeted methods)."""
+    loras = [r for r in rows if r.family == "lora" and r.runs]
+    if not loras:
+        return None
+    same = [r for r in loras if r.budget == budget]
+    return same[0] if same else max(loras, key=lambda r: r.budget or 0)
+
+
+def sort_key(row: Row) -> tuple:
+    return (-(row.budget or 1.0), row.ours, row.family, row.experiment)
+
+
+def quality_table(rows: list[Row], metric: str) -> list[str]:
+    name = METRIC_NAMES.get(metric, metric)
+    lines = [
+        f"| method | ours | budget | trainable params (% of backbone) | lr | dev {name} (mean ± std) | seeds | "
+        f"val {name} |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in sorted(rows, key=sort_key):
+        label = row.info.get("label", row.experiment)
+        ours = "★" if row.ours else ""
+        if row.skipped or not row.runs:
+            reason = row.skipped or f"no finished run ({row.errors} failed)"
+            lines.append(
+                f"| {label} | {ours} | {budget_label(row.budget)} | – | – | not run: {reason[:160]} | 0 | – |"
+            )
+            continue
+        params = row.median("trainable_params")
+        share = params / row.info["backbone_params"] if row.info.get("backbone_params") else math.nan
+        dev = fmt_metric(*row.mean_std("dev_metric"))
+        val = fmt_metric(*row.mean_std("val_metric"))
+        lines.append(
+            f"| {label} | {ours} | {budget_label(row.budget)} | {fmt_count(params)} ({100 * share:.3f}%) | "
+            f"{row.info['learning_rate']:.3g} | {dev} | {len(row.runs)} | {val} |"
+        )
+    return lines
+
+
+def step_key(rows: list[Row]) -> str:
+    """Process CPU time per step on CPU (robust to other jobs on the machine), wall time on GPU."""
+    done = [r for r in rows if r.runs]
+    cpu = done and done[0].runs[0]["meta_info"]["device"] == "cpu" and done[0].values("step_cpu_time_s")
+    return "step_cpu_time_s" if cpu else "step_time_s"
+
+
+def speed_table(rows: list[Row]) -> list[str]:
+    key = step_key(rows)
+    clock = "CPU" if key == "step_cpu_time_s" else "wall"
+    lines = [
+        f"| method | ours | budget | {clock} time per step (ms) | vs LoRA | train memory growth (MiB) | vs LoRA "
+        "| adapter file |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in sorted(rows, key=sort_key):
+        if not row.runs:
+            continue
+        ref = reference_lora(rows, row.budget)
+        step, memory = row.median(key), row.median("train_memory_growth_mib")
+        ref_step = ref.median(key) if ref else math.nan
+        ref_memory = ref.median("train_memory_growth_mib") if ref else math.nan
+        size = row.median("adapter_file_bytes")
+        size_text = f"{size / 2**20:.2f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
+        lines.append(
+            f"| {row.info.get('label', row.experiment)} | {'★' if row.ours else ''} | {budget_label(row.budget)} | "
+            f"{1000 * step:.0f} | {fmt_ratio(step, ref_step)} | {memory:.0f} | {fmt_ratio(memory, ref_memory)} | "
+            f"{size_text} |"
+        )
+    return lines
+
+
+def losses(rows: list[Row]) -> list[str]:
+    """Plain statements of where each of our methods falls behind the best PEFT method at the same budget."""
+    out = []
+    for row in sorted(rows, key=sort_key):
+        if not row.ours:
+            continue
+        if row.skipped or not row.runs:
+            out.append(f"- {row.info.get('label', row.experiment)}: did not run ({(row.skipped or 'failed')[:200]}).")
+            continue
+        peers = [r for r in rows if not r.ours and r.runs and r.family in BASELINE_FAMILIES and r.budget == row.budget]
+        if not peers:
+            continue
+        best = max(peers, key=lambda r: r.mean_std("dev_metric")[0])
+        mine, _, _ = row.mean_std("dev_metric")
+        theirs, _, _ = best.mean_std("dev_metric")
+        if mine < theirs:
+            out.append(
+                f"- {row.info.get('label', row.experiment)}: dev {mine:.4f} vs {theirs:.4f} for "
+                f"{best.info.get('label', best.experiment)} (−{theirs - mine:.4f})."
+            )
+        ref = reference_lora(rows, row.budget)
+        if ref is not None:
+            key = step_key(rows)
+            ratio = row.median(key) / ref.median(key)
+            if ratio > 1.10:
+                out.append(f"- {row.info.get('label', row.experiment)}: steps {ratio:.2f}× slower than PEFT LoRA.")
+    return out or ["- none at this task: every one of our methods matches or beats the best PEFT method here."]
+
+
+# plots
+def plot_quality(rows: list[Row], metric: str, path: Path, title: str) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    families = sorted({r.family for r in rows if r.runs})
+    cmap = plt.get_cmap("tab20")
+    for i, family in enumerate(families):
+        members = [r for r in rows if r.family == family and r.runs]
+        xs = [r.median("trainable_params") for r in members]
+        stats = [r.mean_std("dev_metric") for r in members]
+        ours = members[0].ours
+        ax.errorbar(
+            xs,
+            [s[0] for s in stats],
+            yerr=[0 if math.isnan(s[1]) else s[1] for s in stats],
+            fmt="*-" if ours else "o--",
+            markersize=11 if ours else 6,
+            color=cmap(i % 20),
+            label=family + (" (ours)" if ours else ""),
+            capsize=3,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (classification head excluded)")
+    ax.set_ylabel(f"dev {METRIC_NAMES.get(metric, metric)} (mean ± std over seeds)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_cost(rows: list[Row], path: Path, title: str) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    done = sorted((r for r in rows if r.runs), key=sort_key)
+    if not done:
+        return None
+    labels = [r.info.get("label", r.experiment) for r in done]
+    colors = ["tab:orange" if r.ours else "tab:blue" for r in done]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.3 * len(done) + 1.5), sharey=True)
+    key = step_key(rows)
+    axes[0].barh(labels, [1000 * r.median(key) for r in done], color=colors)
+    axes[0].set_xlabel(f"median {'CPU' if key == 'step_cpu_time_s' else 'wall'} time per step (ms)")
+    axes[1].barh(labels, [r.median("train_memory_growth_mib") for r in done], color=colors)
+    axes[1].set_xlabel("training memory growth (MiB)")
+    axes[0].invert_yaxis()
+    axes[0].tick_params(axis="y", labelsize=7)
+    for ax in axes:
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title + " (orange: ours)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# the document
+def render(grouped: dict[tuple[str, str], list[Row]], output: Path, command: str) -> str:
+    images = output.parent / "benchmarks"
+    lines = [
+        "# Benchmarks: our methods against PEFT's at equal budgets",
+        "",
+        "<!-- Generated by bench/suite/report.py from bench/suite/results; do not edit by hand. -->",
+        "",
+        "Every method trains the same classification head (counted apart) on a real pretrained backbone and real GLUE "
+        "data. Learning rates are chosen on a validation split carved from train; the GLUE dev split gives the final "
+        "number (mean ± sample std over seeds at the chosen rate). Settings, layout and the time budget: "
+        "[bench/suite/README.md](../bench/suite/README.md). ★ marks this pack's methods.",
+        "",
+        f"Regenerate: `{command}` (after `python bench/suite/run.py`).",
+        "",
+    ]
+    metas = [r.runs[0]["meta_info"] for rows in grouped.values() for r in rows if r.runs]
+    if metas:
+        meta = metas[-1]
+        versions = ", ".join(f"{k} {v}" for k, v in meta["package_versions"].items() if v)
+        revisions = sorted({(m.get("git_revision") or "?")[:10] for m in metas})
+        lines += [
+            f"Measured on {meta['device']} ({meta.get('device_name')}, {meta.get('cpu_count')} cores, "
+            f"{meta.get('torch_threads')} torch threads); {versions}; git {', '.join(revisions)}.",
+            "",
+        ]
+    for (backbone, task), rows in sorted(grouped.items(), key=lambda kv: (kv[0][0], _task_rank(kv[0][1]))):
+        done = [r for r in rows if r.runs]
+        metric = done[0].runs[0]["train_info"]["metric"] if done else "accuracy"
+        seconds = sum(r["run_info"].get("total_time_s", 0) for row in rows for r in row.runs)
+        params = done[0].info.get("training_params", {}) if done else {}
+        lines += [f"## {task} on {backbone}", ""]
+        if params:
+            lines += [
+                f"{params.get('max_steps')} steps, batch {params.get('batch_size')}, max length "
+                f"{_length(params, task)}, {params.get('max_train_samples')} train rows, validation "
+                f"{params.get('validation_samples')} rows; runs at the chosen rates took {seconds / 60:.0f} min.",
+                "",
+            ]
+        stem = f"{backbone}-{task}".lower()
+        quality_png = plot_quality(rows, metric, images / f"{stem}-quality.png", f"{task} on {backbone}")
+        cost_png = plot_cost(rows, images / f"{stem}-cost.png", f"{task} on {backbone}: cost per method")
+        lines += ["### Quality", ""] + quality_table(rows, metric) + [""]
+        if quality_png:
+            lines += [f"![{task} quality vs parameters]({os.path.relpath(quality_png, output.parent)})", ""]
+        lines += ["### Speed and memory", ""] + speed_table(rows) + [""]
+        if cost_png:
+            lines += [f"![{task} step time and memory]({os.path.relpath(cost_png, output.parent)})", ""]
+        lines += ["### Where our methods lose", ""] + losses(rows) + [""]
+    return "\n".join(lines)
+
+
+def _task_rank(task: str) -> int:
+    return TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER)
+
+
+def _length(params: dict, task: str):
+    value = params.get("max_length")
+    return value.get(task) if isinstance(value, dict) else value
+
+
+def write_report(results_dir: Path = RESULTS_DIR, output: Path = OUTPUT, command: str | None = None) -> Path:
+    """Render the report of `results_dir` to `output` (written to a temporary file, then renamed)."""
+    grouped = load_rows(results_dir)
+    if not grouped:
+        raise FileNotFoundError(f"No suite results under {results_dir}; run `python bench/suite/run.py` first.")
+    text = render(grouped, output, command or "python bench/suite/report.py")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, output)
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
+    parser.add_argument("--output", default=str(OUTPUT))
+    args = parser.parse_args(argv)
+    try:
+        path = write_report(Path(args.results_dir), Path(args.output))
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

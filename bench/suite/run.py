@@ -1,0 +1,528 @@
+"""Run the benchmark suite: every experiment × task, a learning-rate sweep, then more seeds at the best rate.
+
+Usage (the documented CPU suite, ~3 h on 2 cores; re-running skips finished results, so it can be resumed):
+
+```
+python bench/suite/run.py --data-dir ../shared/data/glue
+python bench/suite/run.py --data-dir ../shared/data/glue --tasks SST-2 --experiments "lora/*" "s4/*"
+python bench/suite/run.py --backbone smollm2 --tasks SST-2 --experiments "lora/budget-0.05pct" "sam/sam-0.05pct"
+python bench/suite/run.py --dry-run                # the plan and its size, nothing trained
+python bench/suite/report.py                       # regenerate docs/benchmarks.md from the results
+```
+
+Per (task, experiment): the sweep trains seed `seeds[0]` at `learning_rate_base × m` for every `m` in
+`lr_multipliers` and picks the rate with the best final metric on the validation split (carved from train with
+`validation_seed`; the GLUE dev split is never used for choosing). The other seeds then train at that rate. Every
+run writes `results/<backbone>/<task>/<experiment>/lr=<lr>_seed=<seed>.json` with `run_info`, `train_info` and
+`meta_info`; a file with status `ok` or `skipped` is not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path[:0] = [str(HERE), str(ROOT)]
+
+from backbones import BackboneError, load_classifier, resolve_backbone  # noqa: E402
+from plan import (  # noqa: E402
+    EXPERIMENTS_DIR,
+    Experiment,
+    ExperimentError,
+    Resolved,
+    load_defaults,
+    load_experiments,
+    resolve,
+)
+
+RESULTS_DIR = HERE / "results"
+DONE = ("ok", "skipped")
+SMOKE = {
+    "max_steps": 4,
+    "eval_every": 2,
+    "max_train_samples": 96,
+    "validation_samples": 32,
+    "max_dev_samples": 32,
+    "lr_multipliers": [1, 3],
+    "seeds": [0, 1],
+    "sam_calibration_batches": 2,
+    "timing_warmup_steps": 1,
+    "batch_size": 8,
+    "search_steps": 4,
+}
+logger = logging.getLogger("bench.suite")
+
+
+# results
+def write_json_atomic(value: Any, path: Path) -> None:
+    """Write `value` as JSON to a temporary file beside `path`, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(value, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_result(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def result_path(results_dir: Path, backbone: str, task: str, experiment: str, lr: float, seed: int) -> Path:
+    return results_dir / backbone / task / experiment / f"lr={lr:.3g}_seed={seed}.json"
+
+
+def meta_info(device: str) -> dict:
+    """Package versions, git revision, device and CPU: what a result depends on besides its settings."""
+    import peft
+    import torch
+    import transformers
+
+    import peft_designspace
+
+    def git(*cmd: str) -> str | None:
+        try:
+            return subprocess.run(
+                ["git", *cmd], cwd=ROOT, capture_output=True, text=True, check=True, timeout=10
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    cpu = platform.processor() or None
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    versions.update({"peft": peft.__version__, "peft_designspace": peft_designspace.__version__})
+    try:
+        import bitsandbytes
+
+        versions["bitsandbytes"] = bitsandbytes.__version__
+    except Exception:  # not installed, or no usable backend
+        versions["bitsandbytes"] = None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "package_versions": versions,
+        "git_revision": git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else cpu,
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
+
+
+# data
+def task_rows(data_dir: Path, task: str, params: dict) -> dict[str, list[dict]]:
+    """Train / validation / dev rows of `task`: validation carved from a seeded train sample, dev = GLUE dev."""
+    from trainer_ext import load_glue_folder, split_validation
+    from trainer_ext.glue import normalize_task
+
+    folder = data_dir / normalize_task(task)
+    if not (folder / "train.tsv").is_file() or not (folder / "dev.tsv").is_file():
+        raise FileNotFoundError(
+            f"No GLUE data for {task} in {folder} (expected train.tsv and dev.tsv). Pass --data-dir with the folder "
+            "that holds SST-2/, RTE/ and CoLA/ (in this project: ../shared/data/glue)."
+        )
+    data = load_glue_folder(folder, task=task)
+    rng = random.Random(params["validation_seed"])
+    wanted = params["max_train_samples"] + params["validation_samples"]
+    rows = rng.sample(data["train"], wanted) if wanted < len(data["train"]) else list(data["train"])
+    fraction = params["validation_samples"] / len(rows)
+    train, validation = split_validation(rows, fraction=min(max(fraction, 1e-9), 0.5), seed=params["validation_seed"])
+    dev = data["dev"][: params["max_dev_samples"]] if params["max_dev_samples"] else data["dev"]
+    return {"train": train, "validation": validation, "dev": dev}
+
+
+def max_length(params: dict, task: str) -> int:
+    value = params["max_length"]
+    return value[task] if isinstance(value, dict) else int(value)
+
+
+# S3PET structures
+def s3pet_structure(
+    experiment: Experiment, config: dict, backbone_dir: str, task: str, tokenized: dict, params: dict, cache: Path
+) -> tuple[dict, dict]:
+    """The structure an S3PET experiment retrains: searched once per (backbone, task, budget), or random."""
+    from peft import get_peft_model
+    from plan import build_config
+
+    kind = experiment.overrides["s3pet_structure"]
+    path = cache / f"{kind}-budget={config['budget']}.json"
+    saved = read_result(path)
+    if saved is not None:
+        return saved["structure"], saved["info"]
+    import torch
+
+    torch.manual_seed(params["structure_seed"])
+    base, tokenizer = load_classifier(backbone_dir)
+    search_model = get_peft_model(base, build_config(config))
+    start = time.perf_counter()
+    if kind == "random":
+        from peft_designspace.s3pet.structure import build_structure
+
+        tuner = search_model.base_model
+        rng = random.Random(params["structure_seed"])
+        p = [rng.random() for _ in tuner.candidates()]
+        base_params = tuner._search_plan(None)["base_params"]
+        structure = build_structure(tuner.candidates(), p, config["budget"], base_params, "greedy", "random")
+        info = {"kind": "random", "seed": params["structure_seed"]}
+    else:
+        from transformers import DataCollatorWithPadding, TrainingArguments
+
+        from trainer_ext import S3PETSearchTrainer
+
+        steps = params.get("search_steps", 2 * params["max_steps"])
+        lr = params.get("search_learning_rate", params["learning_rate_base"] * 3)
+        with tempfile.TemporaryDirectory() as out:
+            args = TrainingArguments(
+                output_dir=out,
+                max_steps=steps,
+                per_device_train_batch_size=params["batch_size"],
+                learning_rate=lr,
+                lr_scheduler_type="linear",
+                warmup_steps=params["warmup_ratio"],
+                max_grad_norm=2.0,
+                save_strategy="no",
+                report_to="none",
+                seed=params["s3pet_search_seed"],
+                disable_tqdm=True,
+                dataloader_pin_memory=False,
+            )
+            trainer = S3PETSearchTrainer(
+                model=search_model,
+                args=args,
+                train_dataset=tokenized["train"],
+                data_collator=DataCollatorWithPadding(tokenizer),
+            )
+            trainer.train()
+            structure = trainer.derive_structure(from_best=False)
+        info = {"kind": "search", "seed": params["s3pet_search_seed"], "steps": steps, "learning_rate": lr}
+    info["seconds"] = time.perf_counter() - start
+    info["kept"], info["params"] = len(structure["modules"]), structure["total"]
+    write_json_atomic({"structure": structure, "info": info}, path)
+    return structure, info
+
+
+# the suite
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=str(ROOT.parent / "shared" / "data" / "glue"),
+        help="folder holding the GLUE task folders (SST-2/, RTE/, CoLA/)",
+    )
+    parser.add_argument("--tasks", nargs="+", default=["SST-2", "RTE", "CoLA"])
+    parser.add_argument("--backbone", default="minilm", help="minilm, smollm2, or a local HF model folder")
+    parser.add_argument("--experiments", nargs="*", default=None, help="glob patterns of experiment names (all)")
+    parser.add_argument("--experiments-dir", default=str(EXPERIMENTS_DIR))
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        action="extend",
+        default=[],
+        metavar="KEY=JSON",
+        help="override default training params, e.g. --set max_steps=300 'seeds=[0,1,2,3]'",
+    )
+    parser.add_argument("--smoke", action="store_true", help="a few steps on tiny subsets (pipeline check)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes, each with its share of the cores")
+    parser.add_argument("--shard", default="0/1", help=argparse.SUPPRESS)  # set by --workers for each process
+    args = parser.parse_args(argv)
+    try:
+        index, count = (int(v) for v in args.shard.split("/"))
+        if not 0 <= index < count:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--shard must be INDEX/COUNT with 0 <= INDEX < COUNT, got {args.shard!r}.")
+    args.shard = (index, count)
+    if args.workers < 1:
+        parser.error(f"--workers must be a positive int, got {args.workers}.")
+    args.overrides = dict(SMOKE) if args.smoke else {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set takes KEY=VALUE, got {item!r}.")
+        try:
+            args.overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            args.overrides[key] = value
+    return args
+
+
+def task_params(defaults: dict, task: str) -> dict:
+    """`defaults` with the task's own overrides (`per_task`) applied."""
+    params = {k: v for k, v in defaults.items() if k != "per_task"}
+    params.update(defaults.get("per_task", {}).get(task, {}))
+    return params
+
+
+def run_workers(args: argparse.Namespace, argv: list[str]) -> dict:
+    """Run the suite as `args.workers` processes, each on every N-th (task, experiment) cell with its share of the
+    cores (`num_threads`). Results land in the same folders, so workers never write the same file."""
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    procs = []
+    for index in range(args.workers):
+        command = [sys.executable, str(Path(__file__).resolve()), *argv, "--shard", f"{index}/{args.workers}"]
+        command += ["--set", f"num_threads={threads}"]
+        procs.append(subprocess.Popen(command))
+    codes = [p.wait() for p in procs]
+    print(f"Workers finished with exit codes {codes}.")
+    return {"error": sum(c != 0 for c in codes)}
+
+
+def run_suite(args: argparse.Namespace) -> dict:
+    """Run (or resume) the suite described by `args`; returns counts of runs by status."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from trainer_ext import tokenize_glue
+    from trainer_ext.glue import normalize_task
+
+    defaults = load_defaults()
+    unknown = sorted(set(args.overrides) - set(defaults) - {"search_steps", "search_learning_rate"})
+    if unknown:
+        raise ExperimentError(f"--set: unknown training params {unknown}; known: {', '.join(sorted(defaults))}.")
+    defaults.update(args.overrides)
+    experiments = load_experiments(Path(args.experiments_dir), args.experiments)
+    tasks = [normalize_task(t) for t in args.tasks]
+    data_dir = Path(args.data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(
+            f"--data-dir {str(data_dir)!r} does not exist; it must hold the GLUE task folders SST-2/, RTE/, CoLA/ "
+            "(in this project: ../shared/data/glue)."
+        )
+    cells = [(t, e) for t in tasks for e in experiments]
+    index, count = args.shard
+    cells = cells[index::count]
+
+    def runs_of(task: str, experiment: Experiment) -> int:
+        params = experiment.training_params(task_params(defaults, task))
+        return len(params["lr_multipliers"]) + len(params["seeds"]) - 1
+
+    planned = sum(runs_of(t, e) for t, e in cells)
+    shard = f" (shard {index + 1} of {count})" if count > 1 else ""
+    print(
+        f"Suite{shard}: backbone {args.backbone}, tasks {', '.join(tasks)}, {len(experiments)} experiments, "
+        f"{planned} runs planned (an LR sweep of {len(defaults['lr_multipliers'])}, then "
+        f"{len(defaults['seeds']) - 1} more seeds)."
+    )
+    if args.dry_run:
+        for task, e in cells:
+            print(f"  {task:6s} {e.name:32s} {e.peft_type:14s} budget={e.budget}  runs={runs_of(task, e)}")
+        return {"planned": planned}
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if defaults["num_threads"]:
+        torch.set_num_threads(defaults["num_threads"])
+    backbone_dir = resolve_backbone(args.backbone, show_progress=not args.no_progress)
+    backbone_name = args.backbone if args.backbone in ("minilm", "smollm2") else Path(args.backbone).name
+    meta = meta_info(device)
+    results_dir = Path(args.results_dir)
+    base, tokenizer = load_classifier(backbone_dir)
+    counts = {"ok": 0, "skipped": 0, "error": 0, "cached": 0}
+    bar = tqdm(
+        total=planned,
+        desc=f"suite{index}" if count > 1 else "suite",
+        unit="run",
+        position=index,
+        disable=args.no_progress,
+        dynamic_ncols=True,
+    )
+    runner = Runner(results_dir, backbone_name, backbone_dir, device, meta, counts, bar)
+    tokenized_by_task: dict[str, dict] = {}
+    for task, experiment in cells:
+        params = experiment.training_params(task_params(defaults, task))
+        if task not in tokenized_by_task:
+            rows = task_rows(data_dir, task, params)
+            length = max_length(params, task)
+            tokenized_by_task[task] = {split: tokenize_glue(r, tokenizer, length) for split, r in rows.items()}
+        tokenized = tokenized_by_task[task]
+        try:
+            resolved = resolve(experiment, base)
+        except (ValueError, TypeError) as err:  # e.g. a budget the method cannot reach on this backbone
+            reason = f"{type(err).__name__}: {err}"
+            info = _run_info(experiment, task, backbone_name, None, None, params, "skipped", reason=reason)
+            write_json_atomic(
+                {"run_info": info, "meta_info": meta},
+                results_dir / backbone_name / task / experiment.name / "skipped.json",
+            )
+            counts["skipped"] += 1
+            bar.update(runs_of(task, experiment))
+            continue
+        structure = structure_info = None
+        if experiment.overrides.get("s3pet_structure"):
+            structure, structure_info = s3pet_structure(
+                experiment,
+                resolved.config,
+                backbone_dir,
+                task,
+                tokenized,
+                params,
+                results_dir / backbone_name / task / "_s3pet_structures",
+            )
+        cell = Cell(task, experiment, params, resolved, structure, structure_info, tokenized)
+        seeds = params["seeds"]
+        sweep = [
+            runner.run(cell, params["learning_rate_base"] * m, seeds[0], "sweep") for m in params["lr_multipliers"]
+        ]
+        finished = [r for r in sweep if r["run_info"]["status"] == "ok"]
+        if not finished:
+            bar.update(len(seeds) - 1)
+            continue
+        best = max(finished, key=lambda r: (r["train_info"]["val_metric"], -r["run_info"]["learning_rate"]))
+        for seed in seeds[1:]:
+            runner.run(cell, best["run_info"]["learning_rate"], seed, "seed")
+    bar.close()
+    print(f"Suite{shard} finished: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return counts
+
+
+@dataclass
+class Cell:
+    """One (task, experiment) of the suite, resolved on the backbone."""
+
+    task: str
+    experiment: Experiment
+    params: dict
+    resolved: Resolved
+    structure: dict | None
+    structure_info: dict | None
+    tokenized: dict
+
+
+@dataclass
+class Runner:
+    """Trains single runs and writes their results (skipping finished ones)."""
+
+    results_dir: Path
+    backbone: str
+    backbone_dir: str
+    device: str
+    meta: dict
+    counts: dict
+    bar: Any
+
+    def run(self, cell: Cell, lr: float, seed: int, phase: str) -> dict:
+        """The result of one run: read back when already finished, else trained now (an error is recorded)."""
+        from train_one import train_run
+
+        name = cell.experiment.name
+        path = result_path(self.results_dir, self.backbone, cell.task, name, lr, seed)
+        previous = read_result(path)
+        self.bar.set_postfix_str(f"{cell.task} {name} lr={lr:.3g} seed={seed}")
+        if previous is not None and previous["run_info"]["status"] in DONE:
+            self.counts["cached"] += 1
+            self.bar.update(1)
+            return previous
+        start = time.perf_counter()
+        resolved = cell.resolved
+        info = _run_info(
+            cell.experiment,
+            cell.task,
+            self.backbone,
+            lr,
+            seed,
+            cell.params,
+            "ok",
+            phase=phase,
+            config=resolved.config,
+            target=resolved.target,
+            backbone_params=resolved.backbone_params,
+            structure=cell.structure_info,
+        )
+        result = {"run_info": info, "train_info": None, "meta_info": self.meta}
+        try:
+            with tempfile.TemporaryDirectory() as out:
+                result["train_info"] = train_run(
+                    backbone_dir=self.backbone_dir,
+                    config=resolved.config,
+                    task=cell.task,
+                    data=cell.tokenized,
+                    params=cell.params,
+                    learning_rate=lr,
+                    seed=seed,
+                    device=self.device,
+                    structure=cell.structure,
+                    output_dir=out,
+                )
+        except Exception as err:  # recorded and retried on the next run; the suite goes on
+            info["status"] = "error"
+            info["error"] = f"{type(err).__name__}: {err}"
+            info["traceback"] = traceback.format_exc(limit=8)
+            logger.error("%s %s lr=%g seed=%d failed: %s", cell.task, name, lr, seed, info["error"])
+        info["total_time_s"] = time.perf_counter() - start
+        self.counts[info["status"]] += 1
+        write_json_atomic(result, path)
+        self.bar.update(1)
+        return result
+
+
+def _run_info(experiment: Experiment, task: str, backbone: str, lr, seed, params: dict, status: str, **extra) -> dict:
+    return {
+        "experiment": experiment.name,
+        "label": experiment.label,
+        "family": experiment.family,
+        "peft_type": experiment.peft_type,
+        "ours": experiment.ours,
+        "budget": experiment.budget,
+        "backbone": backbone,
+        "task": task,
+        "learning_rate": lr,
+        "seed": seed,
+        "status": status,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "training_params": {k: v for k, v in params.items() if k not in ("lr_multipliers", "seeds")},
+        **extra,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    try:
+        parallel = args.workers > 1 and args.shard[1] == 1 and not args.dry_run
+        counts = run_workers(args, argv) if parallel else run_suite(args)
+    except (BackboneError, ExperimentError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 1 if counts.get("error") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
