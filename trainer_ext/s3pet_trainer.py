@@ -217,11 +217,19 @@ class S3PETSearchTrainer(Trainer):
     def _arch_gradients(self, model, train_inputs: dict) -> list[torch.Tensor]:
         alphas = self._alphas()
         search_inputs = self._next_search_inputs()
-        if not self.second_order:
-            loss = self._loss(model, search_inputs)
-            grads = torch.autograd.grad(loss, alphas, allow_unused=True)
-            return [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grads)]
         alpha_ids = {id(a) for a in alphas}
+        if not self.second_order:
+            # only α's gradient is wanted: autograd records no graph for the deltas (and the head) meanwhile
+            others = [p for p in model.parameters() if p.requires_grad and id(p) not in alpha_ids]
+            for p in others:
+                p.requires_grad_(False)
+            try:
+                loss = self._loss(model, search_inputs)
+                grads = torch.autograd.grad(loss, alphas, allow_unused=True)
+            finally:
+                for p in others:
+                    p.requires_grad_(True)
+            return [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grads)]
         weights = {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in alpha_ids}
         xi = self.lr_scheduler.get_last_lr()[0] if self.lr_scheduler is not None else self.args.learning_rate
         loss = self._loss(model, train_inputs)

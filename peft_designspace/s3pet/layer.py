@@ -9,9 +9,17 @@ x ──► norm(x; w + z_lnfit · Δw, b + z_bitfit · Δb) ──► out      
 In search mode every part is multiplied by its gate `z` (set by the tuner before each forward, from the layer's
 architecture parameters `s3pet_alpha[adapter]`, one per part in `TYPES` order); in apply mode `z = 1`. LoRA, BitFit and
 LNFit are linear in their parameters and merge into the base weights; the low-rank adapter (LRA) does not.
+
+The gates are folded where they cost least, not applied to full-size activations: bias deltas go into the base op's
+bias (`F.linear(x, W, b + z·Δb)`, `F.layer_norm(x, …, w + z·Δw, b + z·Δb)`), and the LoRA and LRA gates scale their
+rank-1 (or rank-r) intermediates, whose products are added with one `addmm`:
+`y + z·s·B(A x) = addmm(y, z·s·(A x), Bᵀ)` and `y + z·(t v + c) = addmm(y, [z·t, z], [v; c])` with `t` the LRA's
+rank-1 up-projection input. Same sums, another order: values agree with the plain formulas to rounding
+(`tests/test_s3pet_numerics.py`).
 """
 
 import torch
+import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 from torch.func import functional_call
@@ -110,23 +118,64 @@ class Linear(nn.Module, LinearDeltaMixin, S3PETLayer):
             if self.merged:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
-        result = self._base_output(x, *args, **kwargs)
-        out_dtype = result.dtype
-        sequential = []
+        live = [n for n in self.active_adapters if n not in self.merged_adapters]
+        bias_deltas = [self.gate(n, "bitfit") * self.s3pet_bias[n] for n in live if n in self.s3pet_bias]
+        loras = [(self.s3pet_lora[n], self.gate(n, "lora")) for n in live if n in self.s3pet_lora]
+        if self._plain_base(args, kwargs):
+            result = self._fused_base_output(x, bias_deltas, loras)
+        else:
+            result = self._base_output(x, *args, **kwargs)
+            for lora, gate in loras:
+                inner = F.linear(self._cast_input_dtype(x, lora.A.weight.dtype), lora.A.weight)  # (..., r)
+                result = _add_product(result, inner * (gate * lora.scaling), lora.B.weight.T)
+            for delta in bias_deltas:
+                result = result + delta.to(result.dtype)
         for name in self.active_adapters:
-            if name not in self.merged_adapters:
-                if name in self.s3pet_lora:
-                    lora = self.s3pet_lora[name]
-                    delta = lora(self._cast_input_dtype(x, lora.A.weight.dtype))
-                    result = result + (self.gate(name, "lora") * delta).to(out_dtype)
-                if name in self.s3pet_bias:
-                    result = result + (self.gate(name, "bitfit") * self.s3pet_bias[name]).to(out_dtype)
             if name in self.s3pet_lra:
-                sequential.append(name)
-        for name in sequential:
-            lra = self.s3pet_lra[name]
-            result = result + (self.gate(name, "lra") * lra(result.to(lra.up_v.dtype))).to(out_dtype)
+                result = self._add_lra(result, self.s3pet_lra[name], self.gate(name, "lra"))
         return result
+
+    def _plain_base(self, args: tuple, kwargs: dict) -> bool:
+        """Whether the base layer may be computed as `F.linear` here: a plain `nn.Linear` without hooks or extras."""
+        base = self.base_layer
+        return (
+            type(base) is nn.Linear
+            and self.quantization_backend is None
+            and not (args or kwargs or base._forward_hooks or base._forward_pre_hooks)
+        )
+
+    def _fused_base_output(self, x: torch.Tensor, bias_deltas: list, loras: list) -> torch.Tensor:
+        """`W x + (b + Σ z·Δb) + Σ z·s·B(A x)`: bias deltas inside the base product, LoRA products added in place.
+
+        The base product is a fresh tensor that no other op saved for backward, so adding into it is safe; the
+        LoRA gate and scale multiply the rank-r intermediate, not the output.
+        """
+        base = self.base_layer
+        bias = base.bias
+        for delta in bias_deltas:
+            delta = delta.to(base.weight.dtype)
+            bias = delta if bias is None else bias + delta
+        flat = x.reshape(-1, x.shape[-1])
+        result = F.linear(flat, base.weight, bias)  # (tokens, out)
+        for lora, gate in loras:
+            inner = F.linear(self._cast_input_dtype(flat, lora.A.weight.dtype), lora.A.weight)  # (tokens, r)
+            inner = inner * (gate * lora.scaling)
+            if inner.dtype == result.dtype == lora.B.weight.dtype:
+                result.addmm_(inner, lora.B.weight.T)
+            else:
+                result = result + (inner @ lora.B.weight.T).to(result.dtype)
+        return result.view(*x.shape[:-1], result.shape[-1])
+
+    @staticmethod
+    def _add_lra(result: torch.Tensor, lra: LowRankAdapter, gate: torch.Tensor | float) -> torch.Tensor:
+        """`result + gate · lra(result)`, with the gate on the rank-1 input of the up projection."""
+        h = result.to(lra.up_v.dtype)
+        inner = F.gelu((h @ lra.down_u) @ lra.down_v + lra.down_bias) @ lra.up_u  # (..., 1)
+        if not isinstance(gate, torch.Tensor):
+            gate = torch.tensor(gate, dtype=inner.dtype, device=inner.device)
+        gate = gate.to(inner.dtype)
+        left = torch.cat([inner * gate, gate.expand_as(inner)], dim=-1)  # (..., 2): [z·t, z]
+        return _add_product(result, left, torch.cat([lra.up_v, lra.up_bias[None]]))  # + z·(t v + c)
 
     def __repr__(self) -> str:
         return "s3pet." + super().__repr__()
@@ -204,10 +253,24 @@ class Norm(nn.Module, S3PETLayer):
                     overrides["bias"] = overrides.get("bias", base.bias) + delta.to(base.bias.dtype).view_as(base.bias)
                 else:
                     extra_bias = delta if extra_bias is None else extra_bias + delta
-        result = functional_call(base, overrides, (x, *args), kwargs) if overrides else base(x, *args, **kwargs)
+        if not overrides:
+            result = base(x, *args, **kwargs)
+        elif type(base) is nn.LayerNorm and not (args or kwargs):  # direct call: no parameter swap by functional_call
+            weight, bias = overrides.get("weight", base.weight), overrides.get("bias", base.bias)
+            result = F.layer_norm(x, base.normalized_shape, weight, bias, base.eps)
+        else:
+            result = functional_call(base, overrides, (x, *args), kwargs)
         if extra_bias is not None:
             result = result + extra_bias.to(result.dtype)
         return result
 
     def __repr__(self) -> str:
         return "s3pet." + super().__repr__()
+
+
+def _add_product(result: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """`result + left @ right` (`left` of shape `(..., k)`, `right` `(k, out)`) as one `addmm` when dtypes agree."""
+    if result.dtype != left.dtype or right.dtype != left.dtype:
+        return result + (left @ right).to(result.dtype)
+    flat = torch.addmm(result.reshape(-1, result.shape[-1]), left.reshape(-1, left.shape[-1]), right)
+    return flat.view(result.shape)
