@@ -216,7 +216,7 @@ def resolve(experiment: Experiment, base) -> Resolved:
     auto = [k for k, v in config.items() if v == "auto"]
     if not auto:
         return Resolved(config, None, total, count_with(base, config))
-    key, target = auto[0], int(round(experiment.budget * total))
+    key, target = auto[0], max(1, int(round(experiment.budget * total)))
     if key == "budget":
         config[key] = target
     elif key in ("r", "num_virtual_tokens"):  # linear in the field: one probe at 1

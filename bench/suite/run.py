@@ -346,6 +346,10 @@ def run_suite(args: argparse.Namespace) -> dict:
         for task, e in cells:
             print(f"  {task:6s} {e.name:32s} {e.peft_type:14s} budget={e.budget}  runs={runs_of(task, e)}")
         return {"planned": planned}
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # the per-run load reports (new head weights) would drown the bar
+    transformers.utils.logging.disable_progress_bar()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if defaults["num_threads"]:
         torch.set_num_threads(defaults["num_threads"])
