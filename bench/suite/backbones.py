@@ -112,15 +112,38 @@ def resolve_backbone(name: str, show_progress: bool = True) -> str:
     )
 
 
-def load_classifier(folder: str, dtype=None):
-    """`(model, tokenizer)`: a 2-label sequence classifier on the backbone in `folder` (pad token set if missing)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+QUANTIZATIONS = (None, "8bit", "4bit")
 
+
+def load_classifier(folder: str, dtype=None, quantization: str | None = None):
+    """`(model, tokenizer)`: a 2-label sequence classifier on the backbone in `folder` (pad token set if missing).
+
+    `quantization` `"8bit"` or `"4bit"` loads the backbone's linears with bitsandbytes (NF4, double quantization,
+    bf16 compute on CUDA and fp32 on CPU); the new classification head stays in full precision.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
+
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"`quantization` must be one of {QUANTIZATIONS}, got {quantization!r}.")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token_id = SMOLLM2_PAD_TOKEN_ID
     kwargs = {"num_labels": 2, "pad_token_id": tokenizer.pad_token_id}
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if quantization == "8bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_8bit=True, llm_int8_skip_modules=["classifier", "score"]
+        )
+    elif quantization == "4bit":
+        compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+            llm_int8_skip_modules=["classifier", "score"],
+        )
     model = AutoModelForSequenceClassification.from_pretrained(folder, **kwargs)
     return model, tokenizer

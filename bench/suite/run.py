@@ -251,6 +251,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument(
+        "--quantization", choices=("8bit", "4bit"), default=None, help="load the backbone with bitsandbytes"
+    )
+    parser.add_argument(
         "--set",
         nargs="*",
         action="extend",
@@ -355,9 +358,11 @@ def run_suite(args: argparse.Namespace) -> dict:
         torch.set_num_threads(defaults["num_threads"])
     backbone_dir = resolve_backbone(args.backbone, show_progress=not args.no_progress)
     backbone_name = args.backbone if args.backbone in ("minilm", "smollm2") else Path(args.backbone).name
-    meta = meta_info(device)
+    if args.quantization:
+        backbone_name += f"-{args.quantization}"
+    meta = {**meta_info(device), "quantization": args.quantization}
     results_dir = Path(args.results_dir)
-    base, tokenizer = load_classifier(backbone_dir)
+    base, tokenizer = load_classifier(backbone_dir)  # full precision: "auto" fields are solved on it
     counts = {"ok": 0, "skipped": 0, "error": 0, "cached": 0}
     bar = tqdm(
         total=planned,
@@ -367,7 +372,7 @@ def run_suite(args: argparse.Namespace) -> dict:
         disable=args.no_progress,
         dynamic_ncols=True,
     )
-    runner = Runner(results_dir, backbone_name, backbone_dir, device, meta, counts, bar)
+    runner = Runner(results_dir, backbone_name, backbone_dir, device, meta, counts, bar, args.quantization)
     tokenized_by_task: dict[str, dict] = {}
     for task, experiment in cells:
         params = experiment.training_params(task_params(defaults, task))
@@ -377,8 +382,10 @@ def run_suite(args: argparse.Namespace) -> dict:
             tokenized_by_task[task] = {split: tokenize_glue(r, tokenizer, length) for split, r in rows.items()}
         tokenized = tokenized_by_task[task]
         try:
+            if args.quantization and experiment.full_finetune:
+                raise ValueError("full fine-tuning cannot train a quantized backbone (run it without --quantization)")
             resolved = resolve(experiment, base)
-        except (ValueError, TypeError) as err:  # e.g. a budget the method cannot reach on this backbone
+        except Exception as err:  # e.g. a budget the method cannot reach on this backbone; the reason is reported
             reason = f"{type(err).__name__}: {err}"
             info = _run_info(experiment, task, backbone_name, None, None, params, "skipped", reason=reason)
             write_json_atomic(
@@ -440,6 +447,7 @@ class Runner:
     meta: dict
     counts: dict
     bar: Any
+    quantization: str | None = None
 
     def run(self, cell: Cell, lr: float, seed: int, phase: str) -> dict:
         """The result of one run: read back when already finished, else trained now (an error is recorded)."""
@@ -483,6 +491,7 @@ class Runner:
                     device=self.device,
                     structure=cell.structure,
                     output_dir=out,
+                    quantization=self.quantization,
                 )
         except Exception as err:  # recorded and retried on the next run; the suite goes on
             info["status"] = "error"

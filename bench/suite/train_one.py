@@ -164,16 +164,20 @@ def saved_size(model, full_finetune: bool) -> int:
         return _file_bytes(folder)
 
 
-def build_model(backbone_dir: str, config: dict | None, structure: dict | None, device: str, dtype=None):
+def build_model(
+    backbone_dir: str, config: dict | None, structure: dict | None, device: str, quantization: str | None = None
+):
     """`(model, tokenizer)`: the 2-label classifier, wrapped by the experiment's PEFT config (None: full FT)."""
     from peft import get_peft_model
 
-    model, tokenizer = load_classifier(backbone_dir, dtype=dtype)
+    model, tokenizer = load_classifier(backbone_dir, quantization=quantization)
+    if quantization is None:
+        model = model.to(device)  # bitsandbytes places quantized weights itself
     if config is not None:
         if structure is not None:
             config = {**config, "structure": structure, "budget": structure["budget"]}
         model = get_peft_model(model, build_config(config))
-    return model.to(device), tokenizer
+    return model, tokenizer
 
 
 def train_run(
@@ -188,13 +192,14 @@ def train_run(
     device: str = "cpu",
     structure: dict | None = None,
     output_dir: str,
+    quantization: str | None = None,
     on_step=None,
 ) -> dict:
     """Train and evaluate one run; `data` holds tokenized `train`, `validation` and `dev` datasets."""
     from trainer_ext.glue import TASKS
 
     set_seed(seed)
-    model, tokenizer = build_model(backbone_dir, config, structure, device)
+    model, tokenizer = build_model(backbone_dir, config, structure, device, quantization)
     method, head = method_params(model) if config is not None else _full_counts(model)
     metric_name = TASKS[task]["metric"]
     args = TrainingArguments(
