@@ -3,9 +3,9 @@
 Usage (the documented CPU suite, ~3 h on 2 cores; re-running skips finished results, so it can be resumed):
 
 ```
-python bench/suite/run.py --data-dir ../shared/data/glue
-python bench/suite/run.py --data-dir ../shared/data/glue --tasks SST-2 --experiments "lora/*" "s4/*"
-python bench/suite/run.py --backbone smollm2 --tasks SST-2 --experiments "lora/budget-0.05pct" "sam/sam-0.05pct"
+python bench/suite/run.py --workers 2              # data from ../shared/data/glue (or --data-dir)
+python bench/suite/run.py --tasks SST-2 --experiments "lora/*" "s4/*"
+python bench/suite/run.py --backbone smollm2 --quantization 4bit --tasks SST-2 --experiments "lora/*" "sam-sam/*"
 python bench/suite/run.py --dry-run                # the plan and its size, nothing trained
 python bench/suite/report.py                       # regenerate docs/benchmarks.md from the results
 ```
