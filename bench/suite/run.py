@@ -49,6 +49,8 @@ from plan import (  # noqa: E402
     resolve,
 )
 
+from trainer_ext.callbacks import write_json_atomic  # noqa: E402
+
 RESULTS_DIR = HERE / "results"
 DONE = ("ok", "skipped")
 SMOKE = {
@@ -68,21 +70,6 @@ logger = logging.getLogger("bench.suite")
 
 
 # results
-def write_json_atomic(value: Any, path: Path) -> None:
-    """Write `value` as JSON to a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def read_result(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
