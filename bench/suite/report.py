@@ -44,6 +44,7 @@ class Row:
     sweep: dict[float, float] = field(default_factory=dict)  # learning rate -> validation metric (first seed)
     skipped: str | None = None
     errors: int = 0
+    seconds: float = 0.0  # wall time of all its runs (sweep included)
 
     @property
     def ours(self) -> bool:
@@ -101,6 +102,7 @@ def load_rows(results_dir: Path) -> dict[tuple[str, str], list[Row]]:
             continue
         ok = [r for r in runs[key] if r["run_info"]["status"] == "ok"]
         row = Row(backbone, task, experiment, runs[key][0]["run_info"], errors=len(runs[key]) - len(ok))
+        row.seconds = sum(r["run_info"].get("total_time_s", 0.0) for r in runs[key])
         first_seed = min((r["run_info"]["seed"] for r in ok), default=None)
         row.sweep = {
             r["run_info"]["learning_rate"]: r["train_info"]["val_metric"]
@@ -243,6 +245,31 @@ def losses(rows: list[Row]) -> list[str]:
     return out or ["- none at this task: every one of our methods matches or beats the best PEFT method here."]
 
 
+def summary_table(grouped: dict[tuple[str, str], list[Row]]) -> list[str]:
+    """Each of our methods against the best PEFT method at the same budget, task by task."""
+    lines = [
+        "| backbone | task | budget | our method | dev (ours) | best PEFT method at this budget | dev (PEFT) | Δ |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (backbone, task), rows in sorted(grouped.items(), key=lambda kv: (kv[0][0], _task_rank(kv[0][1]))):
+        for row in sorted(rows, key=sort_key):
+            if not row.ours or not row.runs:
+                continue
+            peers = [
+                r for r in rows if not r.ours and r.runs and r.family in BASELINE_FAMILIES and r.budget == row.budget
+            ]
+            if not peers:
+                continue
+            best = max(peers, key=lambda r: r.mean_std("dev_metric")[0])
+            mine, theirs = row.mean_std("dev_metric"), best.mean_std("dev_metric")
+            lines.append(
+                f"| {backbone} | {task} | {budget_label(row.budget)} | {row.info.get('label', row.experiment)} | "
+                f"{fmt_metric(*mine)} | {best.info.get('label', best.experiment)} | {fmt_metric(*theirs)} | "
+                f"{mine[0] - theirs[0]:+.4f} |"
+            )
+    return lines
+
+
 # plots
 def plot_quality(rows: list[Row], metric: str, path: Path, title: str) -> Path | None:
     try:
@@ -340,17 +367,27 @@ def render(grouped: dict[tuple[str, str], list[Row]], output: Path, command: str
             f"{meta.get('torch_threads')} torch threads); {versions}; git {', '.join(revisions)}.",
             "",
         ]
+    lines += [
+        "## Summary: our methods against the best PEFT method at the same budget",
+        "",
+        "Δ is our mean dev metric minus that of the best of PEFT's LoRA, prefix tuning, SHiRA, Supertuning and BEFT "
+        "at the same budget; treat a |Δ| smaller than either side's standard deviation as seed noise.",
+        "",
+        *summary_table(grouped),
+        "",
+    ]
     for (backbone, task), rows in sorted(grouped.items(), key=lambda kv: (kv[0][0], _task_rank(kv[0][1]))):
         done = [r for r in rows if r.runs]
         metric = done[0].runs[0]["train_info"]["metric"] if done else "accuracy"
-        seconds = sum(r["run_info"].get("total_time_s", 0) for row in rows for r in row.runs)
+        seconds = sum(row.seconds for row in rows)
         params = done[0].info.get("training_params", {}) if done else {}
         lines += [f"## {task} on {backbone}", ""]
         if params:
             lines += [
                 f"{params.get('max_steps')} steps, batch {params.get('batch_size')}, max length "
                 f"{_length(params, task)}, {params.get('max_train_samples')} train rows, validation "
-                f"{params.get('validation_samples')} rows; runs at the chosen rates took {seconds / 60:.0f} min.",
+                f"{params.get('validation_samples')} rows; {sum(len(r.runs) for r in rows)} runs at the chosen rates, "
+                f"{seconds / 60:.0f} min of run time in all (sweeps included, summed over workers).",
                 "",
             ]
         stem = f"{backbone}-{task}".lower()
