@@ -269,6 +269,8 @@ def test_report_takes_the_chosen_rate_and_states_losses(tmp_path):
     assert "ours/b: dev 0.6500 vs 0.8500 for lora/b" in text
     assert "3.00× slower than PEFT LoRA" in text
     assert "| 0.001 | 0.8500 ± 0.0707 | 2 |" in "\n".join(report.quality_table(rows, "accuracy"))
+    summary = "\n".join(report.summary_table(report.load_rows(tmp_path)))
+    assert "| bb | SST-2 | 1% | ours/b | 0.6500 ± 0.0707 | lora/b | 0.8500 ± 0.0707 | -0.2000 |" in summary
 
 
 def test_report_without_results_is_a_clear_error(tmp_path):
