@@ -1,0 +1,144 @@
+"""`peft-designspace explore` / `python -m trainer_ext.explore`: the command line of `trainer_ext.explore`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+
+from peft_designspace.designspace.refine import Stage, paper_stages
+from peft_designspace.designspace.space import (
+    DesignSpace,
+    design_label,
+)
+
+from .explore_eval import ExploreSettings
+
+logger = logging.getLogger(__name__)
+
+
+def add_explore_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options of `explore` to `parser` (e.g. a subcommand parser); run them with `run_explore(args)`."""
+    parser.add_argument("--data_dir", required=True, help="GLUE task folder with train.tsv (SST-2, RTE or CoLA).")
+    parser.add_argument("--output_dir", required=True, help="Results, refined space, best config and report.")
+    parser.add_argument("--model_name_or_path", default=None, help="Local backbone folder (default: MiniLM-L6).")
+    parser.add_argument("--task", default=None, help="GLUE task (default: from the folder name).")
+    parser.add_argument("--budget", type=float, default=0.005, help="Trainable budget: fraction < 1 or count >= 1.")
+    parser.add_argument("--num_samples", type=int, default=8, help="Designs per candidate constraint (>= 2).")
+    parser.add_argument("--seed", type=int, default=0, help="Sampling seed.")
+    parser.add_argument("--workers", type=int, default=1, help="Parallel training processes.")
+    parser.add_argument("--train_samples", type=int, default=1000, help="Fixed training subset size.")
+    parser.add_argument("--validation_samples", type=int, default=500, help="Validation rows carved from train.")
+    parser.add_argument("--max_steps", type=int, default=60, help="Training steps per design.")
+    parser.add_argument("--batch_size", type=int, default=16, help="Training batch size.")
+    parser.add_argument("--learning_rate", type=float, default=1e-3, help="Peak learning rate.")
+    parser.add_argument("--max_length", type=int, default=64, help="Truncation length in tokens.")
+    parser.add_argument("--space", default=None, help="JSON file with a DesignSpace dict (the starting space).")
+    parser.add_argument("--groupings", default=None, help="Comma list of grouping patterns allowed.")
+    parser.add_argument("--allocations", default=None, help="Comma list of allocations allowed.")
+    parser.add_argument(
+        "--tunable_groups", default=None, help="Comma list of tuned-group sets, 1-based digits: e.g. 1234,234,123."
+    )
+    parser.add_argument(
+        "--strategy_sets", default=None, help="Comma list of strategy sets allowed in every group: adapter+lora,..."
+    )
+    parser.add_argument("--stages", default=None, help="Comma list of stages (default: the paper's seven).")
+    parser.add_argument("--report", default=None, help="Report path (default: <output_dir>/report.md).")
+    parser.add_argument("--plots_dir", default=None, help="Plot folder (default: <output_dir>/plots).")
+    parser.add_argument("--quiet", action="store_true", help="No progress bars.")
+    parser.add_argument(
+        "--report_only", action="store_true", help="Train nothing: report the stages the stored results complete."
+    )
+    return parser
+
+
+def space_from_args(args: argparse.Namespace) -> DesignSpace:
+    data: dict = {}
+    if args.space:
+        with open(args.space, encoding="utf-8") as f:
+            data = json.load(f)
+    k = data.get("num_groups", 4)
+    split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
+    if args.groupings is not None:
+        data["groupings"] = split(args.groupings)
+    if args.allocations is not None:
+        data["allocations"] = split(args.allocations)
+    if args.tunable_groups is not None:
+        try:
+            data["tunable_groups"] = [[int(c) - 1 for c in item] for item in split(args.tunable_groups)]
+        except ValueError:
+            raise ValueError(
+                f"--tunable_groups must be digits such as 1234,123; got {args.tunable_groups!r}."
+            ) from None
+    if args.strategy_sets is not None:
+        data["group_strategies"] = [[item.split("+") for item in split(args.strategy_sets)] for _ in range(k)]
+    return DesignSpace.from_dict(data)
+
+
+def stages_from_args(args: argparse.Namespace, num_groups: int) -> list[Stage]:
+    known = {s.name: s for s in paper_stages(num_groups)}
+    if args.stages is None:
+        return list(known.values())
+    names = [n.strip() for n in args.stages.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise ValueError(f"--stages must name stages out of {list(known)}, got {args.stages!r}.")
+    return [known[n] for n in names]
+
+
+def run_explore(args: argparse.Namespace) -> int:
+    """Run the exploration described by parsed `add_explore_arguments` options; return the exit status."""
+    if not os.path.isfile(os.path.join(args.data_dir, "train.tsv")):  # before any model is loaded
+        raise ValueError(
+            f"--data_dir {args.data_dir!r} holds no train.tsv; expected a GLUE folder such as "
+            "../shared/data/glue/SST-2."
+        )
+    space = space_from_args(args)
+    settings = ExploreSettings(
+        data_dir=args.data_dir,
+        model_name_or_path=args.model_name_or_path,
+        task=args.task,
+        budget=int(args.budget) if args.budget >= 1 else args.budget,
+        train_samples=args.train_samples,
+        validation_samples=args.validation_samples,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        max_length=args.max_length,
+    )
+    from .explore import run_exploration  # the façade imports this module
+
+    result = run_exploration(
+        settings,
+        args.output_dir,
+        space=space,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        workers=args.workers,
+        stages=stages_from_args(args, space.num_groups),
+        report_path=args.report,
+        plots_dir=args.plots_dir,
+        progress=not args.quiet,
+        evaluate=not args.report_only,
+    )
+    if result.stopped_at is not None:
+        print(f"Partial report (stopped at {result.stopped_at}): {result.report_path}", flush=True)
+        return 0
+    print(f"Best design: {design_label(result.best_design)} (error {result.best_error:.4f})", flush=True)
+    print(f"Report: {result.report_path}", flush=True)
+    return 0
+
+
+def explore_main(argv: list[str] | None = None) -> int:
+    """`peft-designspace explore` as a function: parse `argv`, run, return the exit status (2 on bad input)."""
+    parser = add_explore_arguments(
+        argparse.ArgumentParser(prog="peft-designspace explore", description="Explore the S4 design space.")
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    try:
+        return run_explore(args)
+    except (ValueError, FileNotFoundError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    return 2
