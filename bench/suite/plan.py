@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -228,10 +227,3 @@ def resolve(experiment: Experiment, base) -> Resolved:
     if experiment.overrides.get("s3pet_structure"):
         return Resolved(config, target, total)  # the count is the structure's, known after the search
     return Resolved(config, target, total, count_with(base, config))
-
-
-def budget_tag(budget: float | None) -> str:
-    """`0.005` -> `"0.5%"` (for tables)."""
-    if budget is None:
-        return "-"
-    return f"{100 * budget:.3g}%" if not math.isnan(budget) else "-"

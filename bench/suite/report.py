@@ -277,13 +277,21 @@ def summary_table(grouped: dict[tuple[str, str], list[Row]]) -> list[str]:
 
 
 # plots
-def plot_quality(rows: list[Row], metric: str, path: Path, title: str) -> Path | None:
+def _pyplot():
+    """`matplotlib.pyplot` on the Agg backend, or None when matplotlib is missing (the report then has no plots)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plot_quality(rows: list[Row], metric: str, path: Path, title: str) -> Path | None:
+    plt = _pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(8, 5))
     families = sorted({r.family for r in rows if r.runs})
@@ -317,12 +325,8 @@ def plot_quality(rows: list[Row], metric: str, path: Path, title: str) -> Path |
 
 
 def plot_cost(rows: list[Row], path: Path, title: str) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return None
     done = sorted((r for r in rows if r.runs), key=sort_key)
     if not done:

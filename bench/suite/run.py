@@ -361,6 +361,7 @@ def run_suite(args: argparse.Namespace) -> dict:
     )
     runner = Runner(results_dir, backbone_name, backbone_dir, device, meta, counts, bar, args.quantization)
     tokenized_by_task: dict[str, dict] = {}
+    resolved_by_name: dict[str, Resolved] = {}
     for task, experiment in cells:
         params = experiment.training_params(task_params(defaults, task))
         if task not in tokenized_by_task:
@@ -371,7 +372,9 @@ def run_suite(args: argparse.Namespace) -> dict:
         try:
             if args.quantization and experiment.full_finetune:
                 raise ValueError("full fine-tuning cannot train a quantized backbone (run it without --quantization)")
-            resolved = resolve(experiment, base)
+            if experiment.name not in resolved_by_name:  # the same on every task: solve once per backbone
+                resolved_by_name[experiment.name] = resolve(experiment, base)
+            resolved = resolved_by_name[experiment.name]
         except Exception as err:  # e.g. a budget the method cannot reach on this backbone; the reason is reported
             reason = f"{type(err).__name__}: {err}"
             info = _run_info(experiment, task, backbone_name, None, None, params, "skipped", reason=reason)

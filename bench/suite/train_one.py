@@ -157,7 +157,7 @@ def _file_bytes(folder: str) -> int:
     return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".safetensors"))
 
 
-def saved_size(model, full_finetune: bool) -> int:
+def saved_size(model) -> int:
     """Bytes of the safetensors file(s) a user would share: the adapter, or the whole model for full fine-tuning."""
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
@@ -263,7 +263,7 @@ def train_run(
         "peak_memory_mib": memory.peak_mib,
         "train_memory_growth_mib": memory.growth_mib,
         "memory_kind": memory.kind,
-        "adapter_file_bytes": saved_size(model, config is None),
+        "adapter_file_bytes": saved_size(model),
     }
 
 
