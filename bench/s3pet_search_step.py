@@ -166,7 +166,7 @@ def build(name: str, args: argparse.Namespace):
         "candidates": len(candidates),
         "candidate_params": sum(c.size for c in candidates),
         "alpha_params": sum(a.numel() for a in alphas),
-        "budget_params": model.base_model._search_plan(None)["budget"],
+        "budget_params": model.base_model.search_budget(),
     }
     order = "second" if second else "first"
     return model, optimizer, batch, step, f"{order}-order search step (α + weights), space {args.space}", details

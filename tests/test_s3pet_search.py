@@ -77,6 +77,21 @@ def test_equal_alpha_keeps_candidates_in_search_space_order():
     assert structure["total"] == 700 - left <= 700
 
 
+def test_random_structure_is_seeded_fits_the_budget_and_applies():
+    model = get_peft_model(make_model("bert", "SEQ_CLS"), S3PETConfig(budget=700, task_type="SEQ_CLS"))
+    tuner = model.base_model
+    first, again, other = (tuner.random_structure(seed=s) for s in (3, 3, 4))
+    assert first == again and first != other
+    assert first["space"] == "random" and first["budget"] == tuner.search_budget() == 700
+    assert sum(m["size"] for m in first["modules"]) == first["total"] <= 700
+    small = tuner.random_structure(seed=3, budget=300)
+    assert small["total"] <= 300 < first["total"]
+    applied = get_peft_model(make_model("bert", "SEQ_CLS"), S3PETConfig(structure=first, task_type="SEQ_CLS"))
+    assert applied.base_model.model.classifier is not None
+    with pytest.raises(ValueError, match="smaller than the smallest candidate"):
+        tuner.random_structure(budget=1)
+
+
 def test_alpha_gradient_matches_finite_differences(monkeypatch):
     """With z = p (eval) and the shift held fixed, autograd gives the documented projected gradient."""
     torch.manual_seed(0)

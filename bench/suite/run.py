@@ -176,13 +176,7 @@ def s3pet_structure(
     search_model = get_peft_model(base, build_config(config))
     start = time.perf_counter()
     if kind == "random":
-        from peft_designspace.s3pet.structure import build_structure
-
-        tuner = search_model.base_model
-        rng = random.Random(params["structure_seed"])
-        p = [rng.random() for _ in tuner.candidates()]
-        base_params = tuner._search_plan(None)["base_params"]
-        structure = build_structure(tuner.candidates(), p, config["budget"], base_params, "greedy", "random")
+        structure = search_model.base_model.random_structure(seed=params["structure_seed"], budget=config["budget"])
         info = {"kind": "random", "seed": params["structure_seed"]}
     else:
         from transformers import DataCollatorWithPadding, TrainingArguments

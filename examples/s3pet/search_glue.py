@@ -73,18 +73,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def random_structure(model, budget: int, seed: int) -> dict:
-    """A structure of random candidates from the search space of a search-mode `model`, filled up to `budget`."""
-    from peft_designspace.s3pet.structure import build_structure
-
-    tuner = model.base_model
-    candidates = tuner.candidates()
-    rng = random.Random(seed)
-    p = [rng.random() for _ in candidates]
-    plan = tuner._search_plan(None)
-    return build_structure(candidates, p, budget, plan["base_params"], "greedy", "random")
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = parse_args(argv)
@@ -151,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         args.space,
         len(candidates),
         sum(c.size for c in candidates),
-        search_model.base_model._search_plan(None)["budget"],
+        search_model.base_model.search_budget(),
     )
     search_args = training_args(
         "search",
@@ -200,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     structures = {"searched": structure}
     if args.random_baseline:
-        structures["random"] = random_structure(search_model, structure["budget"], args.seed)
+        structures["random"] = search_model.base_model.random_structure(seed=args.seed, budget=structure["budget"])
     for name, chosen in structures.items():
         set_seed(args.seed)
         model = get_peft_model(base(), S3PETConfig(structure=chosen, task_type="SEQ_CLS"))

@@ -1,5 +1,7 @@
 """The S3PET tuner: inserts the search space (gated) or a structure (ungated), computes gates, derives structures."""
 
+import random
+
 import torch
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
@@ -220,6 +222,40 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
         p, _, _ = self.keep_probabilities(name, alpha if alpha is not None else self.architecture_parameters(name))
         space = config.search_space
         return build_structure(plan["candidates"], p.tolist(), plan["budget"], plan["base_params"], strategy, space)
+
+    def random_structure(self, seed: int = 0, budget: int | None = None, adapter_name: str | None = None) -> dict:
+        """A random structure of a search-mode adapter's space: the baseline a searched structure must beat.
+
+        Every candidate gets a keep score drawn uniformly from [0, 1) by Python's `random.Random(seed)`
+        (independent of torch's global generator), in search-space order; then candidates are kept greedily by that
+        score until `budget` is filled, the rule `derive_structure()` applies to keep probabilities. The result is
+        recorded with `"space": "random"` and each kept module's score as `p`.
+
+        Args:
+            seed (`int`, *optional*, defaults to 0): seed of the scores; the same seed gives the same structure.
+            budget (`int`, *optional*): parameter budget; defaults to the adapter's own (resolved) budget.
+            adapter_name (`str`, *optional*): defaults to the active adapter.
+
+        Returns:
+            `dict`: the structure (JSON-able), for `S3PETConfig(structure=...)`.
+
+        Example:
+
+        ```py
+        >>> structure = model.base_model.random_structure(seed=0)  # model: a search-mode S3PET PeftModel
+        >>> structure["total"] <= structure["budget"]
+        True
+        ```
+        """
+        plan = self._search_plan(adapter_name)
+        rng = random.Random(int(seed))
+        scores = [rng.random() for _ in plan["candidates"]]
+        target = plan["budget"] if budget is None else int(budget)
+        return build_structure(plan["candidates"], scores, target, plan["base_params"], "greedy", "random")
+
+    def search_budget(self, adapter_name: str | None = None) -> int:
+        """The resolved parameter budget (a count) of a search-mode adapter."""
+        return int(self._search_plan(adapter_name)["budget"])
 
     # merging (`merge_and_unload(partial=...)` and `unmergeable_parts` come from the mixin) ---------------------
     def _check_mergeable(self, adapter_names: list[str]) -> None:
