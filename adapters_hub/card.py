@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from peft_designspace._io import write_text_atomic
 
 from .loading import CONFIG_NAME, WEIGHTS_NAME, read_safetensors_header
 
@@ -311,13 +312,5 @@ def write_model_card(
         card.data.base_model = None  # a local path is not valid Hub metadata; the body names it
     card.text = _merge_body(card.text, card_section(config, report, repo_id))
 
-    fd, tmp = tempfile.mkstemp(dir=adapter_dir, prefix=".README.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(card.content)
-        os.replace(tmp, readme)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(readme, card.content)
     return readme

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from peft_designspace._io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -23,36 +23,6 @@ def _find_budget_report(model: Any) -> Any | None:
     if not callable(report_fn):
         return None
     return report_fn()
-
-
-def write_json_atomic(data: Any, path: str | os.PathLike) -> None:
-    """Write `data` as JSON to `path` through a temporary file in the same folder, then rename it into place.
-
-    A reader never sees a half-written file, and an interrupted write leaves any previous file untouched.
-
-    Example:
-
-    ```py
-    >>> from trainer_ext.callbacks import write_json_atomic
-    >>> write_json_atomic({"a": 1}, "/tmp/a.json")
-    ```
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a report is meant to be readable
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class BudgetReportCallback(TrainerCallback):

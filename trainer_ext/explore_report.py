@@ -7,6 +7,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from peft_designspace._io import write_text_atomic
 from peft_designspace.designspace.refine import edf_curve, stage_table, summarize
 from peft_designspace.designspace.space import (
     design_label,
@@ -75,37 +76,17 @@ def write_report(result: ExplorationResult, settings: ExploreSettings, start_spa
         if outcome.summaries:
             lines += [stage_table(outcome.summaries, outcome.best), "", f"Kept: **{outcome.best}**.", ""]
             lines += [f"![{outcome.title}]({rel(outcome.plot)})", ""]
+    space_block = ["```json", json.dumps(result.final_space.to_dict()), "```", ""]
     if result.stopped_at is not None:
+        resume = f"The exploration stopped at {result.stopped_at}; re-run the same command to resume."
+        lines += ["## Not finished", "", f"{resume} Refined space so far:", "", *space_block]
+    else:
+        lines += ["## Outcome", "", "Refined space:", "", *space_block]
         lines += [
-            "## Not finished",
-            "",
-            f"The exploration stopped at {result.stopped_at}; re-run the same command to resume. Refined space so "
-            "far:",
-            "",
-            "```json",
-            json.dumps(result.final_space.to_dict()),
-            "```",
+            f"Best design in it: `{design_label(result.best_design)}`, error {result.best_error:.4f}. Saved as a "
+            f"`DesignSpaceConfig` in `{rel(os.path.join(output_dir, 'best_config'))}` "
+            "(`DesignSpaceConfig.from_pretrained(path)`).",
             "",
         ]
-        os.makedirs(folder, exist_ok=True)
-        with open(result.report_path, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines))
-        return result.report_path
-    lines += [
-        "## Outcome",
-        "",
-        "Refined space:",
-        "",
-        "```json",
-        json.dumps(result.final_space.to_dict()),
-        "```",
-        "",
-        f"Best design in it: `{design_label(result.best_design)}`, error {result.best_error:.4f}. Saved as a "
-        f"`DesignSpaceConfig` in `{rel(os.path.join(output_dir, 'best_config'))}` "
-        "(`DesignSpaceConfig.from_pretrained(path)`).",
-        "",
-    ]
-    os.makedirs(folder, exist_ok=True)
-    with open(result.report_path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
+    write_text_atomic(result.report_path, "\n".join(lines))
     return result.report_path

@@ -18,7 +18,6 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -428,11 +427,11 @@ def write_report(results_dir: Path = RESULTS_DIR, output: Path = OUTPUT, command
     if not grouped:
         raise FileNotFoundError(f"No suite results under {results_dir}; run `python bench/suite/run.py` first.")
     text = render(grouped, output, command or "python bench/suite/report.py")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, output)
+    if str(ROOT) not in sys.path:  # run as a script from a checkout
+        sys.path.insert(0, str(ROOT))
+    from peft_designspace._io import write_text_atomic
+
+    write_text_atomic(output, text)
     return output
 
 

@@ -18,11 +18,11 @@ A structure is a JSON-able dict:
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .._io import write_json_atomic
 from .space import TYPES, Candidate
 
 FORMAT = "s3pet-structure"
@@ -124,16 +124,4 @@ def load_structure(structure) -> dict:
 
 def save_structure(structure: dict, path: str | os.PathLike) -> Path:
     """Write `structure` as JSON through a temporary file in the same folder, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(structure, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_json_atomic(structure, path)
