@@ -7,9 +7,11 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from tiny_models import make_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,6 +201,9 @@ def test_smoke_run_writes_well_formed_results(smoke_results):
             assert train["trainable_params"] == info["target"] or name.startswith("lora")
             assert train["head_params"] == 384 * 2 + 2
             assert train["step_time_s"] > 0 and train["step_cpu_time_s"] > 0 and train["peak_memory_mib"] > 0
+            phases = (train["setup_peak_memory_mib"], train["steps_peak_memory_mib"])
+            assert max(phases) == pytest.approx(train["peak_memory_mib"])
+            assert train["steps_memory_growth_mib"] <= train["train_memory_growth_mib"]
             assert train["adapter_file_bytes"] > 4 * train["trainable_params"] * 0.5
             assert meta["git_revision"] and meta["package_versions"]["peft"] and meta["device"] == "cpu"
         sweep = [r for r in loaded if r["run_info"]["phase"] == "sweep"]
@@ -271,6 +276,22 @@ def test_report_takes_the_chosen_rate_and_states_losses(tmp_path):
     assert "| 0.001 | 0.8500 ± 0.0707 | 2 |" in "\n".join(report.quality_table(rows, "accuracy"))
     summary = "\n".join(report.summary_table(report.load_rows(tmp_path)))
     assert "| bb | SST-2 | 1% | ours/b | 0.6500 ± 0.0707 | lora/b | 0.8500 ± 0.0707 | -0.2000 |" in summary
+
+
+def test_peak_memory_separates_set_up_from_steps():
+    from train_one import PeakMemory
+
+    with PeakMemory("cpu") as memory:
+        calibration = torch.ones(64, 2**20 // 4)  # 64 MiB held during the set-up phase, then freed
+        time.sleep(0.05)
+        del calibration
+        memory.mark()
+        step = torch.ones(8, 2**20 // 4)  # 8 MiB during the steps
+        time.sleep(0.05)
+        del step
+    assert memory.setup_peak_mib - memory.start / 2**20 > 60
+    assert 6 < memory.steps_growth_mib < 40
+    assert memory.peak_mib == memory.setup_peak_mib > memory.steps_peak_mib
 
 
 def test_report_without_results_is_a_clear_error(tmp_path):

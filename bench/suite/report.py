@@ -195,8 +195,8 @@ def speed_table(rows: list[Row]) -> list[str]:
     clock = "CPU" if key == "step_cpu_time_s" else "wall"
     lines = [
         f"| method | ours | budget | {clock} time per step (ms) | vs LoRA | train memory growth (MiB) | vs LoRA "
-        "| adapter file |",
-        "|---|---|---|---|---|---|---|---|",
+        "| of it from step 1 on (MiB) | adapter file |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in sorted(rows, key=sort_key):
         if not row.runs:
@@ -205,12 +205,14 @@ def speed_table(rows: list[Row]) -> list[str]:
         step, memory = row.median(key), row.median("train_memory_growth_mib")
         ref_step = ref.median(key) if ref else math.nan
         ref_memory = ref.median("train_memory_growth_mib") if ref else math.nan
+        steps_memory = row.median("steps_memory_growth_mib")  # absent from results made before it was recorded
+        steps_text = "–" if math.isnan(steps_memory) else f"{steps_memory:.0f}"
         size = row.median("adapter_file_bytes")
         size_text = f"{size / 2**20:.2f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
         lines.append(
             f"| {row.info.get('label', row.experiment)} | {'★' if row.ours else ''} | {budget_label(row.budget)} | "
             f"{1000 * step:.0f} | {fmt_ratio(step, ref_step)} | {memory:.0f} | {fmt_ratio(memory, ref_memory)} | "
-            f"{size_text} |"
+            f"{steps_text} | {size_text} |"
         )
     return lines
 

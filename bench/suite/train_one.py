@@ -74,6 +74,9 @@ class PeakMemory:
     heap (glibc `mallinfo2`, or RSS elsewhere), sampled every 10 ms.
 
     `growth_mib` is the peak minus the level when the block started: activations, gradients and optimizer state.
+    `mark()` closes the set-up phase (e.g. SAM's calibration in `on_train_begin`): `setup_peak_mib` is the peak
+    before it and `steps_peak_mib` the peak after it (training steps and evaluations), so a method's one-off set-up
+    cost is not mistaken for its per-step memory. Without a mark, both are None.
     """
 
     def __init__(self, device: str) -> None:
@@ -84,33 +87,55 @@ class PeakMemory:
             if self.cuda
             else ("C heap in use (glibc mallinfo2, sampled 10 ms)" if _HEAP else "process RSS (sampled 10 ms)")
         )
-        self.start = self.peak = 0
+        self.start = 0
+        self._peaks: list[int] = []  # one peak per phase: [whole block] or [set-up, steps]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def _current(self) -> int:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated()
+        return self.read()
+
     def _sample(self) -> None:
         while not self._stop.wait(0.01):
-            self.peak = max(self.peak, self.read())
+            phase = len(self._peaks) - 1
+            self._peaks[phase] = max(self._peaks[phase], self.read())
 
     def __enter__(self) -> PeakMemory:
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
+            self._peaks = [self.start]
         else:
-            self.start = self.peak = self.read()
+            self.start = self.read()
+            self._peaks = [self.start]
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def mark(self) -> None:
+        """End the set-up phase: later peaks count as the steps' peak. Only the first call counts."""
+        if len(self._peaks) != 1:
+            return
+        self._peaks[0] = max(self._peaks[0], self._current())
         if self.cuda:
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            self._peaks.append(torch.cuda.memory_allocated())
         else:
+            self._peaks.append(self.read())
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
             self._stop.set()
             self._thread.join()
-            self.peak = max(self.peak, self.read())
+        self._peaks[-1] = max(self._peaks[-1], self._current())
+
+    @property
+    def peak(self) -> int:
+        return max(self._peaks)
 
     @property
     def growth_mib(self) -> float:
@@ -120,13 +145,26 @@ class PeakMemory:
     def peak_mib(self) -> float:
         return self.peak / 2**20
 
+    @property
+    def setup_peak_mib(self) -> float | None:
+        return self._peaks[0] / 2**20 if len(self._peaks) > 1 else None
+
+    @property
+    def steps_peak_mib(self) -> float | None:
+        return self._peaks[1] / 2**20 if len(self._peaks) > 1 else None
+
+    @property
+    def steps_growth_mib(self) -> float | None:
+        return (self._peaks[1] - self.start) / 2**20 if len(self._peaks) > 1 else None
+
 
 class StepRecorder(TrainerCallback):
     """Wall time of every optimizer step (evaluations excluded), the validation metric of every evaluation and an
     optional progress callback."""
 
-    def __init__(self, metric_key: str, on_step=None) -> None:
+    def __init__(self, metric_key: str, on_step=None, memory: PeakMemory | None = None) -> None:
         self.metric_key = metric_key
+        self.memory = memory  # marked at the first step, after any set-up in `on_train_begin`
         self.step_seconds: list[float] = []
         self.step_cpu_seconds: list[float] = []
         self.evaluations: list[dict] = []
@@ -135,6 +173,8 @@ class StepRecorder(TrainerCallback):
         self._start = None
 
     def on_step_begin(self, args, state, control, **kwargs):
+        if self.memory is not None:
+            self.memory.mark()
         self._start = (time.perf_counter(), time.process_time())
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -222,7 +262,8 @@ def train_run(
         dataloader_pin_memory=False,
         use_cpu=device == "cpu",
     )
-    recorder = StepRecorder(f"eval_{metric_name}", on_step)
+    memory = PeakMemory(device)
+    recorder = StepRecorder(f"eval_{metric_name}", on_step, memory)
     callbacks: list = [recorder]
     is_sam = config is not None and config["peft_type"] == "SAMTUNING"
     if is_sam:
@@ -238,7 +279,7 @@ def train_run(
     )
     trainer.remove_callback(PrinterCallback)  # metrics go to the result JSON, not to stdout
     start = time.perf_counter()
-    with PeakMemory(device) as memory:
+    with memory:
         trainer.train()
     train_seconds = time.perf_counter() - start
     if not recorder.evaluations or recorder.evaluations[-1]["step"] != params["max_steps"]:
@@ -262,6 +303,9 @@ def train_run(
         "train_seconds": train_seconds,
         "peak_memory_mib": memory.peak_mib,
         "train_memory_growth_mib": memory.growth_mib,
+        "setup_peak_memory_mib": memory.setup_peak_mib,  # before the first step (SAM: its calibration)
+        "steps_peak_memory_mib": memory.steps_peak_mib,  # from the first step on
+        "steps_memory_growth_mib": memory.steps_growth_mib,
         "memory_kind": memory.kind,
         "adapter_file_bytes": saved_size(model),
     }
