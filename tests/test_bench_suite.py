@@ -163,6 +163,19 @@ def test_bad_override_is_refused(tmp_path, capsys):
     assert "max_stepz" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "tasks"),
+    [
+        (["--device", "cpu"], "SST-2"),  # RTE and CoLA give no signal within the CPU time budget
+        (["--device", "cuda"], "SST-2, RTE, CoLA"),
+        (["--device", "cpu", "--tasks", "cola", "RTE"], "CoLA, RTE"),
+    ],
+)
+def test_default_tasks_depend_on_the_device(tmp_path, capsys, argv, tasks):
+    assert run.main([*argv, "--results-dir", str(tmp_path), "--dry-run", "--experiments", "lora/*"]) == 0
+    assert f"tasks {tasks}, 2 experiments" in capsys.readouterr().out
+
+
 # the smoke subset, end to end
 SMOKE_EXPERIMENTS = ["lora/budget-0.05pct", "sam-sam/budget-0.05pct"]
 

@@ -225,7 +225,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=str(ROOT.parent / "shared" / "data" / "glue"),
         help="folder holding the GLUE task folders (SST-2/, RTE/, CoLA/)",
     )
-    parser.add_argument("--tasks", nargs="+", default=["SST-2", "RTE", "CoLA"])
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=None,
+        help="GLUE tasks (default: `default_tasks` of default_training_params.json for the device: SST-2 on CPU, "
+        "where RTE and CoLA give no signal within the time budget, all three on CUDA)",
+    )
     parser.add_argument("--backbone", default="minilm", help="minilm, smollm2, or a local HF model folder")
     parser.add_argument("--experiments", nargs="*", default=None, help="glob patterns of experiment names (all)")
     parser.add_argument("--experiments-dir", default=str(EXPERIMENTS_DIR))
@@ -303,8 +309,10 @@ def run_suite(args: argparse.Namespace) -> dict:
     if unknown:
         raise ExperimentError(f"--set: unknown training params {unknown}; known: {', '.join(sorted(defaults))}.")
     defaults.update(args.overrides)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    default_tasks = defaults.pop("default_tasks")
     experiments = load_experiments(Path(args.experiments_dir), args.experiments)
-    tasks = [normalize_task(t) for t in args.tasks]
+    tasks = [normalize_task(t) for t in (args.tasks or default_tasks["cuda" if device.startswith("cuda") else "cpu"])]
     data_dir = Path(args.data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(
@@ -334,7 +342,6 @@ def run_suite(args: argparse.Namespace) -> dict:
 
     transformers.logging.set_verbosity_error()  # the per-run load reports (new head weights) would drown the bar
     transformers.utils.logging.disable_progress_bar()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if defaults["num_threads"]:
         torch.set_num_threads(defaults["num_threads"])
     backbone_dir = resolve_backbone(args.backbone, show_progress=not args.no_progress)
