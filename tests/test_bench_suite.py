@@ -307,6 +307,19 @@ def test_peak_memory_separates_set_up_from_steps():
     assert memory.peak_mib == memory.setup_peak_mib > memory.steps_peak_mib
 
 
+def test_report_names_the_command_that_reruns_a_section():
+    every = [e.name for e in plan.load_experiments()]
+    rows = [report.Row("minilm", "SST-2", name, {}) for name in every]
+    assert report.reproduce_command("minilm", "SST-2", rows) == "python bench/suite/run.py --tasks SST-2 --workers 2"
+    subset = [
+        report.Row("smollm2-4bit", "RTE", name, {}) for name in ("sam-sam/budget-0.05pct", "lora/budget-0.05pct")
+    ]
+    assert report.reproduce_command("smollm2-4bit", "RTE", subset) == (
+        "python bench/suite/run.py --backbone smollm2 --quantization 4bit --tasks RTE "
+        '--experiments "lora/budget-0.05pct" "sam-sam/budget-0.05pct" --workers 2'
+    )
+
+
 def test_report_without_results_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `python bench/suite/run.py` first"):
         report.write_report(tmp_path, tmp_path / "b.md")

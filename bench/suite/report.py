@@ -392,7 +392,7 @@ def render(grouped: dict[tuple[str, str], list[Row]], output: Path, command: str
         metric = done[0].runs[0]["train_info"]["metric"] if done else "accuracy"
         seconds = sum(row.seconds for row in rows)
         params = done[0].info.get("training_params", {}) if done else {}
-        lines += [f"## {task} on {backbone}", ""]
+        lines += [f"## {task} on {backbone}", "", f"Reproduce: `{reproduce_command(backbone, task, rows)}`", ""]
         if params:
             lines += [
                 f"{params.get('max_steps')} steps, batch {params.get('batch_size')}, max length "
@@ -412,6 +412,23 @@ def render(grouped: dict[tuple[str, str], list[Row]], output: Path, command: str
             lines += [f"![{task} step time and memory]({os.path.relpath(cost_png, output.parent)})", ""]
         lines += ["### Where our methods lose", ""] + losses(rows) + [""]
     return "\n".join(lines)
+
+
+def reproduce_command(backbone: str, task: str, rows: list[Row]) -> str:
+    """The command that reruns one (backbone, task) section: its backbone, quantization, task and experiments."""
+    from plan import load_experiments
+
+    parts = ["python bench/suite/run.py"]
+    name, _, quantization = backbone.rpartition("-") if backbone.endswith(("-8bit", "-4bit")) else (backbone, "", "")
+    if name != "minilm":
+        parts.append(f"--backbone {name}")
+    if quantization:
+        parts.append(f"--quantization {quantization}")
+    parts.append(f"--tasks {task}")
+    mine = sorted({row.experiment for row in rows})
+    if mine != sorted(e.name for e in load_experiments()):
+        parts.append("--experiments " + " ".join(f'"{e}"' for e in mine))
+    return " ".join([*parts, "--workers 2"])
 
 
 def _task_rank(task: str) -> int:
