@@ -24,6 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path[:0] = [p for p in (str(HERE), str(ROOT)) if p not in sys.path]  # plan and the pack, as in run.py
 RESULTS_DIR = HERE / "results"
 OUTPUT = ROOT / "docs" / "benchmarks.md"
 TASK_ORDER = ("SST-2", "RTE", "CoLA")
@@ -387,12 +388,15 @@ def render(grouped: dict[tuple[str, str], list[Row]], output: Path, command: str
         *summary_table(grouped),
         "",
     ]
+    from plan import load_experiments
+
+    every = sorted(e.name for e in load_experiments())  # read once, for every section's reproduce line
     for (backbone, task), rows in sorted(grouped.items(), key=lambda kv: (kv[0][0], _task_rank(kv[0][1]))):
         done = [r for r in rows if r.runs]
         metric = done[0].runs[0]["train_info"]["metric"] if done else "accuracy"
         seconds = sum(row.seconds for row in rows)
         params = done[0].info.get("training_params", {}) if done else {}
-        lines += [f"## {task} on {backbone}", "", f"Reproduce: `{reproduce_command(backbone, task, rows)}`", ""]
+        lines += [f"## {task} on {backbone}", "", f"Reproduce: `{reproduce_command(backbone, task, rows, every)}`", ""]
         if params:
             lines += [
                 f"{params.get('max_steps')} steps, batch {params.get('batch_size')}, max length "
@@ -414,10 +418,15 @@ def render(grouped: dict[tuple[str, str], list[Row]], output: Path, command: str
     return "\n".join(lines)
 
 
-def reproduce_command(backbone: str, task: str, rows: list[Row]) -> str:
-    """The command that reruns one (backbone, task) section: its backbone, quantization, task and experiments."""
-    from plan import load_experiments
+def reproduce_command(backbone: str, task: str, rows: list[Row], every: list[str] | None = None) -> str:
+    """The command that reruns one (backbone, task) section: its backbone, quantization, task and experiments.
 
+    `every` is the sorted list of all experiment names (read from the experiments folder when None).
+    """
+    if every is None:
+        from plan import load_experiments
+
+        every = sorted(e.name for e in load_experiments())
     parts = ["python bench/suite/run.py"]
     name, _, quantization = backbone.rpartition("-") if backbone.endswith(("-8bit", "-4bit")) else (backbone, "", "")
     if name != "minilm":
@@ -426,7 +435,7 @@ def reproduce_command(backbone: str, task: str, rows: list[Row]) -> str:
         parts.append(f"--quantization {quantization}")
     parts.append(f"--tasks {task}")
     mine = sorted({row.experiment for row in rows})
-    if mine != sorted(e.name for e in load_experiments()):
+    if mine != every:
         parts.append("--experiments " + " ".join(f'"{e}"' for e in mine))
     return " ".join([*parts, "--workers 2"])
 
@@ -446,8 +455,6 @@ def write_report(results_dir: Path = RESULTS_DIR, output: Path = OUTPUT, command
     if not grouped:
         raise FileNotFoundError(f"No suite results under {results_dir}; run `python bench/suite/run.py` first.")
     text = render(grouped, output, command or "python bench/suite/report.py")
-    if str(ROOT) not in sys.path:  # run as a script from a checkout
-        sys.path.insert(0, str(ROOT))
     from peft_designspace._io import write_text_atomic
 
     write_text_atomic(output, text)

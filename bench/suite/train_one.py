@@ -108,10 +108,10 @@ class PeakMemory:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
-            self._peaks = [self.start]
         else:
             self.start = self.read()
-            self._peaks = [self.start]
+        self._peaks = [self.start]  # set before the sampler starts: it updates the last phase
+        if not self.cuda:
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
