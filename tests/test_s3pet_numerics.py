@@ -13,6 +13,7 @@ from tiny_models import make_inputs, make_model
 from torch.func import functional_call
 
 from peft_designspace import S3PETConfig
+from peft_designspace.s3pet import fused
 from peft_designspace.s3pet import layer as s3pet_layer
 
 
@@ -77,3 +78,77 @@ def test_folded_layers_match_the_plain_formulas(monkeypatch, model_id, mode):
     assert any(g.abs().max() > 0 for g in ref_grads)
     for g, ref in zip(grads, ref_grads):
         torch.testing.assert_close(g, ref, rtol=1e-9, atol=1e-12)
+
+
+def _alpha_only_grads(model, inputs):
+    """The first-order α pass of `S3PETSearchTrainer`: deltas frozen, gradient of the loss in α only."""
+    alphas = model.base_model.architecture_parameters()
+    alpha_ids = {id(a) for a in alphas}
+    deltas = [p for p in model.parameters() if p.requires_grad and id(p) not in alpha_ids]
+    for p in deltas:
+        p.requires_grad_(False)
+    try:
+        return torch.autograd.grad(model(**inputs).loss, alphas)
+    finally:
+        for p in deltas:
+            p.requires_grad_(True)
+
+
+def test_alpha_pass_matches_the_plain_formulas_and_uses_the_fused_node(monkeypatch):
+    torch.manual_seed(0)
+    config = S3PETConfig(budget=600, task_type="SEQ_CLS", init_weights=False)
+    model = get_peft_model(make_model("bert", "SEQ_CLS", layers=2), config).double().eval()
+    with torch.no_grad():
+        for a in model.base_model.architecture_parameters():
+            a.normal_()
+    inputs = make_inputs("bert", "SEQ_CLS")
+    calls = []
+    original = fused.FrozenLinearWithDeltas.apply
+    monkeypatch.setattr(fused.FrozenLinearWithDeltas, "apply", lambda *a: calls.append(1) or original(*a))
+    grads = _alpha_only_grads(model, inputs)
+    assert len(calls) == 2 * 6  # every BERT projection of the 2 layers goes through the one node
+    monkeypatch.setattr(s3pet_layer.Linear, "forward", _reference_linear)
+    monkeypatch.setattr(s3pet_layer.Norm, "forward", _reference_norm)
+    ref_grads = _alpha_only_grads(model, inputs)
+    assert all(g.abs().max() > 0 for g in ref_grads)
+    for g, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(g, ref, rtol=1e-9, atol=1e-12)
+
+
+_NAMES = ("x", "weight", "bias", "A", "B", "c", "u_d", "v_d", "b_d", "u_u", "v_u", "c_u", "z")
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("parts", ["lora", "lra", "both"])
+@pytest.mark.parametrize("wanted", ["all", "alpha pass", "no input grad", "ungated"])
+def test_fused_node_gradients_match_finite_differences(bias, parts, wanted):
+    """`torch.autograd.gradcheck` of `FrozenLinearWithDeltas` for every mix of parts and of requested gradients."""
+    torch.manual_seed(0)
+    tokens, d_in, d_out, rank, hidden = 7, 5, 4, 2, 3
+    shapes = {
+        "x": (tokens, d_in), "weight": (d_out, d_in), "bias": (d_out,), "A": (rank, d_in), "B": (d_out, rank),
+        "c": (), "u_d": (d_out, 1), "v_d": (1, hidden), "b_d": (hidden,), "u_u": (hidden, 1), "v_u": (1, d_out),
+        "c_u": (d_out,), "z": (),
+    }  # fmt: skip
+    values = {k: torch.randn(shape, dtype=torch.float64) for k, shape in shapes.items()}
+    if not bias:
+        values["bias"] = None
+    if parts == "lra":
+        values.update(A=None, B=None, c=None)
+    if parts == "lora":
+        values.update(dict.fromkeys(_NAMES[6:]))
+    if wanted == "ungated":  # apply mode: gate and scale are plain floats
+        values.update({k: 0.7 for k in ("c", "z") if values[k] is not None})
+    trainable = {
+        "all": set(_NAMES) - {"weight"},
+        "alpha pass": {"x", "bias", "c", "z"},
+        "no input grad": set(_NAMES) - {"weight", "x"},
+        "ungated": set(_NAMES) - {"weight", "c", "z"},
+    }[wanted]
+    inputs = []
+    for name in _NAMES:
+        value = values[name]
+        if isinstance(value, torch.Tensor) and name in trainable:
+            value.requires_grad_()
+        inputs.append(value)
+    assert torch.autograd.gradcheck(fused.FrozenLinearWithDeltas.apply, tuple(inputs))

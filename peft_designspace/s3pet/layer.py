@@ -26,6 +26,7 @@ from torch.func import functional_call
 
 from .._layers import LinearDeltaMixin
 from ..modules import LowRank, LowRankAdapter
+from .fused import FrozenLinearWithDeltas
 from .space import TYPES
 
 
@@ -121,8 +122,19 @@ class Linear(nn.Module, LinearDeltaMixin, S3PETLayer):
         live = [n for n in self.active_adapters if n not in self.merged_adapters]
         bias_deltas = [self.gate(n, "bitfit") * self.s3pet_bias[n] for n in live if n in self.s3pet_bias]
         loras = [(self.s3pet_lora[n], self.gate(n, "lora")) for n in live if n in self.s3pet_lora]
+        lras = [(self.s3pet_lra[n], self.gate(n, "lra")) for n in self.active_adapters if n in self.s3pet_lra]
         if self._plain_base(args, kwargs):
-            result = self._fused_base_output(x, bias_deltas, loras)
+            flat = x.reshape(-1, x.shape[-1])
+            bias = self._folded_bias(bias_deltas)
+            if (
+                len(loras) <= 1
+                and len(lras) <= 1
+                and (loras or lras)
+                and _fusable(flat, self.base_layer.weight, bias, loras, lras)
+            ):
+                result = _fused_output(flat, self.base_layer.weight, bias, loras, lras)
+                return result.view(*x.shape[:-1], result.shape[-1])
+            result = self._folded_base_output(flat, bias, loras).view(*x.shape[:-1], -1)
         else:
             result = self._base_output(x, *args, **kwargs)
             for lora, gate in loras:
@@ -130,9 +142,8 @@ class Linear(nn.Module, LinearDeltaMixin, S3PETLayer):
                 result = _add_product(result, inner * (gate * lora.scaling), lora.B.weight.T)
             for delta in bias_deltas:
                 result = result + delta.to(result.dtype)
-        for name in self.active_adapters:
-            if name in self.s3pet_lra:
-                result = self._add_lra(result, self.s3pet_lra[name], self.gate(name, "lra"))
+        for lra, gate in lras:
+            result = self._add_lra(result, lra, gate)
         return result
 
     def _plain_base(self, args: tuple, kwargs: dict) -> bool:
@@ -144,19 +155,23 @@ class Linear(nn.Module, LinearDeltaMixin, S3PETLayer):
             and not (args or kwargs or base._forward_hooks or base._forward_pre_hooks)
         )
 
-    def _fused_base_output(self, x: torch.Tensor, bias_deltas: list, loras: list) -> torch.Tensor:
-        """`W x + (b + Σ z·Δb) + Σ z·s·B(A x)`: bias deltas inside the base product, LoRA products added in place.
-
-        The base product is a fresh tensor that no other op saved for backward, so adding into it is safe; the
-        LoRA gate and scale multiply the rank-r intermediate, not the output.
-        """
+    def _folded_bias(self, bias_deltas: list) -> torch.Tensor | None:
+        """`b + Σ z·Δb`: the base bias with the (gated) bias deltas folded in."""
         base = self.base_layer
         bias = base.bias
         for delta in bias_deltas:
             delta = delta.to(base.weight.dtype)
             bias = delta if bias is None else bias + delta
-        flat = x.reshape(-1, x.shape[-1])
-        result = F.linear(flat, base.weight, bias)  # (tokens, out)
+        return bias
+
+    def _folded_base_output(self, flat: torch.Tensor, bias: torch.Tensor | None, loras: list) -> torch.Tensor:
+        """`W x + (b + Σ z·Δb) + Σ z·s·B(A x)` for 2-D `flat`: LoRA products added in place into the base product.
+
+        The base product is a fresh tensor that no other op saved for backward, so adding into it is safe; the
+        LoRA gate and scale multiply the rank-r intermediate, not the output. (Used when `_fused_output` is not:
+        several adapters at once, mixed dtypes, autocast, or a base weight that is trained.)
+        """
+        result = F.linear(flat, self.base_layer.weight, bias)  # (tokens, out)
         for lora, gate in loras:
             inner = F.linear(self._cast_input_dtype(flat, lora.A.weight.dtype), lora.A.weight)  # (tokens, r)
             inner = inner * (gate * lora.scaling)
@@ -164,7 +179,7 @@ class Linear(nn.Module, LinearDeltaMixin, S3PETLayer):
                 result.addmm_(inner, lora.B.weight.T)
             else:
                 result = result + (inner @ lora.B.weight.T).to(result.dtype)
-        return result.view(*x.shape[:-1], result.shape[-1])
+        return result
 
     @staticmethod
     def _add_lra(result: torch.Tensor, lra: LowRankAdapter, gate: torch.Tensor | float) -> torch.Tensor:
@@ -274,3 +289,25 @@ def _add_product(result: torch.Tensor, left: torch.Tensor, right: torch.Tensor) 
         return result + (left @ right).to(result.dtype)
     flat = torch.addmm(result.reshape(-1, result.shape[-1]), left.reshape(-1, left.shape[-1]), right)
     return flat.view(result.shape)
+
+
+def _fusable(flat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, loras: list, lras: list) -> bool:
+    """Whether `FrozenLinearWithDeltas` may compute the layer: a frozen base, one dtype throughout, no autocast."""
+    if weight.requires_grad or torch.is_autocast_enabled(flat.device.type):
+        return False
+    tensors = [flat, weight, *([] if bias is None else [bias])]
+    tensors += [p for part, _ in loras + lras for p in part.parameters()]
+    return all(t.dtype == flat.dtype for t in tensors)
+
+
+def _fused_output(flat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, loras: list, lras: list):
+    """The layer's output from one `FrozenLinearWithDeltas` node (at most one LoRA and one adapter)."""
+    lora_parts = [None] * 3
+    if loras:
+        lora, gate = loras[0]
+        lora_parts = [lora.A.weight, lora.B.weight, gate * lora.scaling]
+    lra_parts = [None] * 7
+    if lras:
+        lra, gate = lras[0]
+        lra_parts = [lra.down_u, lra.down_v, lra.down_bias, lra.up_u, lra.up_v, lra.up_bias, gate]
+    return FrozenLinearWithDeltas.apply(flat, weight, bias, *lora_parts, *lra_parts)
