@@ -96,10 +96,11 @@ def import_pack():
     return peft_designspace
 
 
-def make_optimizer(model, lr: float):
+def make_optimizer(model, lr: float, fused: bool = False):
+    """AdamW over the trainable parameters; `fused=True` is `Trainer`'s default (`optim="adamw_torch_fused"`)."""
     import torch
 
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, fused=fused or None)
 
 
 def train_step(model, optimizer, batch: dict) -> None:

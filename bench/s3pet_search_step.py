@@ -66,6 +66,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
     parser.add_argument("--lr", type=float, default=1e-3, help="Learning rate of the weight optimizers.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the model and batches.")
+    parser.add_argument(
+        "--optim",
+        default="adamw_torch_fused",
+        choices=("adamw_torch_fused", "adamw_torch"),
+        help="AdamW kernel of every optimizer (weights and α), as `TrainingArguments(optim=...)`; Trainer's default "
+        "with torch >= 2.8 is the fused one.",
+    )
     parser.add_argument("--target-ratio", type=float, default=2.0, help="Target of search step / LoRA step.")
     parser.add_argument("--no-memory", action="store_true", help="Skip the fresh-process memory measurement.")
     parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
@@ -139,25 +146,26 @@ def build(name: str, args: argparse.Namespace):
 
     batch = make_batch(args.batch_size, args.seq_len, args.seed)
     base = build_base(args.seed)
+    fused = args.optim == "adamw_torch_fused"
     if name == BASELINE:
         model = get_peft_model(
             base, LoraConfig(r=args.lora_rank, target_modules=["query", "value"], task_type="SEQ_CLS")
         )
-        return model, make_optimizer(model, args.lr), batch, None, f"PEFT LoRA r={args.lora_rank} q,v", {}
+        return model, make_optimizer(model, args.lr, fused), batch, None, f"PEFT LoRA r={args.lora_rank} q,v", {}
     if name == "s3pet-apply":
         search = get_peft_model(build_base(args.seed), S3PETConfig(budget=args.budget, search_space=args.space))
         structure = search.base_model.derive_structure()
         model = get_peft_model(base, S3PETConfig(structure=structure, task_type="SEQ_CLS"))
         details = {"modules": len(structure["modules"]), "structure_params": structure["total"]}
-        return model, make_optimizer(model, args.lr), batch, None, "applied structure, plain step", details
+        return model, make_optimizer(model, args.lr, fused), batch, None, "applied structure, plain step", details
     model = get_peft_model(base, S3PETConfig(budget=args.budget, search_space=args.space, task_type="SEQ_CLS"))
     alphas = model.base_model.architecture_parameters()
     for a in alphas:
         a.requires_grad_(False)
-    optimizer = make_optimizer(model, args.lr)
+    optimizer = make_optimizer(model, args.lr, fused)
     for a in alphas:
         a.requires_grad_(True)
-    arch_optimizer = torch.optim.AdamW(alphas, lr=0.1, weight_decay=0.0)
+    arch_optimizer = torch.optim.AdamW(alphas, lr=0.1, weight_decay=0.0, fused=fused or None)
     search_batch = make_batch(args.batch_size, args.seq_len, args.seed + 100)
     second = name == "s3pet-search-2nd"
     step = _search_step(model, optimizer, arch_optimizer, alphas, search_batch, second, args.lr)

@@ -141,7 +141,11 @@ class S3PETSearchTrainer(Trainer):
             for a in alphas:
                 a.requires_grad_(True)
         if self.arch_optimizer is None:
-            self.arch_optimizer = torch.optim.AdamW(alphas, lr=self.arch_learning_rate, weight_decay=0.0)
+            # the same AdamW kernel as the weights': Trainer's default `optim="adamw_torch_fused"` fuses it
+            fused = self.args.optim == "adamw_torch_fused" and all(a.device.type in ("cpu", "cuda") for a in alphas)
+            self.arch_optimizer = torch.optim.AdamW(
+                alphas, lr=self.arch_learning_rate, weight_decay=0.0, fused=fused or None
+            )
         return optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
