@@ -39,7 +39,9 @@ class S3PETLayer(BaseTunerLayer):
         self.merged_adapters: list[str] = []
         self._disable_adapters = False
         self.part_types: dict[str, list[str]] = {}  # adapter -> its parts, in TYPES order (= the α order)
-        self.gates: dict[str, torch.Tensor] = {}  # adapter -> gate per part (search mode), set by the tuner
+        self.gates: dict[
+            str, dict[str, torch.Tensor]
+        ] = {}  # adapter -> part type -> gate (search mode), set by the tuner
 
     def _add_alpha(self, adapter_name: str, types: list[str], searching: bool) -> None:
         self.part_types[adapter_name] = sorted(
@@ -54,7 +56,7 @@ class S3PETLayer(BaseTunerLayer):
         gates = self.gates.get(adapter_name)
         if gates is None:
             raise RuntimeError("S3PET search gates were not set; run the model through its PeftModel.")
-        return gates[self.part_types[adapter_name].index(kind)]
+        return gates[kind]
 
     def unmergeable_parts(self, adapter_names: list[str]) -> list[str]:
         return []

@@ -195,11 +195,12 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
             p, b, residual = self.keep_probabilities(name)
             z = sample_gates(p) if self.model.training else p
             self._s3pet[name]["last"] = {"shift": b, "residual": residual}
+            parts = z.unbind()  # one view per candidate in one op (and one backward node), not a `select` each
             start = 0
             for layer in self._layers_in_order(name):
-                count = len(layer.part_types[name])
-                layer.gates[name] = z[start : start + count]
-                start += count
+                types = layer.part_types[name]
+                layer.gates[name] = dict(zip(types, parts[start : start + len(types)]))
+                start += len(types)
         return None
 
     def derive_structure(
