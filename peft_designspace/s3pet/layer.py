@@ -14,8 +14,10 @@ The gates are folded where they cost least, not applied to full-size activations
 bias (`F.linear(x, W, b + z·Δb)`, `F.layer_norm(x, …, w + z·Δw, b + z·Δb)`), and the LoRA and LRA gates scale their
 rank-1 (or rank-r) intermediates, whose products are added with one `addmm`:
 `y + z·s·B(A x) = addmm(y, z·s·(A x), Bᵀ)` and `y + z·(t v + c) = addmm(y, [z·t, z], [v; c])` with `t` the LRA's
-rank-1 up-projection input. Same sums, another order: values agree with the plain formulas to rounding
-(`tests/test_s3pet_numerics.py`).
+rank-1 up-projection input. On a plain `nn.Linear` with a frozen weight, one adapter and one dtype (the usual case),
+the whole layer is one autograd node, `FrozenLinearWithDeltas` (`fused.py`), whose backward pass adds the LoRA and
+LRA terms of the input gradient in place instead of as full-size outer products. Same sums, another order: values
+agree with the plain formulas to rounding (`tests/test_s3pet_numerics.py`).
 """
 
 import torch
