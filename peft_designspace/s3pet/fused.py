@@ -63,49 +63,17 @@ class FrozenLinearWithDeltas(torch.autograd.Function):
         ctx.scalars = tuple(None if isinstance(v, torch.Tensor) else v for v in (coef, gate))
         needs = ctx.needs_input_grad
         ctx.save_for_backward(
-            x if needs[3] or needs[6] else None,  # only for the gradients of A and u_d
-            weight,
-            bias if needs[6] else None,
-            lora_a,
-            lora_b,
-            *(v if isinstance(v, torch.Tensor) else None for v in (coef, gate)),
-            inner,
-            scaled,
-            down_u,
-            down_v,
-            up_u,
-            up_v,
-            up_bias,
-            s,
-            a,
-            g,
-            t,
-        )
+            x if needs[3] or needs[6] else None, weight, bias if needs[6] else None,  # x, b: for ∂A and ∂u_d only
+            lora_a, lora_b, *(v if isinstance(v, torch.Tensor) else None for v in (coef, gate)),
+            inner, scaled, down_u, down_v, up_u, up_v, up_bias, s, a, g, t,
+        )  # fmt: skip
         return result
 
     @staticmethod
     @once_differentiable  # double backward is not needed (S3PET's second order uses finite differences)
     def backward(ctx, grad):
-        (
-            x,
-            weight,
-            bias,
-            lora_a,
-            lora_b,
-            coef,
-            gate,
-            inner,
-            scaled,
-            down_u,
-            down_v,
-            up_u,
-            up_v,
-            up_bias,
-            s,
-            a,
-            g,
-            t,
-        ) = ctx.saved_tensors
+        x, weight, bias, lora_a, lora_b, coef, gate, inner, scaled, *rest = ctx.saved_tensors
+        down_u, down_v, up_u, up_v, up_bias, s, a, g, t = rest
         coef = ctx.scalars[0] if coef is None else coef
         gate = ctx.scalars[1] if gate is None else gate
         needs = ctx.needs_input_grad
