@@ -41,9 +41,8 @@ class S3PETLayer(BaseTunerLayer):
         self.merged_adapters: list[str] = []
         self._disable_adapters = False
         self.part_types: dict[str, list[str]] = {}  # adapter -> its parts, in TYPES order (= the α order)
-        self.gates: dict[
-            str, dict[str, torch.Tensor]
-        ] = {}  # adapter -> part type -> gate (search mode), set by the tuner
+        # adapter -> part type -> gate (search mode), set by the tuner before each forward
+        self.gates: dict[str, dict[str, torch.Tensor]] = {}
 
     def _add_alpha(self, adapter_name: str, types: list[str], searching: bool) -> None:
         self.part_types[adapter_name] = sorted(
