@@ -109,8 +109,8 @@ class FrozenLinearWithDeltas(torch.autograd.Function):
             grads[10] = tall[:1] * gate if needs[10] else None
             grads[11] = tall[1] * gate if needs[11] else None
         if need_bias:
-            grad_bias = tall[lora_rows - 1].clone()  # Σ G
-            grads[2] = grad_bias if grad_s is None else grad_bias.add_(down_u[:, 0] * grad_s.sum())
+            grad_bias = tall[lora_rows - 1]  # Σ G
+            grads[2] = grad_bias if grad_s is None else grad_bias + down_u[:, 0] * grad_s.sum()
 
         grad_scaled = None
         if ctx.has_lora and (need_x or need_lora):

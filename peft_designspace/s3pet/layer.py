@@ -129,13 +129,8 @@ class Linear(nn.Module, LinearDeltaMixin, S3PETLayer):
         if self._plain_base(args, kwargs):
             flat = x.reshape(-1, x.shape[-1])
             bias = self._folded_bias(bias_deltas)
-            if (
-                len(loras) <= 1
-                and len(lras) <= 1
-                and (loras or lras)
-                and _fusable(flat, self.base_layer.weight, bias, loras, lras)
-            ):
-                result = _fused_output(flat, self.base_layer.weight, bias, loras, lras)
+            result = _fused_output(flat, self.base_layer.weight, bias, loras, lras)
+            if result is not None:
                 return result.view(*x.shape[:-1], result.shape[-1])
             result = self._folded_base_output(flat, bias, loras).view(*x.shape[:-1], -1)
         else:
@@ -171,8 +166,8 @@ class Linear(nn.Module, LinearDeltaMixin, S3PETLayer):
         """`W x + (b + Σ z·Δb) + Σ z·s·B(A x)` for 2-D `flat`: LoRA products added in place into the base product.
 
         The base product is a fresh tensor that no other op saved for backward, so adding into it is safe; the
-        LoRA gate and scale multiply the rank-r intermediate, not the output. (Used when `_fused_output` is not:
-        several adapters at once, mixed dtypes, autocast, or a base weight that is trained.)
+        LoRA gate and scale multiply the rank-r intermediate, not the output. (Used where `_fused_output` does not
+        apply: several adapters at once, mixed dtypes, autocast, or a base weight that is trained.)
         """
         result = F.linear(flat, self.base_layer.weight, bias)  # (tokens, out)
         for lora, gate in loras:
@@ -294,23 +289,25 @@ def _add_product(result: torch.Tensor, left: torch.Tensor, right: torch.Tensor) 
     return flat.view(result.shape)
 
 
-def _fusable(flat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, loras: list, lras: list) -> bool:
-    """Whether `FrozenLinearWithDeltas` may compute the layer: a frozen base, one dtype throughout, no autocast."""
+def _fused_output(
+    flat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, loras: list, lras: list
+) -> torch.Tensor | None:
+    """The layer's output from one `FrozenLinearWithDeltas` node, or `None` where the node does not apply.
+
+    It applies to at most one LoRA and one adapter, a frozen base weight, one dtype throughout and no autocast.
+    """
+    if len(loras) > 1 or len(lras) > 1 or not (loras or lras):
+        return None
     if weight.requires_grad or torch.is_autocast_enabled(flat.device.type):
-        return False
-    tensors = [flat, weight, *([] if bias is None else [bias])]
-    tensors += [p for part, _ in loras + lras for p in part.parameters()]
-    return all(t.dtype == flat.dtype for t in tensors)
-
-
-def _fused_output(flat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, loras: list, lras: list):
-    """The layer's output from one `FrozenLinearWithDeltas` node (at most one LoRA and one adapter)."""
-    lora_parts = [None] * 3
+        return None
+    lora_parts, lora_gate = [None] * 2, None
     if loras:
         lora, gate = loras[0]
-        lora_parts = [lora.A.weight, lora.B.weight, gate * lora.scaling]
-    lra_parts = [None] * 7
+        lora_parts, lora_gate = [lora.A.weight, lora.B.weight], gate * lora.scaling
+    lra_parts, lra_gate = [None] * 6, None
     if lras:
-        lra, gate = lras[0]
-        lra_parts = [lra.down_u, lra.down_v, lra.down_bias, lra.up_u, lra.up_v, lra.up_bias, gate]
-    return FrozenLinearWithDeltas.apply(flat, weight, bias, *lora_parts, *lra_parts)
+        lra, lra_gate = lras[0]
+        lra_parts = [lra.down_u, lra.down_v, lra.down_bias, lra.up_u, lra.up_v, lra.up_bias]
+    if any(t is not None and t.dtype != flat.dtype for t in (weight, bias, *lora_parts, *lra_parts)):
+        return None
+    return FrozenLinearWithDeltas.apply(flat, weight, bias, *lora_parts, lora_gate, *lra_parts, lra_gate)
