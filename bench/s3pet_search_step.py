@@ -91,12 +91,12 @@ def _search_step(model, optimizer, arch_optimizer, alphas, search_batch, second_
     """The step of `S3PETSearchTrainer` without the Trainer around it: α step on `search_batch`, then weights."""
     import torch
 
+    from trainer_ext.s3pet_trainer import alpha_only_gradients
+
     alpha_ids = {id(a) for a in alphas}
-    deltas = [p for p in model.parameters() if p.requires_grad and id(p) not in alpha_ids]
 
     def step(batch: dict) -> None:
         if second_order:
-            alpha_ids = {id(a) for a in alphas}
             weights = {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in alpha_ids}
             g_w = torch.autograd.grad(model(**batch).loss, list(weights.values()), allow_unused=True)
             virtual = {
@@ -115,13 +115,7 @@ def _search_step(model, optimizer, arch_optimizer, alphas, search_batch, second_
                 terms.append(torch.autograd.grad(loss, alphas, allow_unused=True))
             grads = [da - lr * (gp - gm) / (2 * eps) for da, gp, gm in zip(d_alpha, *terms)]
         else:
-            for w in deltas:  # as `S3PETSearchTrainer`: the α pass records no graph for the deltas
-                w.requires_grad_(False)
-            try:
-                grads = torch.autograd.grad(model(**search_batch).loss, alphas)
-            finally:
-                for w in deltas:
-                    w.requires_grad_(True)
+            grads = alpha_only_gradients(model, alphas, lambda: model(**search_batch).loss)
         for a, g in zip(alphas, grads):
             a.grad = g
         arch_optimizer.step()

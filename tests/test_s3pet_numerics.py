@@ -15,6 +15,7 @@ from torch.func import functional_call
 from peft_designspace import S3PETConfig
 from peft_designspace.s3pet import fused
 from peft_designspace.s3pet import layer as s3pet_layer
+from trainer_ext.s3pet_trainer import alpha_only_gradients
 
 
 def _reference_linear(self, x, *args, **kwargs):
@@ -81,17 +82,9 @@ def test_folded_layers_match_the_plain_formulas(monkeypatch, model_id, mode):
 
 
 def _alpha_only_grads(model, inputs):
-    """The first-order α pass of `S3PETSearchTrainer`: deltas frozen, gradient of the loss in α only."""
+    """The first-order α pass of `S3PETSearchTrainer`."""
     alphas = model.base_model.architecture_parameters()
-    alpha_ids = {id(a) for a in alphas}
-    deltas = [p for p in model.parameters() if p.requires_grad and id(p) not in alpha_ids]
-    for p in deltas:
-        p.requires_grad_(False)
-    try:
-        return torch.autograd.grad(model(**inputs).loss, alphas)
-    finally:
-        for p in deltas:
-            p.requires_grad_(True)
+    return alpha_only_gradients(model, alphas, lambda: model(**inputs).loss)
 
 
 def test_alpha_pass_matches_the_plain_formulas_and_uses_the_fused_node(monkeypatch):

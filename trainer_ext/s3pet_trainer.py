@@ -223,17 +223,7 @@ class S3PETSearchTrainer(Trainer):
         search_inputs = self._next_search_inputs()
         alpha_ids = {id(a) for a in alphas}
         if not self.second_order:
-            # only α's gradient is wanted: autograd records no graph for the deltas (and the head) meanwhile
-            others = [p for p in model.parameters() if p.requires_grad and id(p) not in alpha_ids]
-            for p in others:
-                p.requires_grad_(False)
-            try:
-                loss = self._loss(model, search_inputs)
-                grads = torch.autograd.grad(loss, alphas, allow_unused=True)
-            finally:
-                for p in others:
-                    p.requires_grad_(True)
-            return [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grads)]
+            return alpha_only_gradients(model, alphas, lambda: self._loss(model, search_inputs))
         weights = {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in alpha_ids}
         xi = self.lr_scheduler.get_last_lr()[0] if self.lr_scheduler is not None else self.args.learning_rate
         loss = self._loss(model, train_inputs)
@@ -333,6 +323,30 @@ class S3PETSearchTrainer(Trainer):
             except ImportError:  # matplotlib is optional (`pip install peft-designspace[plots]`)
                 pass
         return structure
+
+
+def alpha_only_gradients(model: torch.nn.Module, alphas: list, loss_fn) -> list[torch.Tensor]:
+    """The first-order α pass: the gradient of `loss_fn()` in `alphas` only (zeros where `alphas` are unused).
+
+    Every other trainable parameter of `model` is frozen meanwhile, so autograd records no graph for the deltas and
+    the head, and the S3PET layers compute only the gates' gradients; they are unfrozen afterwards.
+
+    Example:
+
+    ```py
+    >>> grads = alpha_only_gradients(model, model.base_model.architecture_parameters(), lambda: model(**batch).loss)
+    ```
+    """
+    alpha_ids = {id(a) for a in alphas}
+    others = [p for p in model.parameters() if p.requires_grad and id(p) not in alpha_ids]
+    for p in others:
+        p.requires_grad_(False)
+    try:
+        grads = torch.autograd.grad(loss_fn(), alphas, allow_unused=True)
+    finally:
+        for p in others:
+            p.requires_grad_(True)
+    return [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grads)]
 
 
 def _rank_and_world() -> tuple[int, int]:
