@@ -88,34 +88,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _search_step(model, optimizer, arch_optimizer, alphas, search_batch, second_order: bool, lr: float):
-    """The step of `S3PETSearchTrainer` without the Trainer around it: α step on `search_batch`, then weights."""
+    """The step of `S3PETSearchTrainer` without the Trainer around it: α step on `search_batch`, then weights.
+
+    The α gradients come from the trainer's own functions (`trainer_ext/s3pet_gradients.py`).
+    """
     import torch
 
-    from trainer_ext.s3pet_trainer import alpha_only_gradients
+    from trainer_ext.s3pet_gradients import alpha_only_gradients, darts_alpha_gradients
 
-    alpha_ids = {id(a) for a in alphas}
+    def loss_fn(inputs: dict, params: dict | None = None):
+        if params is None:
+            return model(**inputs).loss
+        return torch.func.functional_call(model, params, (), inputs).loss
 
     def step(batch: dict) -> None:
         if second_order:
-            weights = {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in alpha_ids}
-            g_w = torch.autograd.grad(model(**batch).loss, list(weights.values()), allow_unused=True)
-            virtual = {
-                n: (p - lr * (g if g is not None else 0)).detach().requires_grad_()
-                for (n, p), g in zip(weights.items(), g_w)
-            }
-            out = torch.func.functional_call(model, virtual, (), search_batch)
-            grads = torch.autograd.grad(out.loss, alphas + list(virtual.values()), allow_unused=True)
-            d_alpha, d_virtual = grads[: len(alphas)], grads[len(alphas) :]
-            norm = torch.sqrt(sum((d**2).sum() for d in d_virtual if d is not None))
-            eps = 0.01 / float(norm)
-            terms = []
-            for sign in (1.0, -1.0):
-                shifted = {n: (p + sign * eps * d).detach() for (n, p), d in zip(weights.items(), d_virtual)}
-                loss = torch.func.functional_call(model, shifted, (), batch).loss
-                terms.append(torch.autograd.grad(loss, alphas, allow_unused=True))
-            grads = [da - lr * (gp - gm) / (2 * eps) for da, gp, gm in zip(d_alpha, *terms)]
+            grads = darts_alpha_gradients(model, alphas, loss_fn, batch, search_batch, lr)
         else:
-            grads = alpha_only_gradients(model, alphas, lambda: model(**search_batch).loss)
+            grads = alpha_only_gradients(model, alphas, lambda: loss_fn(search_batch))
         for a, g in zip(alphas, grads):
             a.grad = g
         arch_optimizer.step()
@@ -123,7 +113,7 @@ def _search_step(model, optimizer, arch_optimizer, alphas, search_batch, second_
         for a in alphas:
             a.requires_grad_(False)
         optimizer.zero_grad(set_to_none=True)
-        model(**batch).loss.backward()
+        loss_fn(batch).backward()
         optimizer.step()
         for a in alphas:
             a.requires_grad_(True)

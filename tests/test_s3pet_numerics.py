@@ -15,7 +15,7 @@ from torch.func import functional_call
 from peft_designspace import S3PETConfig
 from peft_designspace.s3pet import fused
 from peft_designspace.s3pet import layer as s3pet_layer
-from trainer_ext.s3pet_trainer import alpha_only_gradients
+from trainer_ext.s3pet_gradients import alpha_only_gradients
 
 
 def _reference_linear(self, x, *args, **kwargs):

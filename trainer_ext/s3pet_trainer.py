@@ -7,7 +7,8 @@ training set split off with a seed of its own), then the delta weights on the tr
 - second order (`second_order=True`): `∇α L_search(w', α) − ξ (∇α L_train(w⁺) − ∇α L_train(w⁻)) / 2ε` with the
   virtual step `w' = w − ξ ∇w L_train(w, α)` (plain SGD with the current learning rate ξ; the reference code used an
   Adam-preconditioned step) and `w± = w ± ε ∇w' L_search`, `ε = 0.01 / ‖∇w' L_search‖`. The model is never copied:
-  the virtual weights go through `torch.func.functional_call` over the shared frozen base.
+  the virtual weights go through `torch.func.functional_call` over the shared frozen base. Both gradients are
+  computed in `trainer_ext/s3pet_gradients.py`.
 
 α has its own AdamW (lr 0.1, no weight decay, linear decay to zero, gradient norm clipped at 2.0 by default), saved
 as `arch_optimizer.pt` in checkpoints and restored on resume. The weights use Trainer's optimizer (α left out);
@@ -24,6 +25,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 from transformers import Trainer
+
+from .s3pet_gradients import alpha_only_gradients, darts_alpha_gradients
 
 ARCH_FILE = "arch_optimizer.pt"
 STRUCTURE_FILE = "s3pet_structure.json"
@@ -221,32 +224,12 @@ class S3PETSearchTrainer(Trainer):
     def _arch_gradients(self, model, train_inputs: dict) -> list[torch.Tensor]:
         alphas = self._alphas()
         search_inputs = self._next_search_inputs()
-        alpha_ids = {id(a) for a in alphas}
         if not self.second_order:
             return alpha_only_gradients(model, alphas, lambda: self._loss(model, search_inputs))
-        weights = {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in alpha_ids}
         xi = self.lr_scheduler.get_last_lr()[0] if self.lr_scheduler is not None else self.args.learning_rate
-        loss = self._loss(model, train_inputs)
-        g_w = torch.autograd.grad(loss, list(weights.values()), allow_unused=True)
-        virtual = {
-            n: (p - xi * (g if g is not None else 0)).detach().requires_grad_()
-            for (n, p), g in zip(weights.items(), g_w)
-        }
-        loss = self._loss(model, search_inputs, virtual)
-        grads = torch.autograd.grad(loss, alphas + list(virtual.values()), allow_unused=True)
-        d_alpha = [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grads[: len(alphas)])]
-        d_virtual = [torch.zeros_like(v) if g is None else g for v, g in zip(virtual.values(), grads[len(alphas) :])]
-        norm = torch.sqrt(sum((d**2).sum() for d in d_virtual))
-        if float(norm) == 0.0:
-            return d_alpha
-        eps = 0.01 / float(norm)
-        hessian_terms = []
-        for sign in (1.0, -1.0):
-            shifted = {n: (p + sign * eps * d).detach() for (n, p), d in zip(weights.items(), d_virtual)}
-            loss = self._loss(model, train_inputs, shifted)
-            g = torch.autograd.grad(loss, alphas, allow_unused=True)
-            hessian_terms.append([torch.zeros_like(a) if x is None else x for a, x in zip(alphas, g)])
-        return [da - xi * (gp - gm) / (2 * eps) for da, gp, gm in zip(d_alpha, *hessian_terms)]
+        return darts_alpha_gradients(
+            model, alphas, lambda inputs, params: self._loss(model, inputs, params), train_inputs, search_inputs, xi
+        )
 
     def _arch_step(self, model, train_inputs: dict) -> None:
         # α's passes bypass the DDP wrapper: its reducer expects one `backward()` per forward and α is reduced here
@@ -323,30 +306,6 @@ class S3PETSearchTrainer(Trainer):
             except ImportError:  # matplotlib is optional (`pip install peft-designspace[plots]`)
                 pass
         return structure
-
-
-def alpha_only_gradients(model: torch.nn.Module, alphas: list, loss_fn) -> list[torch.Tensor]:
-    """The first-order α pass: the gradient of `loss_fn()` in `alphas` only (zeros where `alphas` are unused).
-
-    Every other trainable parameter of `model` is frozen meanwhile, so autograd records no graph for the deltas and
-    the head, and the S3PET layers compute only the gates' gradients; they are unfrozen afterwards.
-
-    Example:
-
-    ```py
-    >>> grads = alpha_only_gradients(model, model.base_model.architecture_parameters(), lambda: model(**batch).loss)
-    ```
-    """
-    alpha_ids = {id(a) for a in alphas}
-    others = [p for p in model.parameters() if p.requires_grad and id(p) not in alpha_ids]
-    for p in others:
-        p.requires_grad_(False)
-    try:
-        grads = torch.autograd.grad(loss_fn(), alphas, allow_unused=True)
-    finally:
-        for p in others:
-            p.requires_grad_(True)
-    return [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grads)]
 
 
 def _rank_and_world() -> tuple[int, int]:

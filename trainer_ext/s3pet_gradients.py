@@ -1,0 +1,100 @@
+"""The α gradients of one S3PET search step: first order, and the DARTS second-order approximation.
+
+`S3PETSearchTrainer` and the step benchmark (`bench/s3pet_search_step.py`) both call these, so the benchmark times
+the trainer's own arithmetic.
+
+- `alpha_only_gradients`: `∇α L_search(w, α)`;
+- `darts_alpha_gradients`: `∇α L_search(w', α) − ξ (∇α L_train(w⁺, α) − ∇α L_train(w⁻, α)) / 2ε`, with the virtual
+  step `w' = w − ξ ∇w L_train(w, α)` and `w± = w ± ε ∇w' L_search(w', α)`, `ε = 0.01 / ‖∇w' L_search‖`. This is the
+  derivative in α of the one-step unrolled loss `L_search(w − ξ ∇w L_train(w, α), α)`, with the mixed
+  Hessian-vector product taken by central differences. The virtual and shifted weights go through
+  `torch.func.functional_call` over the shared frozen base: the model is never copied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+def _zeros_for_none(params: list, grads) -> list[torch.Tensor]:
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+def alpha_only_gradients(model: torch.nn.Module, alphas: list, loss_fn: Callable[[], torch.Tensor]) -> list:
+    """The first-order α pass: the gradient of `loss_fn()` in `alphas` only (zeros where `alphas` are unused).
+
+    Every other trainable parameter of `model` is frozen meanwhile, so autograd records no graph for the deltas and
+    the head, and the S3PET layers compute only the gates' gradients; they are unfrozen afterwards.
+
+    Example:
+
+    ```py
+    >>> grads = alpha_only_gradients(model, model.base_model.architecture_parameters(), lambda: model(**batch).loss)
+    ```
+    """
+    alpha_ids = {id(a) for a in alphas}
+    others = [p for p in model.parameters() if p.requires_grad and id(p) not in alpha_ids]
+    for p in others:
+        p.requires_grad_(False)
+    try:
+        grads = torch.autograd.grad(loss_fn(), alphas, allow_unused=True)
+    finally:
+        for p in others:
+            p.requires_grad_(True)
+    return _zeros_for_none(alphas, grads)
+
+
+def darts_alpha_gradients(
+    model: torch.nn.Module,
+    alphas: list,
+    loss_fn: Callable[[dict, dict | None], torch.Tensor],
+    train_inputs: dict,
+    search_inputs: dict,
+    xi: float,
+) -> list[torch.Tensor]:
+    """The DARTS second-order α gradient (see the module docstring), in four passes and without a model copy.
+
+    Args:
+        model (`torch.nn.Module`): the search model; its trainable parameters other than `alphas` are the weights w.
+        alphas (`list[torch.nn.Parameter]`): the architecture parameters.
+        loss_fn (`Callable[[dict, dict | None], torch.Tensor]`): `loss_fn(inputs, params)` is the loss of `model` on
+            `inputs`, with the named tensors `params` in place of the model's own (`None`: the model as it is).
+        train_inputs (`dict`), search_inputs (`dict`): a batch of the weight stream and one of the search stream.
+        xi (`float`): the virtual step's learning rate (the trainer passes the weights' current learning rate).
+
+    Returns:
+        `list[torch.Tensor]`: one gradient per α (zeros where an α is unused).
+
+    Example:
+
+    ```py
+    >>> def loss_fn(inputs, params=None):
+    ...     if params is None:
+    ...         return model(**inputs).loss
+    ...     return torch.func.functional_call(model, params, (), inputs).loss
+    >>> alphas = model.base_model.architecture_parameters()
+    >>> grads = darts_alpha_gradients(model, alphas, loss_fn, train_batch, search_batch, xi=1e-3)
+    ```
+    """
+    alpha_ids = {id(a) for a in alphas}
+    weights = {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in alpha_ids}
+    g_w = torch.autograd.grad(loss_fn(train_inputs, None), list(weights.values()), allow_unused=True)
+    virtual = {
+        n: (p - xi * (g if g is not None else 0)).detach().requires_grad_() for (n, p), g in zip(weights.items(), g_w)
+    }
+    grads = torch.autograd.grad(loss_fn(search_inputs, virtual), alphas + list(virtual.values()), allow_unused=True)
+    d_alpha = _zeros_for_none(alphas, grads[: len(alphas)])
+    d_virtual = _zeros_for_none(list(virtual.values()), grads[len(alphas) :])
+    norm = float(torch.sqrt(sum((d.double() ** 2).sum() for d in d_virtual))) if d_virtual else 0.0
+    if norm == 0.0:  # the search loss does not depend on the weights: no second-order term
+        return d_alpha
+    eps = 0.01 / norm
+    terms = []
+    for sign in (1.0, -1.0):
+        shifted = {n: (p + sign * eps * d).detach() for (n, p), d in zip(weights.items(), d_virtual)}
+        terms.append(
+            _zeros_for_none(alphas, torch.autograd.grad(loss_fn(train_inputs, shifted), alphas, allow_unused=True))
+        )
+    return [da - xi * (gp - gm) / (2 * eps) for da, gp, gm in zip(d_alpha, *terms)]
