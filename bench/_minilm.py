@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from suite.plan import method_params  # noqa: F401  (re-exported: one trainable-count rule for every bench)
+
 MODEL_SHAPE = {
     "vocab_size": 30522,
     "hidden_size": 384,
@@ -31,19 +33,6 @@ def make_batch(batch_size: int, seq_len: int, seed: int) -> dict:
         "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long),
         "labels": torch.randint(0, 2, (batch_size,), generator=generator),
     }
-
-
-def method_params(model) -> tuple[int, int]:
-    """`(method, head)` trainable parameter counts: the classifier (`modules_to_save`) apart."""
-    method = head = 0
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if ".modules_to_save." in name:
-            head += param.numel()
-        else:
-            method += param.numel()
-    return method, head
 
 
 def lora_cost_per_rank(base, targets: list[str]) -> int:
