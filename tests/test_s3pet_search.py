@@ -33,6 +33,22 @@ def test_shift_meets_the_budget(seed, n, share, beta):
     assert residual < 1e-6
 
 
+@pytest.mark.parametrize(
+    ("scale", "share", "beta"),
+    [(0.01, 1e-5, 1.0), (4.0, 1e-3, 0.2), (4.0, 1.389e-4, 1.0), (50.0, 0.5, 1.0), (500.0, 0.99, 5.0)],
+)
+def test_shift_solve_takes_newton_steps_not_bisection(monkeypatch, scale, share, beta):
+    g = torch.Generator().manual_seed(7)
+    alpha = torch.randn(300, generator=g, dtype=torch.float64) * scale
+    sizes = torch.randint(1, 5000, (300,), generator=g).double()
+    budget = float(sizes.sum()) * share
+    evaluations, sigmoid = [], torch.sigmoid
+    monkeypatch.setattr(torch, "sigmoid", lambda x: evaluations.append(1) or sigmoid(x))
+    _, residual = solve_shift(alpha, sizes, budget, beta)
+    assert residual < 1e-9
+    assert len(evaluations) <= 30, f"{len(evaluations)} evaluations of F (bisection alone needs about 50)"
+
+
 def test_renormalised_probabilities_keep_the_budget_and_project_the_gradient():
     g = torch.Generator().manual_seed(0)
     alpha = torch.randn(50, generator=g, requires_grad=True)

@@ -1,12 +1,14 @@
 """Gates of the S3PET search: keep probabilities under a global budget (shifted global sigmoid) and their samples.
 
 `p_i = σ((α_i − b) / β)`, where the shift `b` is solved every time so that the expected size `Σ n_i p_i` equals the
-budget `B`. `F(b) = Σ n_i σ((α_i − b)/β) − B` is strictly decreasing in `b`, so bisection on a bracket always
-converges (the reference code used `scipy.optimize.fsolve`, which can fail silently). `b` is a constant for autograd.
-Then `p ← p / Σp · stopgrad(Σp)`: same values, but the gradient loses the component that would raise every
+budget `B`. `F(b) = Σ n_i σ((α_i − b)/β) − B` is strictly decreasing in `b`, so Newton steps kept inside a bracket
+always converge (the reference code used `scipy.optimize.fsolve`, which can fail silently). `b` is a constant for
+autograd. Then `p ← p / Σp · stopgrad(Σp)`: same values, but the gradient loses the component that would raise every
 probability at once. During search the gates are binary-concrete samples `z = σ(logit p + logit u)`, `u ~ U(0, 1)`
 (temperature 1, no stretch, as in the reference); at evaluation `z = p`.
 """
+
+import math
 
 import torch
 
@@ -16,9 +18,12 @@ EPS = 1e-7
 def solve_shift(
     alpha: torch.Tensor, sizes: torch.Tensor, budget: float, beta: float = 1.0, iterations: int = 200
 ) -> tuple[float, float]:
-    """The shift `b` with `Σ sizes·σ((alpha − b)/beta) = budget`, by bisection in float64; returns `(b, residual)`.
+    """The shift `b` with `Σ sizes·σ((alpha − b)/beta) = budget`, in float64 on the CPU; returns `(b, residual)`.
 
-    `residual` is `|Σ n_i p_i − budget| / budget` at the returned `b`.
+    `residual` is `|Σ n_i p_i − budget| / budget` at the returned `b`. The solve is Newton's method kept inside a
+    bracket of the root: a Newton step that leaves the bracket is replaced by bisection, so it always converges
+    (`F` is strictly decreasing), in a handful of steps where plain bisection takes about fifty. It runs on a CPU copy
+    of `alpha`: on a GPU, each step would otherwise wait for the device to read `F(b)` back.
 
     Example:
 
@@ -28,8 +33,8 @@ def solve_shift(
     (0.5, True)
     ```
     """
-    a = alpha.detach().double().reshape(-1)
-    n = sizes.detach().double().reshape(-1).to(a.device)
+    a = alpha.detach().to("cpu", torch.float64).reshape(-1)
+    n = sizes.detach().to("cpu", torch.float64).reshape(-1)
     total = float(n.sum())
     if not 0 < budget < total:
         raise ValueError(f"The budget {budget:g} must lie strictly between 0 and the search space's size {total:g}.")
@@ -43,15 +48,21 @@ def solve_shift(
         low -= span
     while excess(high) >= 0:
         high += span
+    # start where every p would be budget / total: the root when all α are equal
+    b = float(a.mean()) - beta * math.log(budget / (total - budget))
+    b = b if low < b < high else 0.5 * (low + high)
     for _ in range(iterations):
-        mid = 0.5 * (low + high)
-        if excess(mid) > 0:
-            low = mid
+        p = torch.sigmoid((a - b) / beta)
+        f = float((n * p).sum()) - budget
+        if f > 0:
+            low = b
         else:
-            high = mid
-        if high - low <= 1e-12 * max(1.0, abs(mid)):
+            high = b
+        if abs(f) <= 1e-12 * budget or high - low <= 1e-12 * max(1.0, abs(b)):
             break
-    b = 0.5 * (low + high)
+        slope = float((n * p * (1 - p)).sum()) / beta  # −F'(b) > 0
+        step = b + f / slope if slope > 0 else math.nan
+        b = step if low < step < high else 0.5 * (low + high)
     return b, abs(excess(b)) / budget
 
 
