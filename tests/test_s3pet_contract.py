@@ -125,3 +125,30 @@ def test_quantized_backbone_trains_reloads_and_merges(tmp_path, bits, model_id, 
     reloaded.merge_adapter()  # through PEFT's quantization backend: close, not exact
     merged = common.outputs(reloaded, inputs)
     assert (merged - expected).abs().max().item() <= 0.1 * expected.abs().max().item() + 1e-3
+
+
+@pytest.mark.parametrize("second_order", [False, True], ids=["first-order", "second-order"])
+def test_search_runs_on_a_4bit_backbone(tmp_path, second_order):
+    """The search itself (not only the retraining) on a bitsandbytes 4-bit backbone: the gated candidates sit on
+    `Linear4bit` layers (the unfused path), and the second-order virtual weights go through `functional_call`."""
+    pytest.importorskip("bitsandbytes")
+    from trainer_ext import S3PETSearchTrainer
+
+    base = _quantized(tmp_path, "llama", "CAUSAL_LM", 4, 128)
+    model = get_peft_model(base, S3PETConfig(budget=4000, task_type="CAUSAL_LM"))
+    tuner = model.base_model
+    assert any("Linear4bit" in type(m.base_layer).__name__ for m in tuner.model.modules() if hasattr(m, "s3pet_lora"))
+    deltas = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and "s3pet_alpha" not in n}
+    trainer = S3PETSearchTrainer(
+        model=model,
+        args=_args(tmp_path / "run", max_steps=2, save_steps=10, learning_rate=1e-2),
+        train_dataset=_dataset("llama", "CAUSAL_LM", n=8),
+        second_order=second_order,
+    )
+    trainer.train()
+    assert all(torch.isfinite(a).all() for a in tuner.architecture_parameters())
+    assert any(a.abs().sum() > 0 for a in tuner.architecture_parameters()), "the search did not move α"
+    moved = [n for n, p in model.named_parameters() if n in deltas and not torch.equal(p.detach(), deltas[n])]
+    assert moved, "the weight steps changed no delta"
+    structure = trainer.derive_structure(save=False)
+    assert 0 < structure["total"] <= structure["budget"] == 4000
