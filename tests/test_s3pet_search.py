@@ -275,3 +275,18 @@ def test_saved_applied_structure_gets_a_card_with_its_heatmap(tmp_path):
     assert f"{len(structure['modules'])} modules kept by the search" in card
     assert "![S3PET structure](s3pet_structure.png)" in card
     assert (tmp_path / "s3pet_structure.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_search_figures_join_the_training_logs(tmp_path):
+    _, trainer = _search(tmp_path, "logs")
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["step"] for entry in logs] == [1, 2, 3, 4]
+    norms = [e["alpha_grad_norm"] for e in trainer.search_log]
+    assert [entry["alpha_grad_norm"] for entry in logs] == pytest.approx(norms)
+    assert norms[0] == 0 < norms[-1]  # zero-initialised deltas: α has no gradient until the weights move
+    for entry in logs:
+        assert entry["s3pet_shift_residual"] < 1e-6 and isinstance(entry["s3pet_shift"], float)
+    # α's own schedule: linear decay from 0.1 to 0 over the 4 steps
+    assert [entry["alpha_learning_rate"] for entry in logs] == pytest.approx([0.075, 0.05, 0.025, 0.0])
+    changes = [entry["s3pet_structure_changes"] for entry in logs]
+    assert all(isinstance(c, int) and c >= 0 for c in changes) and sum(changes) > 0, changes

@@ -114,6 +114,8 @@ class S3PETSearchTrainer(Trainer):
         self._search_iter = None
         self._arch_done_for_step = -1
         self.search_log: list[dict] = []
+        self._logged_upto = 0  # `search_log` entries already summarised in Trainer's logs
+        self._logged_structure: set[str] | None = None
 
     # model access -------------------------------------------------------------------------------------------------
     def _tuner(self):
@@ -232,6 +234,8 @@ class S3PETSearchTrainer(Trainer):
         )
 
     def _arch_step(self, model, train_inputs: dict) -> None:
+        if self._logged_structure is None:  # the structure before this run's first α step, for the logs
+            self._logged_structure = self._greedy_keys()
         # α's passes bypass the DDP wrapper: its reducer expects one `backward()` per forward and α is reduced here
         model = self.accelerator.unwrap_model(model)
         model.train()
@@ -264,6 +268,36 @@ class S3PETSearchTrainer(Trainer):
         finally:
             for a in alphas:
                 a.requires_grad_(True)
+
+    # logging --------------------------------------------------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Trainer's `log`, with the search's own figures added to the training logs (so every `report_to` gets them).
+
+        - `alpha_grad_norm`: the mean α-gradient norm (before clipping) over the steps since the last log;
+        - `alpha_learning_rate`: α's current learning rate;
+        - `s3pet_shift`, `s3pet_shift_residual`: the last budget shift `b` and the largest relative residual of its
+          solve since the last log;
+        - `s3pet_structure_changes`: how many candidates entered or left the structure (greedy rule, live α) since the
+          last log; it falls to 0 as the search settles.
+        """
+        recent = self.search_log[self._logged_upto :]
+        if "loss" in logs and recent:
+            self._logged_upto = len(self.search_log)
+            logs["alpha_grad_norm"] = sum(e["alpha_grad_norm"] for e in recent) / len(recent)
+            if self.arch_scheduler is not None:
+                logs["alpha_learning_rate"] = self.arch_scheduler.get_last_lr()[0]
+            if "shift" in recent[-1]:
+                logs["s3pet_shift"] = recent[-1]["shift"]
+                logs["s3pet_shift_residual"] = max(e.get("residual", 0.0) for e in recent)
+            kept = self._greedy_keys()
+            if self._logged_structure is not None:
+                logs["s3pet_structure_changes"] = len(kept ^ self._logged_structure)
+            self._logged_structure = kept
+        super().log(logs, start_time)
+
+    def _greedy_keys(self) -> set[str]:
+        structure = self._tuner().derive_structure(strategy="greedy")
+        return {f"{m['path']}:{m['type']}" for m in structure["modules"]}
 
     # result ---------------------------------------------------------------------------------------------------------
     def _best_alphas(self) -> list[torch.Tensor] | None:
