@@ -18,3 +18,24 @@ def searched_structure(
         for alpha in model.base_model.architecture_parameters():
             alpha.copy_(torch.randn(alpha.shape, generator=generator) * 2)
     return model.base_model.derive_structure(**kwargs)
+
+
+def finite_differences(alphas: list, objective, h: float = 1e-5) -> torch.Tensor:
+    """Central differences of `objective()` (a float) in every entry of `alphas`, flattened; `alphas` are restored."""
+    flat = torch.cat([a.detach().reshape(-1) for a in alphas])
+    sizes = [a.numel() for a in alphas]
+
+    def at(vector):
+        with torch.no_grad():
+            for a, part in zip(alphas, vector.split(sizes)):
+                a.copy_(part.view_as(a))
+        return objective()
+
+    fd = torch.zeros_like(flat)
+    for i in range(flat.numel()):
+        up, down = flat.clone(), flat.clone()
+        up[i] += h
+        down[i] -= h
+        fd[i] = (at(up) - at(down)) / (2 * h)
+    at(flat)
+    return fd

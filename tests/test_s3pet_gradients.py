@@ -3,6 +3,7 @@
 import pytest
 import torch
 from peft import get_peft_model
+from s3pet_helpers import finite_differences
 from tiny_models import make_inputs, make_model
 
 import peft_designspace.s3pet.model as s3pet_model
@@ -37,26 +38,6 @@ def _setup():
     return model, alphas, loss_fn, train, search
 
 
-def _finite_differences(alphas, objective, h=1e-5):
-    flat = torch.cat([a.detach().reshape(-1) for a in alphas])
-    sizes = [a.numel() for a in alphas]
-
-    def at(vector):
-        with torch.no_grad():
-            for a, part in zip(alphas, vector.split(sizes)):
-                a.copy_(part.view_as(a))
-        return objective()
-
-    fd = torch.zeros_like(flat)
-    for i in range(flat.numel()):
-        up, down = flat.clone(), flat.clone()
-        up[i] += h
-        down[i] -= h
-        fd[i] = (at(up) - at(down)) / (2 * h)
-    at(flat)
-    return fd
-
-
 def _flat(grads):
     return torch.cat([g.reshape(-1) for g in grads])
 
@@ -66,7 +47,7 @@ def test_first_order_gradient_is_the_search_loss_derivative(plain_gates):
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     grad = _flat(alpha_only_gradients(model, alphas, lambda: loss_fn(search)))
     with torch.no_grad():
-        fd = _finite_differences(alphas, lambda: float(loss_fn(search)))
+        fd = finite_differences(alphas, lambda: float(loss_fn(search)))
     assert fd.abs().max() > 1e-6, "the search loss does not depend on α"
     torch.testing.assert_close(grad, fd, atol=1e-8, rtol=1e-5)
     assert [n for n, p in model.named_parameters() if p.requires_grad] == trainable  # unfrozen again
@@ -85,7 +66,7 @@ def test_second_order_gradient_is_the_unrolled_loss_derivative(plain_gates):
             return float(loss_fn(search, virtual))
 
     grad = _flat(darts_alpha_gradients(model, alphas, loss_fn, train, search, XI))
-    fd = _finite_differences(alphas, unrolled)
+    fd = finite_differences(alphas, unrolled)
     scale = float(fd.abs().max())
     torch.testing.assert_close(grad, fd, atol=1e-4 * scale, rtol=1e-3)
     first = _flat(alpha_only_gradients(model, alphas, lambda: loss_fn(search)))

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from peft import PeftModel, get_peft_model
-from s3pet_helpers import searched_structure
+from s3pet_helpers import finite_differences, searched_structure
 from test_trainer_quantized import _args, _dataset
 from tiny_models import make_inputs, make_model
 
@@ -125,23 +125,8 @@ def test_alpha_gradient_matches_finite_differences(monkeypatch):
     p = p.detach().double()
     real_solve = s3pet_model.keep_probabilities.__globals__["solve_shift"]
     monkeypatch.setitem(s3pet_model.keep_probabilities.__globals__, "solve_shift", lambda *a, **k: (shift, 0.0))
-    flat = torch.cat([a.detach().reshape(-1) for a in alphas])
-    sizes = [a.numel() for a in alphas]
-    h = 1e-5
-
-    def loss_at(vector):
-        with torch.no_grad():
-            for a, part in zip(alphas, vector.split(sizes)):
-                a.copy_(part.view_as(a))
-            return float(model(**inputs).loss)
-
-    fd = torch.zeros_like(flat)
-    for i in range(flat.numel()):
-        up, down = flat.clone(), flat.clone()
-        up[i] += h
-        down[i] -= h
-        fd[i] = (loss_at(up) - loss_at(down)) / (2 * h)
-    loss_at(flat)
+    with torch.no_grad():
+        fd = finite_differences(alphas, lambda: float(model(**inputs).loss))
     monkeypatch.setitem(s3pet_model.keep_probabilities.__globals__, "solve_shift", real_solve)
     slope = p * (1 - p)  # dp/dα at β = 1 with b fixed
     dl_dp = fd / slope
