@@ -275,3 +275,29 @@ def test_search_figures_join_the_training_logs(tmp_path):
     assert [entry["alpha_learning_rate"] for entry in logs] == pytest.approx([0.075, 0.05, 0.025, 0.0])
     changes = [entry["s3pet_structure_changes"] for entry in logs]
     assert all(isinstance(c, int) and c >= 0 for c in changes) and sum(changes) > 0, changes
+
+
+def test_search_under_activation_checkpointing_matches_the_plain_search(tmp_path):
+    plain, _ = _search(tmp_path, "plain", max_steps=3)
+    checkpointed, trainer = _search(tmp_path, "checkpointed", max_steps=3, gradient_checkpointing=True)
+    layers = [m for m in checkpointed.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    assert layers, "Trainer did not turn activation checkpointing on"
+    alphas = plain.base_model.architecture_parameters()
+    assert any(a.abs().sum() > 0 for a in alphas)
+    for (name, value), other in zip(plain.named_parameters(), checkpointed.parameters()):
+        if value.requires_grad:  # α and the deltas: the replayed layers give the same gradients
+            torch.testing.assert_close(other, value, atol=1e-6, rtol=0, msg=name)
+
+
+def test_search_refuses_reentrant_checkpointing(tmp_path):
+    kwargs = {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": True}}
+    with pytest.raises(ValueError, match=r"reentrant activation checkpointing .*'use_reentrant': False"):
+        _search(tmp_path, "reentrant", max_steps=1, **kwargs)
+    # what `peft.prepare_model_for_kbit_training` does by default: no `use_reentrant`, which torch takes as True
+    base = make_model("bert", "SEQ_CLS")
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={})
+    model = get_peft_model(base, S3PETConfig(budget=900, task_type="SEQ_CLS"))
+    data = _dataset("bert", "SEQ_CLS", n=8)
+    trainer = S3PETSearchTrainer(model=model, args=_args(tmp_path / "unspecified", max_steps=1), train_dataset=data)
+    with pytest.raises(ValueError, match=r"or no `use_reentrant`, which torch .* treats as True"):
+        trainer.train()

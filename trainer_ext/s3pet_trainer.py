@@ -234,8 +234,9 @@ class S3PETSearchTrainer(Trainer):
         )
 
     def _arch_step(self, model, train_inputs: dict) -> None:
-        if self._logged_structure is None:  # the structure before this run's first α step, for the logs
-            self._logged_structure = self._greedy_keys()
+        if self._logged_structure is None:  # this run's first α step
+            _refuse_reentrant_checkpointing(self.accelerator.unwrap_model(model))
+            self._logged_structure = self._greedy_keys()  # the structure before any α step, for the logs
         # α's passes bypass the DDP wrapper: its reducer expects one `backward()` per forward and α is reduced here
         model = self.accelerator.unwrap_model(model)
         model.train()
@@ -340,6 +341,33 @@ class S3PETSearchTrainer(Trainer):
             except ImportError:  # matplotlib is optional (`pip install peft-designspace[plots]`)
                 pass
         return structure
+
+
+def _refuse_reentrant_checkpointing(model: torch.nn.Module) -> None:
+    """Raise if a module of `model` checkpoints its forward with the reentrant `torch.utils.checkpoint`.
+
+    Every layer reads its gates from one graph built per forward from α. The reentrant variant replays each layer
+    inside the backward pass and backpropagates the replay on its own, so it would walk that shared graph once per
+    layer (an error), and `torch.autograd.grad` in α sees none of the replayed layers (α's gradient is silently zero).
+    The non-reentrant variant (transformers' default) records the replay in the outer graph and gives exact gradients.
+    """
+    found = []
+    for path, module in model.named_modules():
+        function = getattr(module, "_gradient_checkpointing_func", None)
+        if getattr(module, "gradient_checkpointing", False) is True and callable(function):
+            # a `functools.partial(checkpoint, ...)`; torch treats a missing `use_reentrant` as True
+            if (getattr(function, "keywords", None) or {}).get("use_reentrant", True) is not False:
+                found.append(path)
+    if found:
+        raise ValueError(
+            f"S3PET search cannot run under reentrant activation checkpointing (`use_reentrant=True`, or no "
+            f"`use_reentrant`, which torch {torch.__version__} treats as True), used by {found[0]!r} and "
+            f"{len(found) - 1} more modules: the gates are shared by every layer, so α's gradient would be lost. Use "
+            "`TrainingArguments(gradient_checkpointing=True, gradient_checkpointing_kwargs={'use_reentrant': False})` "
+            "(transformers' default) or `model.gradient_checkpointing_enable(gradient_checkpointing_kwargs="
+            "{'use_reentrant': False})`; `peft.prepare_model_for_kbit_training` takes the same "
+            "`gradient_checkpointing_kwargs`."
+        )
 
 
 def _rank_and_world() -> tuple[int, int]:
