@@ -301,3 +301,25 @@ def test_search_refuses_reentrant_checkpointing(tmp_path):
     trainer = S3PETSearchTrainer(model=model, args=_args(tmp_path / "unspecified", max_steps=1), train_dataset=data)
     with pytest.raises(ValueError, match=r"or no `use_reentrant`, which torch .* treats as True"):
         trainer.train()
+
+
+def test_search_under_bf16_autocasts_both_passes(tmp_path):
+    model = get_peft_model(make_model("bert", "SEQ_CLS"), S3PETConfig(budget=900, task_type="SEQ_CLS"))
+    forwards = []
+    model.base_model.model.register_forward_pre_hook(
+        lambda module, args: forwards.append(
+            torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        )
+    )
+    args = _args(tmp_path / "bf16", max_steps=2, save_steps=10, bf16=True)
+    trainer = S3PETSearchTrainer(model=model, args=args, train_dataset=_dataset("bert", "SEQ_CLS", n=16))
+    trainer.train()
+    assert forwards == [torch.bfloat16] * 4  # per step: the α pass, then the weight step
+    assert any(a.abs().sum() > 0 for a in model.base_model.architecture_parameters())
+
+
+def test_gradient_accumulation_takes_one_alpha_step_per_optimizer_step(tmp_path):
+    _, trainer = _search(tmp_path, "accumulated", max_steps=3, gradient_accumulation_steps=2)
+    assert trainer.state.global_step == 3
+    assert [entry["step"] for entry in trainer.search_log] == [0, 1, 2]
+    assert trainer.arch_scheduler.last_epoch == 3  # three α learning-rate steps, not six
