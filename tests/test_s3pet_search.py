@@ -323,3 +323,11 @@ def test_gradient_accumulation_takes_one_alpha_step_per_optimizer_step(tmp_path)
     assert trainer.state.global_step == 3
     assert [entry["step"] for entry in trainer.search_log] == [0, 1, 2]
     assert trainer.arch_scheduler.last_epoch == 3  # three α learning-rate steps, not six
+
+
+def test_resume_without_the_alpha_optimizer_is_refused(tmp_path):
+    _search(tmp_path, "run", max_steps=2)
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    (checkpoint / "arch_optimizer.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"has no arch_optimizer.pt, .*`save_only_model=True`"):
+        _search(tmp_path, "run", max_steps=4, resume=str(checkpoint))

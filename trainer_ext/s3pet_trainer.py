@@ -177,8 +177,9 @@ class S3PETSearchTrainer(Trainer):
         path = os.path.join(checkpoint, ARCH_FILE)
         if not os.path.isfile(path):
             raise FileNotFoundError(
-                f"{checkpoint} has no {ARCH_FILE}: it was not written by S3PETSearchTrainer, so the α optimizer "
-                "cannot be restored."
+                f"{checkpoint} has no {ARCH_FILE}, so the α optimizer cannot be restored: the checkpoint was written "
+                "with `save_only_model=True` or not by S3PETSearchTrainer. Resume from a full checkpoint, or start a "
+                "new search."
             )
         state = torch.load(path, map_location="cpu", weights_only=True)
         self.arch_optimizer.load_state_dict(state["optimizer"])
