@@ -331,3 +331,11 @@ def test_resume_without_the_alpha_optimizer_is_refused(tmp_path):
     (checkpoint / "arch_optimizer.pt").unlink()
     with pytest.raises(FileNotFoundError, match=r"has no arch_optimizer.pt, .*`save_only_model=True`"):
         _search(tmp_path, "run", max_steps=4, resume=str(checkpoint))
+
+
+def test_a_second_train_call_checks_checkpointing_again(tmp_path):
+    model, trainer = _search(tmp_path, "twice", max_steps=1)
+    model.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    trainer.args.max_steps = 2
+    with pytest.raises(ValueError, match=r"reentrant activation checkpointing"):
+        trainer.train()

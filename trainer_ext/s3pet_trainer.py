@@ -258,6 +258,12 @@ class S3PETSearchTrainer(Trainer):
         last = self._tuner()._s3pet[self._tuner().active_adapters[0]].get("last", {})
         self.search_log.append({"step": self.state.global_step, "alpha_grad_norm": float(norm), **last})
 
+    def train(self, *args: Any, **kwargs: Any):
+        # each run checks its checkpointing set-up and logs its structure changes from its own start
+        self._logged_structure = None
+        self._logged_upto = len(self.search_log)
+        return super().train(*args, **kwargs)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self._arch_done_for_step != self.state.global_step:  # once per optimizer step, not per micro-batch
             self._arch_done_for_step = self.state.global_step
