@@ -339,3 +339,24 @@ def test_a_second_train_call_checks_checkpointing_again(tmp_path):
     trainer.args.max_steps = 2
     with pytest.raises(ValueError, match=r"reentrant activation checkpointing"):
         trainer.train()
+
+
+def test_compiled_search_model_does_not_recompile_per_step():
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    model = get_peft_model(make_model("bert", "SEQ_CLS", layers=2), S3PETConfig(budget=600, task_type="SEQ_CLS"))
+    counter = CompileCounter()
+    compiled = torch.compile(model.train(), backend=counter)
+    inputs, frames = make_inputs("bert", "SEQ_CLS"), []
+    for _ in range(5):  # a new α, hence a new shift, every step
+        compiled(**inputs).loss.backward()
+        with torch.no_grad():
+            for a in model.base_model.architecture_parameters():
+                a.add_(torch.randn(a.shape) * 0.3)
+        frames.append(counter.frame_count)
+    # the gate refresh runs outside the graph; traced, its float shift solve was compiled again and again
+    assert frames[-1] == frames[1] <= 3, frames
+    model.eval()
+    torch.testing.assert_close(compiled(**inputs).logits, model(**inputs).logits)
+    torch._dynamo.reset()

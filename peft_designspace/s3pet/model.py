@@ -187,6 +187,7 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
             vector = torch.cat([a.detach().reshape(-1).float().cpu() for a in alpha])
         return keep_probabilities(vector, plan["sizes"], plan["budget"], config.beta)
 
+    @torch.compiler.disable  # solved with Python floats: traced, it would recompile on every new shift
     def _refresh_gates(self, module: nn.Module, args, kwargs):
         for name in self.active_adapters:
             config = self.peft_config.get(name)
