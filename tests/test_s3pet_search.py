@@ -360,3 +360,27 @@ def test_compiled_search_model_does_not_recompile_per_step():
     model.eval()
     torch.testing.assert_close(compiled(**inputs).logits, model(**inputs).logits)
     torch._dynamo.reset()
+
+
+def test_search_stream_drops_the_columns_the_model_does_not_take(tmp_path):
+    from datasets import Dataset
+
+    rows = [
+        {**{k: v.tolist() for k, v in row.items()}, "sentence": f"row {i}", "idx": i}
+        for i, row in enumerate(_dataset("bert", "SEQ_CLS", n=16))
+    ]
+    keys = {"search": set(), "train": set()}
+
+    class Recording(S3PETSearchTrainer):
+        def _next_search_inputs(self):
+            inputs = super()._next_search_inputs()
+            keys["search"] |= set(inputs)
+            return inputs
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            keys["train"] |= set(inputs)
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    model = get_peft_model(make_model("bert", "SEQ_CLS"), S3PETConfig(budget=900, task_type="SEQ_CLS"))
+    Recording(model=model, args=_args(tmp_path / "cols", max_steps=2), train_dataset=Dataset.from_list(rows)).train()
+    assert keys["search"] == keys["train"] == {"input_ids", "attention_mask", "labels"}

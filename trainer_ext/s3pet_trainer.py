@@ -195,13 +195,19 @@ class S3PETSearchTrainer(Trainer):
         stream of a single process exactly as it was.
         """
         rank, world = _rank_and_world()
+        dataset, collator = self.search_dataset, self.data_collator
+        # the columns the model does not take are dropped as in Trainer's own loaders (`remove_unused_columns`)
+        if hasattr(dataset, "column_names") and hasattr(dataset, "remove_columns"):  # a datasets.Dataset
+            dataset = self._remove_unused_columns(dataset, description="search")
+        else:
+            collator = self._get_collator_with_removed_columns(collator, description="search")
         loader = DataLoader(
-            self.search_dataset,
+            dataset,
             batch_size=self._train_batch_size,
             shuffle=True,
-            collate_fn=self.data_collator,
+            collate_fn=collator,
             generator=torch.Generator().manual_seed(self.search_seed),
-            drop_last=len(self.search_dataset) > self._train_batch_size,
+            drop_last=len(dataset) > self._train_batch_size,
         )
 
         def stream():
