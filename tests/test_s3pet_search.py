@@ -384,3 +384,11 @@ def test_search_stream_drops_the_columns_the_model_does_not_take(tmp_path):
     model = get_peft_model(make_model("bert", "SEQ_CLS"), S3PETConfig(budget=900, task_type="SEQ_CLS"))
     Recording(model=model, args=_args(tmp_path / "cols", max_steps=2), train_dataset=Dataset.from_list(rows)).train()
     assert keys["search"] == keys["train"] == {"input_ids", "attention_mask", "labels"}
+
+
+def test_resume_after_the_first_search_pass_continues_the_same_stream(tmp_path):
+    # 8 search rows in batches of 2: a pass is 4 α steps, so step 6 is the third batch of the second pass
+    model, _ = _search(tmp_path, "long", max_steps=7)
+    resumed, _ = _search(tmp_path, "long", max_steps=7, resume=str(tmp_path / "long" / "checkpoint-6"))
+    for a, b in zip(resumed.base_model.architecture_parameters(), model.base_model.architecture_parameters()):
+        torch.testing.assert_close(a.detach(), b.detach(), atol=1e-6, rtol=0)

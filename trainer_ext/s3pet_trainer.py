@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from transformers import Trainer
 
 from .s3pet_gradients import alpha_only_gradients, darts_alpha_gradients
@@ -187,12 +187,13 @@ class S3PETSearchTrainer(Trainer):
 
     # the bi-level step ----------------------------------------------------------------------------------------------
     def _search_batches(self):
-        """The search stream: shuffled batches (seeded with `search_seed`), pass after pass.
+        """The search stream: batches of `search_dataset`, pass after pass, each pass shuffled with the seed
+        `search_seed + pass`.
 
         Under torch.distributed, rank `r` of `w` takes batches `r, r + w, r + 2w, …` of that one stream, so the ranks
         see different rows (one α step uses `w` batches), and every rank builds the same stream without talking to
-        the others. Each rank collates the batches it skips too: cheap next to a forward pass, and it keeps the
-        stream of a single process exactly as it was.
+        the others. A resumed run starts at the batch the earlier run would have used next, in whichever pass that
+        is. Only the batches a rank uses are collated.
         """
         rank, world = _rank_and_world()
         dataset, collator = self.search_dataset, self.data_collator
@@ -201,23 +202,19 @@ class S3PETSearchTrainer(Trainer):
             dataset = self._remove_unused_columns(dataset, description="search")
         else:
             collator = self._get_collator_with_removed_columns(collator, description="search")
-        loader = DataLoader(
-            dataset,
-            batch_size=self._train_batch_size,
-            shuffle=True,
-            collate_fn=collator,
-            generator=torch.Generator().manual_seed(self.search_seed),
-            drop_last=len(dataset) > self._train_batch_size,
-        )
+        size, batch_size = len(dataset), self._train_batch_size
+        per_pass = size // batch_size if size > batch_size else 1  # a last short batch is dropped
 
-        def stream():
-            # resuming: skip the batches the earlier run consumed, so the α updates continue where they stopped
-            skip = self.state.global_step * world
+        def index_batches():
+            epoch, offset = divmod(self.state.global_step * world, per_pass)  # resuming: skip what was consumed
             while True:
-                yield from islice(iter(loader), skip % max(1, len(loader)), None)
-                skip = 0
+                order = torch.randperm(size, generator=torch.Generator().manual_seed(self.search_seed + epoch))
+                for b in range(offset, per_pass):
+                    yield order[b * batch_size : (b + 1) * batch_size].tolist()
+                epoch, offset = epoch + 1, 0
 
-        return islice(stream(), rank, None, world)
+        for indices in islice(index_batches(), rank, None, world):
+            yield collator([dataset[i] for i in indices])
 
     def _next_search_inputs(self) -> dict:
         if self._search_iter is None:
