@@ -392,3 +392,14 @@ def test_resume_after_the_first_search_pass_continues_the_same_stream(tmp_path):
     resumed, _ = _search(tmp_path, "long", max_steps=7, resume=str(tmp_path / "long" / "checkpoint-6"))
     for a, b in zip(resumed.base_model.architecture_parameters(), model.base_model.architecture_parameters()):
         torch.testing.assert_close(a.detach(), b.detach(), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("search", "match"), [([], "with 0 rows"), (iter([{"input_ids": [1]}]), "got list_iterator.")]
+)
+def test_search_dataset_must_have_rows_and_a_length(tmp_path, search, match):
+    model = get_peft_model(make_model("bert", "SEQ_CLS"), S3PETConfig(budget=900, task_type="SEQ_CLS"))
+    with pytest.raises(ValueError, match=rf"`search_dataset` must be a non-empty dataset .*{match}"):
+        S3PETSearchTrainer(
+            model=model, args=_args(tmp_path), train_dataset=_dataset("bert", "SEQ_CLS"), search_dataset=search
+        )

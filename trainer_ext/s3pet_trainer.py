@@ -103,6 +103,12 @@ class S3PETSearchTrainer(Trainer):
             if self.train_dataset is None:
                 raise ValueError("S3PETSearchTrainer needs a `train_dataset` (or `search_dataset`).")
             self.train_dataset, search_dataset = _split(self.train_dataset, search_fraction, search_seed)
+        if not hasattr(search_dataset, "__len__") or len(search_dataset) == 0:
+            raise ValueError(
+                f"`search_dataset` must be a non-empty dataset with a length (the search stream shuffles it pass "
+                f"after pass), got {type(search_dataset).__name__}"
+                + (" with 0 rows." if hasattr(search_dataset, "__len__") else ".")
+            )
         self.search_dataset = search_dataset
         self.search_seed = search_seed
         self.arch_learning_rate = arch_learning_rate
