@@ -8,7 +8,7 @@ import torch
 from peft import PeftModel, get_peft_model
 from s3pet_helpers import searched_structure
 from test_trainer_quantized import _args, _dataset, _quantized
-from tiny_models import make_inputs
+from tiny_models import make_inputs, make_model
 from transformers import Trainer
 
 from peft_designspace import S3PETConfig
@@ -152,3 +152,27 @@ def test_search_runs_on_a_4bit_backbone(tmp_path, second_order):
     assert moved, "the weight steps changed no delta"
     structure = trainer.derive_structure(save=False)
     assert 0 < structure["total"] <= structure["budget"] == 4000
+
+
+@pytest.mark.parametrize(("model_id", "task"), _cases())
+def test_search_trainer_on_every_architecture(tmp_path, model_id, task):
+    """Search (two first-order steps with `S3PETSearchTrainer`), derive, apply to a fresh model: the whole path."""
+    from trainer_ext import S3PETSearchTrainer
+
+    model = get_peft_model(make_model(model_id, task), S3PETConfig(budget=1200, task_type=task, init_weights=False))
+    before = [a.detach().clone() for a in model.base_model.architecture_parameters()]
+    trainer = S3PETSearchTrainer(
+        model=model,
+        args=_args(tmp_path / "search", max_steps=2, save_steps=10),
+        train_dataset=_dataset(model_id, task, n=8),
+    )
+    trainer.train()
+    after = model.base_model.architecture_parameters()
+    assert all(torch.isfinite(a).all() for a in after)
+    assert any(not torch.equal(a.detach(), b) for a, b in zip(after, before)), "the search did not move α"
+    structure = trainer.derive_structure(save=False)
+    assert 0 < structure["total"] <= structure["budget"] == 1200
+    final = get_peft_model(make_model(model_id, task), S3PETConfig(structure=structure, task_type=task))
+    deltas = sum(p.numel() for n, p in final.named_parameters() if p.requires_grad and ".s3pet_" in n)
+    assert deltas == structure["total"]
+    assert torch.isfinite(common.outputs(final, make_inputs(model_id, task))).all()
