@@ -11,7 +11,9 @@ Model: the MiniLM-L6-shaped BERT of `bench/_minilm.py` (random init, 2 labels); 
 - `s3pet-apply`: one plain step of an applied structure of the same budget (the retraining phase).
 
 Memory: peak RSS of a fresh process per method, and the parameter bytes of the model (base + deltas + α), to show
-that the search keeps one model only (the reference code holds a second full model for the virtual step).
+that the search keeps one model only (the reference code holds a second full model for the virtual step). With
+`--device cuda`, the CUDA allocator's peak per method in this process instead, and a synchronize after every timed
+step.
 
 Example:
 
@@ -44,6 +46,7 @@ from _timing import (  # noqa: E402
     measure_memory,
     run_rounds,
     summarise,
+    train_step,
     write_json,
 )
 
@@ -64,6 +67,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32, help="Sequences per batch.")
     parser.add_argument("--seq-len", type=int, default=64, help="Tokens per sequence.")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="Where the models and batches live. On cuda every timed step ends with a synchronize, and memory is "
+        "the CUDA allocator's peak per method in this process (not a fresh process's RSS); use --no-filter there "
+        "(the contention filter watches the CPU).",
+    )
     parser.add_argument("--lr", type=float, default=1e-3, help="Learning rate of the weight optimizers.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the model and batches.")
     parser.add_argument(
@@ -84,6 +95,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--methods must include the baseline {BASELINE!r}")
     if not args.budget > 0:
         parser.error("--budget must be > 0")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device")
     return args
 
 
@@ -128,21 +144,22 @@ def build(name: str, args: argparse.Namespace):
 
     from peft_designspace import S3PETConfig
 
-    batch = make_batch(args.batch_size, args.seq_len, args.seed)
-    base = build_base(args.seed)
+    batch = _to(make_batch(args.batch_size, args.seq_len, args.seed), args.device)
+    base = build_base(args.seed).to(args.device)
     fused = args.optim == "adamw_torch_fused"
     if name == BASELINE:
         model = get_peft_model(
             base, LoraConfig(r=args.lora_rank, target_modules=["query", "value"], task_type="SEQ_CLS")
-        )
+        ).to(args.device)
         return model, make_optimizer(model, args.lr, fused), batch, None, f"PEFT LoRA r={args.lora_rank} q,v", {}
     if name == "s3pet-apply":
         search = get_peft_model(build_base(args.seed), S3PETConfig(budget=args.budget, search_space=args.space))
         structure = search.base_model.derive_structure()
-        model = get_peft_model(base, S3PETConfig(structure=structure, task_type="SEQ_CLS"))
+        model = get_peft_model(base, S3PETConfig(structure=structure, task_type="SEQ_CLS")).to(args.device)
         details = {"modules": len(structure["modules"]), "structure_params": structure["total"]}
         return model, make_optimizer(model, args.lr, fused), batch, None, "applied structure, plain step", details
     model = get_peft_model(base, S3PETConfig(budget=args.budget, search_space=args.space, task_type="SEQ_CLS"))
+    model.to(args.device)
     alphas = model.base_model.architecture_parameters()
     for a in alphas:
         a.requires_grad_(False)
@@ -150,7 +167,7 @@ def build(name: str, args: argparse.Namespace):
     for a in alphas:
         a.requires_grad_(True)
     arch_optimizer = torch.optim.AdamW(alphas, lr=0.1, weight_decay=0.0, fused=fused or None)
-    search_batch = make_batch(args.batch_size, args.seq_len, args.seed + 100)
+    search_batch = _to(make_batch(args.batch_size, args.seq_len, args.seed + 100), args.device)
     second = name == "s3pet-search-2nd"
     step = _search_step(model, optimizer, arch_optimizer, alphas, search_batch, second, args.lr)
     candidates = model.base_model.candidates()
@@ -164,9 +181,53 @@ def build(name: str, args: argparse.Namespace):
     return model, optimizer, batch, step, f"{order}-order search step (α + weights), space {args.space}", details
 
 
+def _to(batch: dict, device: str) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _synchronized(method: Method) -> None:
+    """Make `method`'s step wait for the GPU, so that wall time covers the kernels it queued."""
+    import torch
+
+    inner = method.step or (lambda batch: train_step(method.model, method.optimizer, batch))
+
+    def step(batch: dict) -> None:
+        inner(batch)
+        torch.cuda.synchronize()
+
+    method.step = step
+
+
+def cuda_memory(methods: list[Method], batch: dict, steps: int = 2) -> dict[str, tuple[float, float]]:
+    """`{name: (peak allocated MiB, growth over the allocation before the steps MiB)}` from the CUDA allocator.
+
+    All methods' models stay resident, so the growth is the figure to compare; the peak includes the other models.
+    """
+    import torch
+
+    results = {}
+    for method in methods:
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        for _ in range(steps):
+            method.run_step(batch)
+        peak = torch.cuda.max_memory_allocated()
+        results[method.name] = (peak / 2**20, (peak - start) / 2**20)
+    return results
+
+
 def memory_setup(name: str, args: argparse.Namespace):
     model, optimizer, batch, step, _, _ = build(name, args)
     return (model, optimizer, batch) if step is None else (model, optimizer, batch, step)
+
+
+def _cuda_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name()
 
 
 def parameter_mib(model) -> float:
@@ -190,15 +251,22 @@ def main(argv: list[str] | None = None) -> int:
         details["model_param_mib"] = round(parameter_mib(model), 3)
         methods.append(Method(name, description, model, optimizer, params, head, details, step=step))
     baseline = methods[0]
+    if args.device == "cuda":
+        for method in methods:
+            _synchronized(method)
     load = ForeignLoad()
-    batch = make_batch(args.batch_size, args.seq_len, args.seed)
+    batch = _to(make_batch(args.batch_size, args.seq_len, args.seed), args.device)
     load_before = load_average()
     started = time.perf_counter()
     run = run_rounds(methods, batch, args, load)
     run["duration_s"] = time.perf_counter() - started
     rows = [summarise(m, baseline) for m in methods]
     memory = None
-    if not args.no_memory:
+    if not args.no_memory and args.device == "cuda":
+        memory = cuda_memory(methods, batch)
+        for row in rows:
+            row["peak_rss_mib"], row["step_rss_growth_mib"] = memory[row["method"]]  # CUDA allocator figures
+    elif not args.no_memory:
         for method in methods:
             method.model = method.optimizer = method.step = None
         gc.collect()
@@ -206,13 +274,16 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             row["peak_rss_mib"], row["step_rss_growth_mib"] = memory[row["method"]]
 
+    where = f"{args.threads} threads" if args.device == "cpu" else f"CUDA ({_cuda_name()})"
     print(
-        f"Base: BERT {MODEL_SHAPE}, {base_mib:.1f} MiB of parameters; batch {args.batch_size} x {args.seq_len}, "
-        f"{args.threads} threads"
+        f"Base: BERT {MODEL_SHAPE}, {base_mib:.1f} MiB of parameters; "
+        f"batch {args.batch_size} x {args.seq_len}, {where}"
     )
     header = f"{'method':18} {'trainable':>10} {'model MiB':>9} {'median ms':>10} {'ratio':>6} {'clean':>6}"
     if memory:
-        header += f" {'peak RSS':>9} {'step +RSS':>9}"
+        header += (
+            f" {'peak RSS':>9} {'step +RSS':>9}" if args.device == "cpu" else f" {'peak CUDA':>9} {'step +CUDA':>10}"
+        )
     print(header)
     for row in rows:
         line = (
