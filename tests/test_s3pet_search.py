@@ -403,3 +403,21 @@ def test_search_dataset_must_have_rows_and_a_length(tmp_path, search, match):
         S3PETSearchTrainer(
             model=model, args=_args(tmp_path), train_dataset=_dataset("bert", "SEQ_CLS"), search_dataset=search
         )
+
+
+def test_search_split_and_stream_follow_search_seed_not_the_run_seed(tmp_path):
+    def trainer(run_seed, search_seed):
+        model = get_peft_model(make_model("bert", "SEQ_CLS"), S3PETConfig(budget=900, task_type="SEQ_CLS"))
+        args = _args(tmp_path / f"{run_seed}-{search_seed}", seed=run_seed)
+        data = _dataset("bert", "SEQ_CLS", n=16)
+        return S3PETSearchTrainer(model=model, args=args, train_dataset=data, search_seed=search_seed)
+
+    def first_batches(t, n=3):
+        stream = t._search_batches()
+        return [next(stream)["input_ids"] for _ in range(n)]
+
+    base, other_run, other_search = trainer(0, 1234), trainer(7, 1234), trainer(0, 99)
+    assert base.search_dataset.indices == other_run.search_dataset.indices
+    assert base.search_dataset.indices != other_search.search_dataset.indices
+    for a, b in zip(first_batches(base), first_batches(other_run)):
+        assert torch.equal(a, b)
