@@ -421,3 +421,19 @@ def test_search_split_and_stream_follow_search_seed_not_the_run_seed(tmp_path):
     assert base.search_dataset.indices != other_search.search_dataset.indices
     for a, b in zip(first_batches(base), first_batches(other_run)):
         assert torch.equal(a, b)
+
+
+def test_keep_probability_history_and_its_plot(tmp_path):
+    from peft_designspace.s3pet.plot import plot_trajectory
+
+    model, trainer = _search(tmp_path, "trajectory", max_steps=3)
+    tuner = model.base_model
+    sizes = torch.tensor([c.size for c in tuner.candidates()], dtype=torch.float64)
+    assert [step for step, _ in trainer.p_history] == [0, 1, 2]
+    for _, p in trainer.p_history:  # each entry is the budgeted, deterministic p after that α step
+        assert expected_size(p, sizes) == pytest.approx(tuner.search_budget(), rel=1e-5)
+    torch.testing.assert_close(trainer.p_history[-1][1], tuner.keep_probabilities()[0].detach().float())
+    trainer.derive_structure()
+    assert (tmp_path / "trajectory" / "s3pet_search_trajectory.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match=r"one entry per step and at least one, got 0 entries"):
+        plot_trajectory([], [], [], set(), tmp_path / "empty.png")

@@ -31,6 +31,7 @@ from .s3pet_gradients import alpha_only_gradients, darts_alpha_gradients
 ARCH_FILE = "arch_optimizer.pt"
 STRUCTURE_FILE = "s3pet_structure.json"
 PLOT_FILE = "s3pet_structure.png"
+TRAJECTORY_FILE = "s3pet_search_trajectory.png"
 
 
 def _split(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any]:
@@ -120,6 +121,7 @@ class S3PETSearchTrainer(Trainer):
         self._search_iter = None
         self._arch_done_for_step = -1
         self.search_log: list[dict] = []
+        self.p_history: list[tuple[int, torch.Tensor]] = []  # (step, keep probabilities) after each α step
         self._logged_upto = 0  # `search_log` entries already summarised in Trainer's logs
         self._logged_structure: set[str] | None = None
 
@@ -266,6 +268,8 @@ class S3PETSearchTrainer(Trainer):
         self.arch_scheduler.step()
         last = self._tuner()._s3pet[self._tuner().active_adapters[0]].get("last", {})
         self.search_log.append({"step": self.state.global_step, "alpha_grad_norm": float(norm), **last})
+        p, _, _ = self._tuner().keep_probabilities()
+        self.p_history.append((self.state.global_step, p.detach().float().cpu()))
 
     def train(self, *args: Any, **kwargs: Any):
         # each run checks its checkpointing set-up and logs its structure changes from its own start
@@ -338,7 +342,9 @@ class S3PETSearchTrainer(Trainer):
         """Discretise the search: α from the best checkpoint (by `metric_for_best_model`) when there is one.
 
         The structure is also written to `args.output_dir/s3pet_structure.json`, with a heatmap
-        (`s3pet_structure.png`) of the kept modules and of every candidate's keep probability.
+        (`s3pet_structure.png`) of the kept modules and of every candidate's keep probability, and a heatmap of every
+        candidate's keep probability after each α step of this trainer's runs (`s3pet_search_trajectory.png`, from
+        `p_history`; a resumed run's history starts at the resume).
         """
         tuner = self._tuner()
         alphas = self._best_alphas() if from_best else None
@@ -346,7 +352,7 @@ class S3PETSearchTrainer(Trainer):
         structure["from_checkpoint"] = self.state.best_model_checkpoint if alphas is not None else None
         if save and self.args.should_save:
             from peft_designspace.s3pet import save_structure
-            from peft_designspace.s3pet.plot import plot_structure
+            from peft_designspace.s3pet.plot import plot_structure, plot_trajectory
 
             out = Path(self.args.output_dir)
             save_structure(structure, out / STRUCTURE_FILE)
@@ -354,6 +360,11 @@ class S3PETSearchTrainer(Trainer):
             everything = [{**c.to_dict(), "p": float(v)} for c, v in zip(tuner.candidates(), p.tolist())]
             try:
                 plot_structure(structure, out / PLOT_FILE, everything)
+                if self.p_history:
+                    kept = {f"{m['path']}:{m['type']}" for m in structure["modules"]}
+                    steps, history = zip(*((step, p.tolist()) for step, p in self.p_history))
+                    frame = [c.to_dict() for c in tuner.candidates()]
+                    plot_trajectory(list(history), list(steps), frame, kept, out / TRAJECTORY_FILE)
             except ImportError:  # matplotlib is optional (`pip install peft-designspace[plots]`)
                 pass
         return structure

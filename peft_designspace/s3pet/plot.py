@@ -1,4 +1,5 @@
-"""Heatmaps of S3PET structures: kept modules (layers × candidate kinds) and keep probabilities after search."""
+"""Heatmaps of S3PET structures: kept modules (layers × candidate kinds), keep probabilities after search, and
+every candidate's keep probability over the search steps."""
 
 import os
 import re
@@ -70,11 +71,80 @@ def plot_structure(
     fig.suptitle(
         title or f"S3PET structure: {structure['total']:,} of {structure['budget']:,} parameters", fontsize=10
     )
+    return _save(fig, path, dpi=120)
+
+
+def plot_trajectory(
+    history: list[list[float]],
+    steps: list[int],
+    candidates: list[dict],
+    kept: set[str],
+    path: str | os.PathLike,
+    title: str | None = None,
+) -> Path:
+    """Save a PNG heatmap of every candidate's keep probability over the search steps.
+
+    Rows are the candidates, sorted by their last keep probability (highest on top); kept ones are marked `■` in
+    the row labels. Columns are the α steps in `steps`.
+
+    Args:
+        history (`list[list[float]]`): one list of keep probabilities per recorded step, in candidate order.
+        steps (`list[int]`): the global step of each entry of `history`.
+        candidates (`list[dict]`): the candidates (e.g. `candidate.to_dict()`), in the order of `history`'s entries.
+        kept (`set[str]`): `"path:type"` of the candidates the structure kept.
+        path (`str` or `os.PathLike`): the PNG to write (through a temporary file, then renamed).
+        title (`str`, *optional*): figure title.
+
+    Example:
+
+    ```py
+    >>> steps, history = zip(*((step, p.tolist()) for step, p in trainer.p_history))
+    >>> plot_trajectory(list(history), list(steps), candidates, kept, "trajectory.png")  # doctest: +SKIP
+    ```
+    """
+    if not history or len(history) != len(steps):
+        raise ValueError(
+            f"`history` must hold one entry per step and at least one, got {len(history)} entries for "
+            f"{len(steps)} steps."
+        )
+    if any(len(row) != len(candidates) for row in history):
+        raise ValueError(f"every `history` entry must have one value per candidate ({len(candidates)}).")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = sorted(range(len(candidates)), key=lambda i: -history[-1][i])
+    grid = [[row[i] for row in history] for i in order]
+    labels = []
+    for i in order:
+        c = candidates[i]
+        mark = "■ " if f"{c['path']}:{c['type']}" in kept else ""
+        where = re.sub(r"^.*?\.(\d+)\.", r"layer \1 ", c["path"], count=1)  # `layer 5 attention.self.key`
+        labels.append(f"{mark}{c['type']} @ {where}")
+    top = max(max(row) for row in history)  # the colours span the values reached, not [0, 1]
+    fig, ax = plt.subplots(figsize=(8, 0.12 * len(labels) + 2))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=max(top, 1e-6), interpolation="nearest")
+    ax.set_yticks(range(len(labels)), labels, fontsize=4)
+    ticks = sorted({0, len(steps) - 1, *range(0, len(steps), max(1, len(steps) // 8))})
+    ax.set_xticks(ticks, [steps[t] for t in ticks], fontsize=7)
+    ax.set_xlabel("step")
+    fig.colorbar(image, ax=ax, fraction=0.04, label="keep probability")
+    ax.set_title(title or "S3PET search: keep probability per candidate (■ kept)", fontsize=9)
+    return _save(fig, path, dpi=150)
+
+
+def _save(fig, path: str | os.PathLike, dpi: int) -> Path:
+    """Write `fig` as a PNG at `path` through a temporary file, then rename it (no half-written file); close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
     os.replace(tmp, path)
     return path
