@@ -437,3 +437,9 @@ def test_keep_probability_history_and_its_plot(tmp_path):
     assert (tmp_path / "trajectory" / "s3pet_search_trajectory.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match=r"one entry per step and at least one, got 0 entries"):
         plot_trajectory([], [], [], set(), tmp_path / "empty.png")
+
+
+def test_second_order_search_refuses_activation_checkpointing(tmp_path):
+    # the replay in the backward would see the real weights instead of the virtual step's (torch: CheckpointError)
+    with pytest.raises(ValueError, match=r"`second_order=True` cannot run under activation checkpointing"):
+        _search(tmp_path, "second", max_steps=1, gradient_checkpointing=True)

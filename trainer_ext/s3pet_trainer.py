@@ -247,7 +247,7 @@ class S3PETSearchTrainer(Trainer):
 
     def _arch_step(self, model, train_inputs: dict) -> None:
         if self._logged_structure is None:  # this run's first α step
-            _refuse_reentrant_checkpointing(self.accelerator.unwrap_model(model))
+            _check_checkpointing(self.accelerator.unwrap_model(model), self.second_order)
             self._logged_structure = self._greedy_keys()  # the structure before any α step, for the logs
         # α's passes bypass the DDP wrapper: its reducer expects one `backward()` per forward and α is reduced here
         model = self.accelerator.unwrap_model(model)
@@ -370,28 +370,39 @@ class S3PETSearchTrainer(Trainer):
         return structure
 
 
-def _refuse_reentrant_checkpointing(model: torch.nn.Module) -> None:
-    """Raise if a module of `model` checkpoints its forward with the reentrant `torch.utils.checkpoint`.
+def _check_checkpointing(model: torch.nn.Module, second_order: bool) -> None:
+    """Raise if `model` checkpoints activations in a way the search cannot use.
 
-    Every layer reads its gates from one graph built per forward from α. The reentrant variant replays each layer
-    inside the backward pass and backpropagates the replay on its own, so it would walk that shared graph once per
-    layer (an error), and `torch.autograd.grad` in α sees none of the replayed layers (α's gradient is silently zero).
-    The non-reentrant variant (transformers' default) records the replay in the outer graph and gives exact gradients.
+    Every layer reads its gates from one graph built per forward from α. The reentrant `torch.utils.checkpoint`
+    replays each layer inside the backward pass and backpropagates the replay on its own, so it would walk that shared
+    graph once per layer (an error), and `torch.autograd.grad` in α sees none of the replayed layers (α's gradient is
+    silently zero). The non-reentrant variant (transformers' default) records the replay in the outer graph and gives
+    exact first-order gradients. The second-order step cannot use either: its virtual weights are swapped in by
+    `torch.func.functional_call` for the forward only, so a replay during the backward would see the real weights
+    (torch stops it with a `CheckpointError`).
     """
-    found = []
+    checkpointed, reentrant = [], []
     for path, module in model.named_modules():
         function = getattr(module, "_gradient_checkpointing_func", None)
         if getattr(module, "gradient_checkpointing", False) is True and callable(function):
+            checkpointed.append(path)
             # a `functools.partial(checkpoint, ...)`; torch treats a missing `use_reentrant` as True
             if (getattr(function, "keywords", None) or {}).get("use_reentrant", True) is not False:
-                found.append(path)
-    if found:
+                reentrant.append(path)
+    if checkpointed and second_order:
+        raise ValueError(
+            f"`second_order=True` cannot run under activation checkpointing (used by {checkpointed[0]!r} and "
+            f"{len(checkpointed) - 1} more modules): the virtual step's weights are swapped in for the forward only, "
+            "and the replay in the backward would use the real ones. Turn checkpointing off "
+            "(`TrainingArguments(gradient_checkpointing=False)`) or use the first-order search."
+        )
+    if reentrant:
         raise ValueError(
             f"S3PET search cannot run under reentrant activation checkpointing (`use_reentrant=True`, or no "
-            f"`use_reentrant`, which torch {torch.__version__} treats as True), used by {found[0]!r} and "
-            f"{len(found) - 1} more modules: the gates are shared by every layer, so α's gradient would be lost. Use "
-            "`TrainingArguments(gradient_checkpointing=True, gradient_checkpointing_kwargs={'use_reentrant': False})` "
-            "(transformers' default) or `model.gradient_checkpointing_enable(gradient_checkpointing_kwargs="
+            f"`use_reentrant`, which torch {torch.__version__} treats as True), used by {reentrant[0]!r} and "
+            f"{len(reentrant) - 1} more modules: the gates are shared by every layer, so α's gradient would be lost. "
+            "Use `TrainingArguments(gradient_checkpointing=True, gradient_checkpointing_kwargs={'use_reentrant': "
+            "False})` (transformers' default) or `model.gradient_checkpointing_enable(gradient_checkpointing_kwargs="
             "{'use_reentrant': False})`; `peft.prepare_model_for_kbit_training` takes the same "
             "`gradient_checkpointing_kwargs`."
         )
