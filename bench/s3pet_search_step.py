@@ -108,14 +108,9 @@ def _search_step(model, optimizer, arch_optimizer, alphas, search_batch, second_
 
     The α gradients come from the trainer's own functions (`trainer_ext/s3pet_gradients.py`).
     """
-    import torch
+    from trainer_ext.s3pet_gradients import alpha_only_gradients, darts_alpha_gradients, output_loss
 
-    from trainer_ext.s3pet_gradients import alpha_only_gradients, darts_alpha_gradients
-
-    def loss_fn(inputs: dict, params: dict | None = None):
-        if params is None:
-            return model(**inputs).loss
-        return torch.func.functional_call(model, params, (), inputs).loss
+    loss_fn = output_loss(model)
 
     def step(batch: dict) -> None:
         if second_order:
@@ -264,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     memory = None
     if not args.no_memory and args.device == "cuda":
         memory = cuda_memory(methods, batch)
-        for row in rows:
-            row["peak_rss_mib"], row["step_rss_growth_mib"] = memory[row["method"]]  # CUDA allocator figures
+        for row in rows:  # the CUDA allocator's figures, under the same keys as the RSS ones
+            row["peak_rss_mib"], row["step_rss_growth_mib"] = memory[row["method"]]
+            row["memory_source"] = "cuda_max_memory_allocated"
     elif not args.no_memory:
         for method in methods:
             method.model = method.optimizer = method.step = None

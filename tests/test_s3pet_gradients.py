@@ -8,7 +8,7 @@ from tiny_models import make_inputs, make_model
 
 import peft_designspace.s3pet.model as s3pet_model
 from peft_designspace import S3PETConfig
-from trainer_ext.s3pet_gradients import alpha_only_gradients, darts_alpha_gradients
+from trainer_ext.s3pet_gradients import alpha_only_gradients, darts_alpha_gradients, output_loss
 
 XI = 0.5  # large, so that the second-order term is far above the tolerance
 
@@ -29,11 +29,7 @@ def _setup():
         for a in alphas:
             a.copy_(torch.randn(a.shape, dtype=a.dtype))
 
-    def loss_fn(inputs, params=None):
-        if params is None:
-            return model(**inputs).loss
-        return torch.func.functional_call(model, params, (), inputs).loss
-
+    loss_fn = output_loss(model)
     train, search = make_inputs("bert", "SEQ_CLS", seed=1), make_inputs("bert", "SEQ_CLS", seed=2)
     return model, alphas, loss_fn, train, search
 

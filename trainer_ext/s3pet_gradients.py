@@ -18,6 +18,25 @@ from collections.abc import Callable
 import torch
 
 
+def output_loss(model: torch.nn.Module) -> Callable[[dict, dict | None], torch.Tensor]:
+    """The `loss_fn` `darts_alpha_gradients` takes, for a model that returns `.loss`: `loss_fn(inputs, params=None)`
+    is `model(**inputs).loss`, with the named tensors `params` in place of the model's own when given.
+
+    Example:
+
+    ```py
+    >>> grads = darts_alpha_gradients(model, alphas, output_loss(model), train_batch, search_batch, xi=1e-3)
+    ```
+    """
+
+    def loss_fn(inputs: dict, params: dict | None = None) -> torch.Tensor:
+        if params is None:
+            return model(**inputs).loss
+        return torch.func.functional_call(model, params, (), inputs).loss
+
+    return loss_fn
+
+
 def _zeros_for_none(params: list, grads) -> list[torch.Tensor]:
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
@@ -60,7 +79,8 @@ def darts_alpha_gradients(
         model (`torch.nn.Module`): the search model; its trainable parameters other than `alphas` are the weights w.
         alphas (`list[torch.nn.Parameter]`): the architecture parameters.
         loss_fn (`Callable[[dict, dict | None], torch.Tensor]`): `loss_fn(inputs, params)` is the loss of `model` on
-            `inputs`, with the named tensors `params` in place of the model's own (`None`: the model as it is).
+            `inputs`, with the named tensors `params` in place of the model's own (`None`: the model as it is);
+            `output_loss(model)` for a model that returns `.loss`.
         train_inputs (`dict`), search_inputs (`dict`): a batch of the weight stream and one of the search stream.
         xi (`float`): the virtual step's learning rate (the trainer passes the weights' current learning rate).
 
@@ -70,12 +90,8 @@ def darts_alpha_gradients(
     Example:
 
     ```py
-    >>> def loss_fn(inputs, params=None):
-    ...     if params is None:
-    ...         return model(**inputs).loss
-    ...     return torch.func.functional_call(model, params, (), inputs).loss
     >>> alphas = model.base_model.architecture_parameters()
-    >>> grads = darts_alpha_gradients(model, alphas, loss_fn, train_batch, search_batch, xi=1e-3)
+    >>> grads = darts_alpha_gradients(model, alphas, output_loss(model), train_batch, search_batch, xi=1e-3)
     ```
     """
     alpha_ids = {id(a) for a in alphas}

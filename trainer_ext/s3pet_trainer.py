@@ -246,11 +246,11 @@ class S3PETSearchTrainer(Trainer):
         )
 
     def _arch_step(self, model, train_inputs: dict) -> None:
-        if self._logged_structure is None:  # this run's first α step
-            _check_checkpointing(self.accelerator.unwrap_model(model), self.second_order)
-            self._logged_structure = self._greedy_keys()  # the structure before any α step, for the logs
         # α's passes bypass the DDP wrapper: its reducer expects one `backward()` per forward and α is reduced here
         model = self.accelerator.unwrap_model(model)
+        if self._logged_structure is None:  # this run's first α step
+            _check_checkpointing(model, self.second_order)
+            self._logged_structure = self._greedy_keys()  # the structure before any α step, for the logs
         model.train()
         grads = self._arch_gradients(model, train_inputs)
         _, world = _rank_and_world()
@@ -318,7 +318,7 @@ class S3PETSearchTrainer(Trainer):
 
     def _greedy_keys(self) -> set[str]:
         structure = self._tuner().derive_structure(strategy="greedy")
-        return {f"{m['path']}:{m['type']}" for m in structure["modules"]}
+        return _kept_keys(structure)
 
     # result ---------------------------------------------------------------------------------------------------------
     def _best_alphas(self) -> list[torch.Tensor] | None:
@@ -361,7 +361,7 @@ class S3PETSearchTrainer(Trainer):
             try:
                 plot_structure(structure, out / PLOT_FILE, everything)
                 if self.p_history:
-                    kept = {f"{m['path']}:{m['type']}" for m in structure["modules"]}
+                    kept = _kept_keys(structure)
                     steps, history = zip(*((step, p.tolist()) for step, p in self.p_history))
                     frame = [c.to_dict() for c in tuner.candidates()]
                     plot_trajectory(list(history), list(steps), frame, kept, out / TRAJECTORY_FILE)
@@ -406,6 +406,12 @@ def _check_checkpointing(model: torch.nn.Module, second_order: bool) -> None:
             "{'use_reentrant': False})`; `peft.prepare_model_for_kbit_training` takes the same "
             "`gradient_checkpointing_kwargs`."
         )
+
+
+def _kept_keys(structure: dict) -> set[str]:
+    from peft_designspace.s3pet.space import candidate_key
+
+    return {candidate_key(m["path"], m["type"]) for m in structure["modules"]}
 
 
 def _rank_and_world() -> tuple[int, int]:

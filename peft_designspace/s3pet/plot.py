@@ -5,7 +5,7 @@ import os
 import re
 from pathlib import Path
 
-from .space import TYPES
+from .space import TYPES, candidate_key
 
 
 def _row_name(module: dict) -> str:
@@ -119,9 +119,8 @@ def plot_trajectory(
     labels = []
     for i in order:
         c = candidates[i]
-        mark = "■ " if f"{c['path']}:{c['type']}" in kept else ""
-        where = re.sub(r"^.*?\.(\d+)\.", r"layer \1 ", c["path"], count=1)  # `layer 5 attention.self.key`
-        labels.append(f"{mark}{c['type']} @ {where}")
+        mark = "■ " if candidate_key(c["path"], c["type"]) in kept else ""
+        labels.append(f"{mark}{_row_name(c)}, layer {c['layer']}")
     top = max(max(row) for row in history)  # the colours span the values reached, not [0, 1]
     fig, ax = plt.subplots(figsize=(8, 0.12 * len(labels) + 2))
     image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=max(top, 1e-6), interpolation="nearest")

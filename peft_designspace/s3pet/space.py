@@ -40,6 +40,11 @@ SPACES = {
 }
 
 
+def candidate_key(path: str, kind: str) -> str:
+    """`"path:type"`, the name of one candidate (or of one module of a structure) across the package."""
+    return f"{path}:{kind}"
+
+
 @dataclass
 class Candidate:
     """One candidate delta module.
@@ -62,7 +67,7 @@ class Candidate:
 
     @property
     def key(self) -> str:
-        return f"{self.path}:{self.type}"
+        return candidate_key(self.path, self.type)
 
     def to_dict(self) -> dict:
         return asdict(self)
