@@ -13,6 +13,7 @@ the trainer's own arithmetic.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -96,11 +97,16 @@ def darts_alpha_gradients(
     """
     alpha_ids = {id(a) for a in alphas}
     weights = {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in alpha_ids}
-    g_w = torch.autograd.grad(loss_fn(train_inputs, None), list(weights.values()), allow_unused=True)
+    same_draws = _same_random_draws(alphas)
+    with same_draws():
+        train_loss = loss_fn(train_inputs, None)
+    g_w = torch.autograd.grad(train_loss, list(weights.values()), allow_unused=True)
     virtual = {
         n: (p - xi * (g if g is not None else 0)).detach().requires_grad_() for (n, p), g in zip(weights.items(), g_w)
     }
-    grads = torch.autograd.grad(loss_fn(search_inputs, virtual), alphas + list(virtual.values()), allow_unused=True)
+    with same_draws():
+        search_loss = loss_fn(search_inputs, virtual)
+    grads = torch.autograd.grad(search_loss, alphas + list(virtual.values()), allow_unused=True)
     d_alpha = _zeros_for_none(alphas, grads[: len(alphas)])
     d_virtual = _zeros_for_none(list(virtual.values()), grads[len(alphas) :])
     norm = float(torch.sqrt(sum((d.double() ** 2).sum() for d in d_virtual))) if d_virtual else 0.0
@@ -110,7 +116,20 @@ def darts_alpha_gradients(
     terms = []
     for sign in (1.0, -1.0):
         shifted = {n: (p + sign * eps * d).detach() for (n, p), d in zip(weights.items(), d_virtual)}
-        terms.append(
-            _zeros_for_none(alphas, torch.autograd.grad(loss_fn(train_inputs, shifted), alphas, allow_unused=True))
-        )
+        with same_draws() if sign > 0 else contextlib.nullcontext():  # the last pass advances the generators
+            loss = loss_fn(train_inputs, shifted)
+        terms.append(_zeros_for_none(alphas, torch.autograd.grad(loss, alphas, allow_unused=True)))
     return [da - xi * (gp - gm) / (2 * eps) for da, gp, gm in zip(d_alpha, *terms)]
+
+
+def _same_random_draws(alphas: list) -> Callable[[], contextlib.AbstractContextManager]:
+    """A context that restores torch's generators (CPU, and the CUDA device of α) when it exits.
+
+    Every pass of the second-order step but the last runs inside it, so all four start from the same generator
+    state: they share the gate noise `u` (drawn first, on the CPU, by the tuner's forward pre-hook), as the paper's
+    step does, and passes over the same batch also share their dropout masks, so the central difference
+    `∇α L_train(w⁺) − ∇α L_train(w⁻)` measures the weight shift and not two different draws. The generators then
+    advance as for one pass.
+    """
+    devices = sorted({a.device.index or 0 for a in alphas if a.device.type == "cuda"})
+    return lambda: torch.random.fork_rng(devices=devices)

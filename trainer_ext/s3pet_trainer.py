@@ -59,7 +59,8 @@ class S3PETSearchTrainer(Trainer):
         search_seed (`int`, *optional*, defaults to `1234`): seed of that split and of the search stream's order,
             independent of the run's seed.
         arch_learning_rate (`float`, *optional*, defaults to `0.1`): α learning rate.
-        arch_max_grad_norm (`float`, *optional*, defaults to `2.0`): α gradient-norm clipping.
+        arch_max_grad_norm (`float`, *optional*, defaults to `2.0`): α gradient-norm clipping; `None` or a value
+            `<= 0` turns it off (as `max_grad_norm` does for the weights).
         second_order (`bool`, *optional*, defaults to `False`): the DARTS second-order approximation.
         structure_strategy (`str`, *optional*, defaults to `"greedy"`): `"greedy"` or `"knapsack"`.
         *args, **kwargs: passed to `transformers.Trainer`.
@@ -103,6 +104,12 @@ class S3PETSearchTrainer(Trainer):
         if search_dataset is None:
             if self.train_dataset is None:
                 raise ValueError("S3PETSearchTrainer needs a `train_dataset` (or `search_dataset`).")
+            if not hasattr(self.train_dataset, "__len__"):
+                raise ValueError(
+                    f"`train_dataset` ({type(self.train_dataset).__name__}) has no length, so `search_fraction` of "
+                    "it cannot be split off for the search stream; pass a sized dataset, or the search rows as "
+                    "`search_dataset`."
+                )
             self.train_dataset, search_dataset = _split(self.train_dataset, search_fraction, search_seed)
         if not hasattr(search_dataset, "__len__") or len(search_dataset) == 0:
             raise ValueError(
@@ -153,7 +160,9 @@ class S3PETSearchTrainer(Trainer):
         finally:
             for a in alphas:
                 a.requires_grad_(True)
-        if self.arch_optimizer is None:
+        groups = self.arch_optimizer.param_groups if self.arch_optimizer is not None else []
+        # a new α optimizer on the first run, and after `model_init` built a new model (new α)
+        if [id(p) for group in groups for p in group["params"]] != [id(a) for a in alphas]:
             # the same AdamW kernel as the weights': Trainer's default `optim="adamw_torch_fused"` fuses it
             fused = self.args.optim == "adamw_torch_fused" and all(a.device.type in ("cpu", "cuda") for a in alphas)
             self.arch_optimizer = torch.optim.AdamW(
@@ -230,10 +239,13 @@ class S3PETSearchTrainer(Trainer):
         return self._prepare_inputs(next(self._search_iter))
 
     def _loss(self, model, inputs: dict, params: dict | None = None) -> torch.Tensor:
+        """`compute_loss` on a copy of `inputs` (it pops `labels` under label smoothing or a `compute_loss_func`),
+        with the named tensors `params` in place of the model's own when given, so every pass of the second-order
+        step computes the same loss as the weight step."""
         if params is None:
-            return self.compute_loss(model, inputs)
-        outputs = torch.func.functional_call(model, params, (), dict(inputs))
-        return outputs["loss"] if isinstance(outputs, dict) else outputs[0]
+            return self.compute_loss(model, dict(inputs))
+        wrapper = _LossOf(self, model)
+        return torch.func.functional_call(wrapper, {f"model.{n}": p for n, p in params.items()}, (inputs,))
 
     def _arch_gradients(self, model, train_inputs: dict) -> list[torch.Tensor]:
         alphas = self._alphas()
@@ -260,7 +272,8 @@ class S3PETSearchTrainer(Trainer):
             flat.div_(world)
             grads = [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads)]
         norm = torch.sqrt(sum((g.detach() ** 2).sum() for g in grads))
-        scale = min(1.0, self.arch_max_grad_norm / (float(norm) + 1e-6)) if self.arch_max_grad_norm else 1.0
+        clip = self.arch_max_grad_norm
+        scale = min(1.0, clip / (float(norm) + 1e-6)) if clip is not None and clip > 0 else 1.0
         for a, g in zip(self._alphas(), grads):
             a.grad = g.detach() * scale
         self.arch_optimizer.step()
@@ -272,9 +285,14 @@ class S3PETSearchTrainer(Trainer):
         self.p_history.append((self.state.global_step, p.detach().float().cpu()))
 
     def train(self, *args: Any, **kwargs: Any):
-        # each run checks its checkpointing set-up and logs its structure changes from its own start
+        # each run checks its checkpointing set-up and logs its structure changes from its own start; like Trainer's
+        # own scheduler, α's is rebuilt for the run's length (its optimizer is kept unless the model changed), and
+        # the search stream restarts where this run (or the checkpoint it resumes) stands
         self._logged_structure = None
         self._logged_upto = len(self.search_log)
+        self.arch_scheduler = None
+        self._search_iter = None
+        self._arch_done_for_step = -1
         return super().train(*args, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -368,6 +386,19 @@ class S3PETSearchTrainer(Trainer):
             except ImportError:  # matplotlib is optional (`pip install peft-designspace[plots]`)
                 pass
         return structure
+
+
+class _LossOf(torch.nn.Module):
+    """`trainer.compute_loss(model, inputs)` as a module's forward, for `torch.func.functional_call` (which swaps the
+    parameters of the module it calls, here `model`'s under the prefix `model.`)."""
+
+    def __init__(self, trainer: Trainer, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self._trainer = trainer
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        return self._trainer.compute_loss(self.model, dict(inputs))
 
 
 def _check_checkpointing(model: torch.nn.Module, second_order: bool) -> None:
