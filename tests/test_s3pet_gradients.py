@@ -69,3 +69,14 @@ def test_second_order_gradient_is_the_unrolled_loss_derivative(plain_gates):
     assert float((first - fd).abs().max()) > 0.05 * scale, "the second-order term is too small to be tested"
     for n, p in weights.items():  # the virtual and shifted weights never touch the model's own
         torch.testing.assert_close(p.detach(), before[n], atol=0, rtol=0)
+
+
+def test_loss_scale_is_divided_out_of_every_pass():
+    model, alphas, loss_fn, train, search = _setup()
+    for scale in (1024.0, 1 / 64):
+        first = alpha_only_gradients(model, alphas, lambda: loss_fn(search), scale)
+        torch.testing.assert_close(_flat(first), _flat(alpha_only_gradients(model, alphas, lambda: loss_fn(search))))
+        second = darts_alpha_gradients(model, alphas, loss_fn, train, search, XI, loss_scale=scale)
+        torch.testing.assert_close(
+            _flat(second), _flat(darts_alpha_gradients(model, alphas, loss_fn, train, search, XI))
+        )

@@ -152,3 +152,67 @@ def test_second_order_passes_share_gate_noise_and_dropout(monkeypatch):
         assert all(torch.equal(a, b) for a, b in zip(train_passes[0], other))
     darts_alpha_gradients(model, alphas, output_loss(model), train, search, 1e-2)
     assert not torch.equal(drawn[4], drawn[0]), "the next step must draw new noise"
+
+
+def test_alpha_gradients_under_fp16_autocast_need_the_loss_scale(monkeypatch):
+    from trainer_ext.s3pet_gradients import alpha_only_gradients
+
+    monkeypatch.setattr(s3pet_model, "sample_gates", lambda p: p)  # deterministic gates, to compare runs
+    torch.manual_seed(0)
+    config = S3PETConfig(budget=3000, task_type="SEQ_CLS", init_weights=False)
+    model = get_peft_model(make_model("bert", "SEQ_CLS", hidden=64, layers=4), config)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    alphas = model.base_model.architecture_parameters()
+    batch = {**make_inputs("bert", "SEQ_CLS", batch=8, length=60), "labels": torch.zeros(8, dtype=torch.long)}
+    with torch.no_grad():  # a small loss, as late in a search: gradients small enough to underflow in fp16
+        model.base_model.model.classifier.modules_to_save["default"].bias.copy_(torch.tensor([4.0, -4.0]))
+
+    def grads(scale):
+        return torch.cat(
+            [g.reshape(-1) for g in alpha_only_gradients(model, alphas, lambda: model(**batch).loss, scale)]
+        )
+
+    reference = grads(1.0)
+    with torch.autocast("cpu", dtype=torch.float16):
+        plain, scaled = grads(1.0), grads(2.0**16)
+
+    def error(g):
+        return float((g - reference).norm() / reference.norm())
+
+    assert error(scaled) < 0.02 < error(plain), (error(scaled), error(plain))
+
+
+class _Scaler:
+    def __init__(self, scale):
+        self.scale = scale
+
+    def get_scale(self):
+        return self.scale
+
+    def is_enabled(self):
+        return True
+
+
+def test_the_trainer_scales_alpha_losses_and_skips_overflowed_steps(tmp_path, monkeypatch):
+    import trainer_ext.s3pet_trainer as trainer_module
+
+    scales, original = [], trainer_module.alpha_only_gradients
+
+    def overflowing(model, alphas, loss_fn, loss_scale=1.0):
+        scales.append(loss_scale)
+        return [torch.full_like(g, float("inf")) for g in original(model, alphas, loss_fn, loss_scale)]
+
+    model = _model(init_weights=False)
+    trainer = _trainer(tmp_path, model, max_steps=2, logging_steps=2)
+    monkeypatch.setattr(trainer_module, "alpha_only_gradients", overflowing)
+    monkeypatch.setattr(trainer, "_loss_scale", lambda: _Scaler(1024.0).get_scale())
+    before = [a.detach().clone() for a in model.base_model.architecture_parameters()]
+    trainer.train()
+    assert scales == [1024.0, 1024.0]
+    for a, b in zip(model.base_model.architecture_parameters(), before):
+        assert torch.equal(a.detach(), b), "an overflowed α gradient must not update α"
+    assert any(e.get("alpha_steps_skipped") == 2 for e in trainer.state.log_history)
+    trainer.accelerator.scaler = _Scaler(8.0)
+    assert S3PETSearchTrainer._loss_scale(trainer) == 8.0

@@ -14,6 +14,7 @@ the trainer's own arithmetic.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 
 import torch
@@ -42,11 +43,16 @@ def _zeros_for_none(params: list, grads) -> list[torch.Tensor]:
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
-def alpha_only_gradients(model: torch.nn.Module, alphas: list, loss_fn: Callable[[], torch.Tensor]) -> list:
+def alpha_only_gradients(
+    model: torch.nn.Module, alphas: list, loss_fn: Callable[[], torch.Tensor], loss_scale: float = 1.0
+) -> list:
     """The first-order α pass: the gradient of `loss_fn()` in `alphas` only (zeros where `alphas` are unused).
 
     Every other trainable parameter of `model` is frozen meanwhile, so autograd records no graph for the deltas and
-    the head, and the S3PET layers compute only the gates' gradients; they are unfrozen afterwards.
+    the head, and the S3PET layers compute only the gates' gradients; they are unfrozen afterwards. With
+    `loss_scale`, the backward pass runs on `loss_scale · loss` and the gradients are divided by it (fp16 loss
+    scaling: small gradients do not underflow in half precision); they may then be non-finite, for the caller to
+    check.
 
     Example:
 
@@ -59,11 +65,11 @@ def alpha_only_gradients(model: torch.nn.Module, alphas: list, loss_fn: Callable
     for p in others:
         p.requires_grad_(False)
     try:
-        grads = torch.autograd.grad(loss_fn(), alphas, allow_unused=True)
+        grads = torch.autograd.grad(loss_fn() * loss_scale, alphas, allow_unused=True)
     finally:
         for p in others:
             p.requires_grad_(True)
-    return _zeros_for_none(alphas, grads)
+    return [g / loss_scale for g in _zeros_for_none(alphas, grads)]
 
 
 def darts_alpha_gradients(
@@ -73,6 +79,7 @@ def darts_alpha_gradients(
     train_inputs: dict,
     search_inputs: dict,
     xi: float,
+    loss_scale: float = 1.0,
 ) -> list[torch.Tensor]:
     """The DARTS second-order α gradient (see the module docstring), in four passes and without a model copy.
 
@@ -84,6 +91,9 @@ def darts_alpha_gradients(
             `output_loss(model)` for a model that returns `.loss`.
         train_inputs (`dict`), search_inputs (`dict`): a batch of the weight stream and one of the search stream.
         xi (`float`): the virtual step's learning rate (the trainer passes the weights' current learning rate).
+        loss_scale (`float`, *optional*, defaults to 1.0): every backward pass runs on `loss_scale · loss` and its
+            gradients are divided by it (fp16 loss scaling); the result may then be non-finite, for the caller to
+            check.
 
     Returns:
         `list[torch.Tensor]`: one gradient per α (zeros where an α is unused).
@@ -99,17 +109,25 @@ def darts_alpha_gradients(
     weights = {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in alpha_ids}
     same_draws = _same_random_draws(alphas)
     with same_draws():
-        train_loss = loss_fn(train_inputs, None)
-    g_w = torch.autograd.grad(train_loss, list(weights.values()), allow_unused=True)
+        train_loss = loss_fn(train_inputs, None) * loss_scale
+    g_w = [
+        g / loss_scale if g is not None else None
+        for g in torch.autograd.grad(train_loss, list(weights.values()), allow_unused=True)
+    ]
     virtual = {
         n: (p - xi * (g if g is not None else 0)).detach().requires_grad_() for (n, p), g in zip(weights.items(), g_w)
     }
     with same_draws():
-        search_loss = loss_fn(search_inputs, virtual)
-    grads = torch.autograd.grad(search_loss, alphas + list(virtual.values()), allow_unused=True)
+        search_loss = loss_fn(search_inputs, virtual) * loss_scale
+    grads = [
+        g / loss_scale if g is not None else None
+        for g in torch.autograd.grad(search_loss, alphas + list(virtual.values()), allow_unused=True)
+    ]
     d_alpha = _zeros_for_none(alphas, grads[: len(alphas)])
     d_virtual = _zeros_for_none(list(virtual.values()), grads[len(alphas) :])
     norm = float(torch.sqrt(sum((d.double() ** 2).sum() for d in d_virtual))) if d_virtual else 0.0
+    if not math.isfinite(norm):  # an fp16 overflow: the caller skips this α step
+        return [torch.full_like(a, math.nan) for a in alphas]
     if norm == 0.0:  # the search loss does not depend on the weights: no second-order term
         return d_alpha
     eps = 0.01 / norm
@@ -117,8 +135,9 @@ def darts_alpha_gradients(
     for sign in (1.0, -1.0):
         shifted = {n: (p + sign * eps * d).detach() for (n, p), d in zip(weights.items(), d_virtual)}
         with same_draws() if sign > 0 else contextlib.nullcontext():  # the last pass advances the generators
-            loss = loss_fn(train_inputs, shifted)
-        terms.append(_zeros_for_none(alphas, torch.autograd.grad(loss, alphas, allow_unused=True)))
+            loss = loss_fn(train_inputs, shifted) * loss_scale
+        grads = torch.autograd.grad(loss, alphas, allow_unused=True)
+        terms.append([g / loss_scale for g in _zeros_for_none(alphas, grads)])
     return [da - xi * (gp - gm) / (2 * eps) for da, gp, gm in zip(d_alpha, *terms)]
 
 

@@ -247,15 +247,26 @@ class S3PETSearchTrainer(Trainer):
         wrapper = _LossOf(self, model)
         return torch.func.functional_call(wrapper, {f"model.{n}": p for n, p in params.items()}, (inputs,))
 
-    def _arch_gradients(self, model, train_inputs: dict) -> list[torch.Tensor]:
+    def _arch_gradients(self, model, train_inputs: dict, loss_scale: float = 1.0) -> list[torch.Tensor]:
         alphas = self._alphas()
         search_inputs = self._next_search_inputs()
         if not self.second_order:
-            return alpha_only_gradients(model, alphas, lambda: self._loss(model, search_inputs))
+            return alpha_only_gradients(model, alphas, lambda: self._loss(model, search_inputs), loss_scale)
         xi = self.lr_scheduler.get_last_lr()[0] if self.lr_scheduler is not None else self.args.learning_rate
         return darts_alpha_gradients(
-            model, alphas, lambda inputs, params: self._loss(model, inputs, params), train_inputs, search_inputs, xi
+            model,
+            alphas,
+            lambda inputs, params: self._loss(model, inputs, params),
+            train_inputs,
+            search_inputs,
+            xi,
+            loss_scale,
         )
+
+    def _loss_scale(self) -> float:
+        """The weights' fp16 loss scale (accelerate's `GradScaler`), which α's passes use too; 1 without one."""
+        scaler = getattr(self.accelerator, "scaler", None)
+        return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
 
     def _arch_step(self, model, train_inputs: dict) -> None:
         # α's passes bypass the DDP wrapper: its reducer expects one `backward()` per forward and α is reduced here
@@ -264,7 +275,7 @@ class S3PETSearchTrainer(Trainer):
             _check_checkpointing(model, self.second_order)
             self._logged_structure = self._greedy_keys()  # the structure before any α step, for the logs
         model.train()
-        grads = self._arch_gradients(model, train_inputs)
+        grads = self._arch_gradients(model, train_inputs, self._loss_scale())
         _, world = _rank_and_world()
         if world > 1:  # `torch.autograd.grad` bypasses DDP's hooks: average α's gradients by hand, in one message
             flat = torch.cat([g.reshape(-1) for g in grads])
@@ -272,6 +283,9 @@ class S3PETSearchTrainer(Trainer):
             flat.div_(world)
             grads = [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads)]
         norm = torch.sqrt(sum((g.detach() ** 2).sum() for g in grads))
+        if not torch.isfinite(norm):  # an fp16 overflow at this loss scale: skip α's step, as GradScaler skips w's
+            self.search_log.append({"step": self.state.global_step, "alpha_step_skipped": True})
+            return
         clip = self.arch_max_grad_norm
         scale = min(1.0, clip / (float(norm) + 1e-6)) if clip is not None and clip > 0 else 1.0
         for a, g in zip(self._alphas(), grads):
@@ -317,15 +331,22 @@ class S3PETSearchTrainer(Trainer):
         - `s3pet_shift`, `s3pet_shift_residual`: the last budget shift `b` and the largest relative residual of its
           solve since the last log;
         - `s3pet_structure_changes`: how many candidates entered or left the structure (greedy rule, live α) since the
-          last log; it falls to 0 as the search settles.
+          last log; it falls to 0 as the search settles;
+        - `alpha_steps_skipped`: α steps skipped since the last log because their gradient overflowed at the fp16
+          loss scale (only logged when there were some).
         """
         recent = self.search_log[self._logged_upto :]
         if "loss" in logs and recent:
             self._logged_upto = len(self.search_log)
-            logs["alpha_grad_norm"] = sum(e["alpha_grad_norm"] for e in recent) / len(recent)
+            skipped = [e for e in recent if e.get("alpha_step_skipped")]
+            recent = [e for e in recent if not e.get("alpha_step_skipped")]
+            if skipped:
+                logs["alpha_steps_skipped"] = len(skipped)
+            if recent:
+                logs["alpha_grad_norm"] = sum(e["alpha_grad_norm"] for e in recent) / len(recent)
             if self.arch_scheduler is not None:
                 logs["alpha_learning_rate"] = self.arch_scheduler.get_last_lr()[0]
-            if "shift" in recent[-1]:
+            if recent and "shift" in recent[-1]:
                 logs["s3pet_shift"] = recent[-1]["shift"]
                 logs["s3pet_shift_residual"] = max(e.get("residual", 0.0) for e in recent)
             kept = self._greedy_keys()
