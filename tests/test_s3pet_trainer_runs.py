@@ -216,3 +216,36 @@ def test_the_trainer_scales_alpha_losses_and_skips_overflowed_steps(tmp_path, mo
     assert any(e.get("alpha_steps_skipped") == 2 for e in trainer.state.log_history)
     trainer.accelerator.scaler = _Scaler(8.0)
     assert S3PETSearchTrainer._loss_scale(trainer) == 8.0
+
+
+def test_with_gradient_accumulation_alpha_averages_as_many_search_batches(tmp_path, monkeypatch):
+    import trainer_ext.s3pet_trainer as trainer_module
+
+    calls, original = [], trainer_module.alpha_only_gradients
+
+    def recording(model, alphas, loss_fn, loss_scale=1.0):
+        grads = original(model, alphas, loss_fn, loss_scale)
+        calls.append(torch.cat([g.reshape(-1) for g in grads]).clone())
+        return grads
+
+    given = []
+    trainer = _trainer(tmp_path / "a", _model(init_weights=False), max_steps=2, gradient_accumulation_steps=2)
+    monkeypatch.setattr(trainer_module, "alpha_only_gradients", recording)
+    arch_gradients = trainer._arch_gradients
+    monkeypatch.setattr(trainer, "_arch_gradients", _recording(arch_gradients, given))
+    trainer.train()
+    assert len(calls) == 4 and len(given) == 2  # two search batches per α step
+    torch.testing.assert_close(given[0], (calls[0] + calls[1]) / 2)
+    assert not torch.equal(calls[0], calls[1])
+
+
+def test_resume_with_gradient_accumulation_continues_the_search_stream(tmp_path):
+    def run(name, resume=None):
+        model = _model(init_weights=False)
+        trainer = _trainer(tmp_path / name, model, max_steps=4, save_steps=2, gradient_accumulation_steps=2)
+        trainer.train(resume_from_checkpoint=resume)
+        return torch.cat([a.detach().reshape(-1) for a in model.base_model.architecture_parameters()])
+
+    whole = run("whole")
+    resumed = run("whole", resume=str(tmp_path / "whole" / "checkpoint-2"))
+    torch.testing.assert_close(resumed, whole, atol=1e-6, rtol=0)

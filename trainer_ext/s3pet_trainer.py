@@ -17,6 +17,7 @@ set `TrainingArguments(max_grad_norm=2.0, lr_scheduler_type="linear", warmup_ste
 
 from __future__ import annotations
 
+import functools
 import os
 from itertools import islice
 from pathlib import Path
@@ -223,7 +224,8 @@ class S3PETSearchTrainer(Trainer):
         per_pass = size // batch_size if size > batch_size else 1  # a last short batch is dropped
 
         def index_batches():
-            epoch, offset = divmod(self.state.global_step * world, per_pass)  # resuming: skip what was consumed
+            consumed = self.state.global_step * world * self._search_batches_per_step()  # a resumed run skips them
+            epoch, offset = divmod(consumed, per_pass)
             while True:
                 order = torch.randperm(size, generator=torch.Generator().manual_seed(self.search_seed + epoch))
                 for b in range(offset, per_pass):
@@ -247,11 +249,23 @@ class S3PETSearchTrainer(Trainer):
         wrapper = _LossOf(self, model)
         return torch.func.functional_call(wrapper, {f"model.{n}": p for n, p in params.items()}, (inputs,))
 
+    def _search_batches_per_step(self) -> int:
+        """Search batches per α step (per rank): as many as the weight step's micro-batches in first order, so both
+        streams see the same number of rows per step; one in second order, whose unrolled step is defined on the
+        one training batch at hand."""
+        return 1 if self.second_order else max(1, self.args.gradient_accumulation_steps)
+
     def _arch_gradients(self, model, train_inputs: dict, loss_scale: float = 1.0) -> list[torch.Tensor]:
         alphas = self._alphas()
+        if not self.second_order:  # the mean over the step's search batches, one pass each
+            count, total = self._search_batches_per_step(), None
+            for _ in range(count):
+                search_inputs = self._next_search_inputs()
+                loss_fn = functools.partial(self._loss, model, search_inputs)
+                grads = alpha_only_gradients(model, alphas, loss_fn, loss_scale)
+                total = grads if total is None else [t + g for t, g in zip(total, grads)]
+            return [t / count for t in total]
         search_inputs = self._next_search_inputs()
-        if not self.second_order:
-            return alpha_only_gradients(model, alphas, lambda: self._loss(model, search_inputs), loss_scale)
         xi = self.lr_scheduler.get_last_lr()[0] if self.lr_scheduler is not None else self.args.learning_rate
         return darts_alpha_gradients(
             model,
