@@ -14,15 +14,17 @@ class LinearDeltaMixin:
     """For `BaseTunerLayer` wrappers of `nn.Linear`, GPT-2 `Conv1D` and bitsandbytes layers with LoRA and bias deltas.
 
     Merging goes through PEFT's quantization backend (`get_base_weight` / `set_base_weight`), so it dequantizes, adds
-    and requantizes bitsandbytes weights; a bias delta on a layer without a bias creates one, removed again on unmerge.
-    Subclasses name their containers in `lora_container` and `bias_container` and define `_check_mergeable(names)`.
+    and requantizes bitsandbytes weights. A bias delta on a layer without a bias is never merged: creating a bias would
+    give the merged model a parameter its config does not declare (dropped on save and reload), so it stays a separate
+    addition in the forward (`_bias_delta_names`) and counts as unmergeable (`_unmergeable_biases`), like a bias delta
+    on a bias-free norm. Subclasses name their containers in `lora_container` and `bias_container` and define
+    `_check_mergeable(names)`.
     """
 
     lora_container: str
     bias_container: str
 
     def _init_linear(self, base_layer: nn.Module) -> None:
-        self._created_bias: dict[str, bool] = {}
         self.quantization_backend = resolve_quantization_backend(base_layer)
         self.fan_in_fan_out = type(base_layer).__name__ == "Conv1D"  # GPT-2 stores (in, out)
         self.in_features, self.out_features = linear_features(base_layer)
@@ -42,16 +44,23 @@ class LinearDeltaMixin:
                 )
             weight = self.get_base_weight()
             self.set_base_weight(weight + sign * self._stored_delta(lora).to(weight.device, weight.dtype))
-        if bias is not None:
-            delta = bias.detach()
-            if base.bias is None:
-                dtype = base.weight.dtype if base.weight.dtype.is_floating_point else torch.float32
-                base.bias = nn.Parameter(delta.clone().to(dtype), requires_grad=False)
-                self._created_bias[name] = True
-            elif sign < 0 and self._created_bias.pop(name, False):
-                base.bias = None
-            else:
-                base.bias.data = base.bias.data + sign * delta.to(base.bias.dtype)
+        if bias is not None and self._base_has_bias():  # else the forward keeps adding it
+            base.bias.data = base.bias.data + sign * bias.detach().to(base.bias.dtype)
+
+    def _base_has_bias(self) -> bool:
+        return getattr(self.get_base_layer(), "bias", None) is not None
+
+    def _bias_delta_names(self) -> list[str]:
+        """The active adapters whose bias delta the forward adds: unmerged ones, and on a bias-free base all."""
+        biases = getattr(self, self.bias_container)
+        in_base = self.merged_adapters if self._base_has_bias() else []
+        return [n for n in self.active_adapters if n in biases and n not in in_base]
+
+    def _unmergeable_biases(self, adapter_names: list[str]) -> list[str]:
+        """The bias deltas of `adapter_names` that cannot be merged: all of them when the base layer has no bias."""
+        if self._base_has_bias():
+            return []
+        return [f"bias[{n}] (the layer has no bias)" for n in adapter_names if n in getattr(self, self.bias_container)]
 
     def _part(self, container: str, name: str):
         parts = getattr(self, container)

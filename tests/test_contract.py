@@ -76,6 +76,10 @@ def test_merge_and_unload_exact_for_lora_and_bias(model_id):
     torch.testing.assert_close(common.outputs(model, inputs), expected, atol=1e-5, rtol=0)
     model.unmerge_adapter()
     torch.testing.assert_close(common.outputs(model, inputs), expected, atol=1e-5, rtol=0)
+    if model_id in ("llama", "qwen2", "t5"):  # bias-free linears: a bias delta cannot be merged (no bias to add to)
+        with pytest.raises(ValueError, match=r"the layer has no bias"):
+            model.merge_and_unload()
+        return
     merged = model.merge_and_unload()
     assert not any("designspace" in n for n, _ in merged.named_parameters())
     assert type(merged).__name__ == type(make_model(model_id, task)).__name__
@@ -102,6 +106,8 @@ def test_merge_refuses_adapter_and_prefix_parts_unless_partial():
         for attr in ("designspace_adapter", "designspace_prefix_kv"):
             if hasattr(module, attr):
                 getattr(module, attr).clear()
+        if hasattr(module, "designspace_bias") and getattr(module.get_base_layer(), "bias", None) is None:
+            module.designspace_bias.clear()  # and bias deltas on bias-free layers, which cannot be merged either
     reference = common.outputs(lora_bias_only, inputs)
     with pytest.warns(UserWarning, match="non-mergeable"):
         merged = model.merge_and_unload(partial=True)

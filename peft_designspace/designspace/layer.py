@@ -10,7 +10,8 @@ attention(q, [P_k; k], [P_v; v])                                    designspace.
 
 One wrapper per targeted linear holds every part planned for it, so a projection with LoRA, BitFit and an adapter is
 wrapped once. LoRA and bias deltas are linear and merge into the base weights (through PEFT's quantization backend
-on bitsandbytes layers); adapters and prefixes are not and stay active after a merge.
+on bitsandbytes layers); adapters and prefixes are not and stay active after a merge, and so do bias deltas on a
+layer without a bias (merging one would create a bias the model's config does not declare).
 """
 
 import torch
@@ -94,7 +95,8 @@ class Linear(nn.Module, LinearDeltaMixin, DesignSpaceLayer):
 
     # merging ---------------------------------------------------------------------------------------------------
     def unmergeable_parts(self, adapter_names: list[str]) -> list[str]:
-        return [f"adapter[{n}]" for n in adapter_names if n in self.designspace_adapter]
+        adapters = [f"adapter[{n}]" for n in adapter_names if n in self.designspace_adapter]
+        return adapters + self._unmergeable_biases(adapter_names)
 
     # forward ---------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -105,13 +107,13 @@ class Linear(nn.Module, LinearDeltaMixin, DesignSpaceLayer):
         result = self._base_output(x, *args, **kwargs)
         out_dtype = result.dtype
         sequential = []
+        bias_names = self._bias_delta_names()  # a bias delta on a bias-free base stays here when merged
         for name in self.active_adapters:
-            if name not in self.merged_adapters:
-                if name in self.designspace_lora:
-                    lora = self.designspace_lora[name]
-                    result = result + lora(self._cast_input_dtype(x, lora.A.weight.dtype)).to(out_dtype)
-                if name in self.designspace_bias:
-                    result = result + self.designspace_bias[name].to(out_dtype)
+            if name not in self.merged_adapters and name in self.designspace_lora:
+                lora = self.designspace_lora[name]
+                result = result + lora(self._cast_input_dtype(x, lora.A.weight.dtype)).to(out_dtype)
+            if name in bias_names:
+                result = result + self.designspace_bias[name].to(out_dtype)
             if name in self.designspace_adapter:
                 if self.designspace_adapter_mode[name] == "parallel":
                     adapter = self.designspace_adapter[name]

@@ -51,6 +51,21 @@ class S3PETLayer(BaseTunerLayer):
         if searching:
             self.s3pet_alpha[adapter_name] = nn.Parameter(torch.zeros(len(self.part_types[adapter_name])))
 
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Delete an adapter's parts, α, part order and gates (so the name can be added again with other parts)."""
+        super().delete_adapter(adapter_name)
+        self.part_types.pop(adapter_name, None)
+        self.gates.pop(adapter_name, None)
+
+    def __getstate__(self) -> dict:
+        # The gates belong to one forward and carry its autograd graph, which cannot be copied (`copy.deepcopy`
+        # refuses non-leaf tensors). They are kept after the forward because the backward pass of non-reentrant
+        # activation checkpointing replays the layer and reads them; a copy or pickle gets none, and the tuner sets
+        # new ones on its next forward.
+        state = nn.Module.__getstate__(self)
+        state["gates"] = {}
+        return state
+
     def gate(self, adapter_name: str, kind: str) -> torch.Tensor | float:
         if adapter_name not in self.s3pet_alpha:
             return 1.0
@@ -78,6 +93,7 @@ class Linear(nn.Module, LinearDeltaMixin, S3PETLayer):
     bias_container = "s3pet_bias"
 
     adapter_layer_names = ("s3pet_lora", "s3pet_bias", "s3pet_lra", "s3pet_alpha")
+    __getstate__ = S3PETLayer.__getstate__  # nn.Module comes first in the bases
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, **parts) -> None:
         super().__init__()
@@ -115,7 +131,8 @@ class Linear(nn.Module, LinearDeltaMixin, S3PETLayer):
         self.set_adapter(self.active_adapters)
 
     def unmergeable_parts(self, adapter_names: list[str]) -> list[str]:
-        return [f"low-rank adapter[{n}]" for n in adapter_names if n in self.s3pet_lra]
+        lras = [f"low-rank adapter[{n}]" for n in adapter_names if n in self.s3pet_lra]
+        return lras + self._unmergeable_biases(adapter_names)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.disable_adapters:
@@ -123,7 +140,7 @@ class Linear(nn.Module, LinearDeltaMixin, S3PETLayer):
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
         live = [n for n in self.active_adapters if n not in self.merged_adapters]
-        bias_deltas = [self.gate(n, "bitfit") * self.s3pet_bias[n] for n in live if n in self.s3pet_bias]
+        bias_deltas = [self.gate(n, "bitfit") * self.s3pet_bias[n] for n in self._bias_delta_names()]
         loras = [(self.s3pet_lora[n], self.gate(n, "lora")) for n in live if n in self.s3pet_lora]
         lras = [(self.s3pet_lra[n], self.gate(n, "lra")) for n in self.active_adapters if n in self.s3pet_lra]
         if self._plain_base(args, kwargs):
@@ -198,6 +215,7 @@ class Norm(nn.Module, S3PETLayer):
     """Wraps a LayerNorm/RMSNorm-like module with an LNFit scale delta and a BitFit bias delta (per adapter)."""
 
     adapter_layer_names = ("s3pet_lnfit", "s3pet_bias", "s3pet_alpha")
+    __getstate__ = S3PETLayer.__getstate__  # nn.Module comes first in the bases
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, **parts) -> None:
         super().__init__()

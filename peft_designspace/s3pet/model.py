@@ -14,7 +14,7 @@ from .config import S3PETConfig
 from .gates import keep_probabilities, sample_gates
 from .layer import Linear, Norm, S3PETLayer
 from .space import Candidate, enumerate_candidates
-from .structure import build_structure
+from .structure import build_structure, load_structure, module_rank
 
 
 def _structure_size(module: nn.Module, kind: str, rank: int, reduction: int) -> int:
@@ -26,6 +26,28 @@ def _structure_size(module: nn.Module, kind: str, rank: int, reduction: int) -> 
     if kind in ("lnfit", "bitfit") and is_norm(module):
         return module.weight.numel()
     return -1  # the type cannot sit on this module
+
+
+def _check_alpha(alpha: list[torch.Tensor], live: list[nn.Parameter]) -> None:
+    """Raise unless `alpha` has one tensor per wrapped module, each of the size of the live one."""
+    expected = [a.numel() for a in live]
+    if not isinstance(alpha, (list, tuple)) or not all(isinstance(a, torch.Tensor) for a in alpha):
+        raise ValueError(
+            f"`alpha` must be a list of {len(expected)} tensors like `architecture_parameters()`, got "
+            f"{type(alpha).__name__}."
+        )
+    got = [a.numel() for a in alpha]
+    if len(got) != len(expected):
+        raise ValueError(
+            f"`alpha` must hold {len(expected)} tensors ({sum(expected)} values), one per wrapped module as "
+            f"`architecture_parameters()`, got {len(got)} ({sum(got)} values)."
+        )
+    for i, (n, m) in enumerate(zip(got, expected)):
+        if n != m:
+            raise ValueError(
+                f"`alpha[{i}]` must have {m} values (the candidates of its module, as `architecture_parameters()`), "
+                f"got {n}."
+            )
 
 
 class S3PETModel(WrapperTunerMixin, BaseTuner):
@@ -57,8 +79,15 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
         super().inject_adapter(model, adapter_name, **kwargs)
-        if self.peft_config[adapter_name].searching and not getattr(self, "_gate_hook", None):
-            self._gate_hook = self.model.register_forward_pre_hook(self._refresh_gates, with_kwargs=True)
+        if self.peft_config[adapter_name].searching and not getattr(self, "_gate_hooks", None):
+            self._gate_hooks = self._register_gate_hooks()
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Delete an adapter with its S3PET state; the gate hooks go with the last search-mode adapter."""
+        super().delete_adapter(adapter_name)
+        getattr(self, "_s3pet", {}).pop(adapter_name, None)
+        if not any(isinstance(c, S3PETConfig) and c.searching for c in self.peft_config.values()):
+            self._remove_gate_hooks()
 
     # planning -----------------------------------------------------------------------------------------------------
     def _plan(self, model: nn.Module, config: S3PETConfig, adapter_name: str) -> None:
@@ -98,7 +127,7 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
             return
         modules = dict(model.named_modules())
         parts, ranks = {}, {}
-        for i, entry in enumerate(config.structure["modules"]):
+        for i, entry in enumerate(load_structure(config.structure)["modules"]):  # checked again: it may be edited
             path, kind = entry["path"], entry["type"]
             module = modules.get(path)
             if isinstance(module, S3PETLayer):
@@ -108,7 +137,7 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
                     f"The structure's module {i} names {path!r}, which {type(model).__name__} lacks: it was "
                     "searched on another model."
                 )
-            rank = int(entry.get("rank") or 1)
+            rank = module_rank(entry, i)
             size = _structure_size(module, kind, rank, config.lra_reduction)
             if size < 0:
                 raise ValueError(f"The structure puts a {kind!r} module on {path!r}, a {type(module).__name__}.")
@@ -177,18 +206,67 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
     ) -> tuple[torch.Tensor, float, float]:
         """`(p, b, residual)` of a search-mode adapter: budget-shifted keep probabilities in search-space order.
 
-        `alpha` replaces the live architecture parameters (same order as `architecture_parameters()`).
+        `alpha` replaces the live architecture parameters: one tensor per wrapped module, in the order and with the
+        sizes of `architecture_parameters()` (checked).
         """
         name = adapter_name or self.active_adapters[0]
         plan, config = self._search_plan(name), self.peft_config[name]
+        live = self.architecture_parameters(name)
         if alpha is None:
-            vector = torch.cat([a.reshape(-1) for a in self.architecture_parameters(name)])
+            vector = torch.cat([a.reshape(-1) for a in live])
         else:
+            _check_alpha(alpha, live)
             vector = torch.cat([a.detach().reshape(-1).float().cpu() for a in alpha])
         return keep_probabilities(vector, plan["sizes"], plan["budget"], config.beta)
 
+    def generate(self, *args: object, **kwargs: object) -> object:
+        """The base model's `generate()` with fresh gates: `z = p` in eval mode, one sample for the whole call in
+        train mode (encoder-decoder models call their encoder directly, not through the hooked top-level forward).
+
+        `PeftModelForCausalLM` and `PeftModelForSeq2SeqLM` call it; a plain `PeftModel` (no `task_type`) calls the
+        base model's `generate()`, where the hooks on the model and its encoder refresh the gates instead.
+        """
+        self._enter_gated_call()
+        try:
+            return self.model.generate(*args, **kwargs)
+        finally:
+            self._leave_gated_call()
+
+    def _register_gate_hooks(self) -> list:
+        """Hooks that refresh the gates on entry to the model and, for encoder-decoder models, to its encoder.
+
+        The encoder is hooked too because `generate()` (and users) call it directly. Calls are counted: a call inside
+        another (the encoder inside the model's forward, or anything inside `generate()`) keeps the outer call's
+        gates, so a forward draws its gates once.
+        """
+        modules = [self.model]
+        if getattr(getattr(self.model, "config", None), "is_encoder_decoder", False):
+            encoder = self.model.get_encoder() if hasattr(self.model, "get_encoder") else None
+            if isinstance(encoder, nn.Module) and encoder is not self.model:
+                modules.append(encoder)
+        handles = []
+        for module in modules:
+            handles.append(module.register_forward_pre_hook(self._enter_gated_call))
+            handles.append(module.register_forward_hook(self._leave_gated_call, always_call=True))
+        return handles
+
+    def _remove_gate_hooks(self) -> None:
+        for handle in getattr(self, "_gate_hooks", None) or []:
+            handle.remove()
+        self._gate_hooks = []
+        self._gate_depth = 0
+
+    def _enter_gated_call(self, *_: object) -> None:
+        # counted before the refresh: the exit hook also runs when the refresh raises
+        self._gate_depth = getattr(self, "_gate_depth", 0) + 1
+        if self._gate_depth == 1:
+            self._refresh_gates()
+
+    def _leave_gated_call(self, *_: object) -> None:
+        self._gate_depth = max(getattr(self, "_gate_depth", 1) - 1, 0)
+
     @torch.compiler.disable  # solved with Python floats: traced, it would recompile on every new shift
-    def _refresh_gates(self, module: nn.Module, args, kwargs):
+    def _refresh_gates(self) -> None:
         for name in self.active_adapters:
             config = self.peft_config.get(name)
             if not isinstance(config, S3PETConfig) or not config.searching:
@@ -202,7 +280,6 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
                 types = layer.part_types[name]
                 layer.gates[name] = dict(zip(types, parts[start : start + len(types)]))
                 start += len(types)
-        return None
 
     def derive_structure(
         self, adapter_name: str | None = None, strategy: str = "greedy", alpha: list[torch.Tensor] | None = None
@@ -269,10 +346,7 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
             )
 
     def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
-        hook = getattr(self, "_gate_hook", None)
-        if hook is not None:
-            hook.remove()
-            self._gate_hook = None
+        self._remove_gate_hooks()
         return super()._unload_and_optionally_merge(
             merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
         )

@@ -13,19 +13,34 @@ def _row_name(module: dict) -> str:
     return f"{module['type']} @ {inside_layer}"
 
 
+def module_layer(module: dict) -> int:
+    """The layer (heatmap column) of a module: its `layer`, or for a hand-written module without one the first
+    integer in its path (its index in the layer list, e.g. 3 for `bert.encoder.layer.3.output.dense`), or -1 when
+    the path has none.
+
+    In a model with two stacks (T5) the path's integer restarts at 0 in the decoder, so hand-written encoder and
+    decoder modules share columns; structures written by the search carry `layer` (decoder layers after the encoder's).
+    """
+    if "layer" in module:
+        return int(module["layer"])
+    found = re.search(r"(?:^|\.)(\d+)(?:\.|$)", module["path"])
+    return int(found.group(1)) if found else -1
+
+
 def structure_grid(
     modules: list[dict], value_key: str | None = None, frame: list[dict] | None = None
 ) -> tuple[list[str], list[int], list[list[float]]]:
     """`(rows, layers, grid)`: one row per `type @ module inside the layer`, one column per layer.
 
     Cells hold 1 for each module (or its `value_key`); `frame` (e.g. every candidate) fixes the rows and columns.
+    Columns come from `module_layer()` (a module without `layer` is placed by the first integer in its path).
     """
     frame = frame or modules
     rows = sorted({_row_name(m) for m in frame}, key=lambda r: (TYPES.index(r.split(" @ ")[0]), r))
-    layers = sorted({m["layer"] for m in frame})
+    layers = sorted({module_layer(m) for m in frame})
     grid = [[0.0] * len(layers) for _ in rows]
     for m in modules:
-        i, j = rows.index(_row_name(m)), layers.index(m["layer"])
+        i, j = rows.index(_row_name(m)), layers.index(module_layer(m))
         grid[i][j] = max(grid[i][j], float(m[value_key]) if value_key else 1.0)
     return rows, layers, grid
 
@@ -68,9 +83,9 @@ def plot_structure(
         ax.set_title(name, fontsize=9)
         if key:
             fig.colorbar(image, ax=ax, fraction=0.04)
-    fig.suptitle(
-        title or f"S3PET structure: {structure['total']:,} of {structure['budget']:,} parameters", fontsize=10
-    )
+    total = structure.get("total", sum(m["size"] for m in structure["modules"]))
+    budget = structure.get("budget", total)
+    fig.suptitle(title or f"S3PET structure: {total:,} of {budget:,} parameters", fontsize=10)
     return _save(fig, path, dpi=120)
 
 
@@ -120,7 +135,7 @@ def plot_trajectory(
     for i in order:
         c = candidates[i]
         mark = "■ " if candidate_key(c["path"], c["type"]) in kept else ""
-        labels.append(f"{mark}{_row_name(c)}, layer {c['layer']}")
+        labels.append(f"{mark}{_row_name(c)}, layer {module_layer(c)}")
     top = max(max(row) for row in history)  # the colours span the values reached, not [0, 1]
     fig, ax = plt.subplots(figsize=(8, 0.12 * len(labels) + 2))
     image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=max(top, 1e-6), interpolation="nearest")

@@ -12,7 +12,8 @@ Candidate types (one gate each), with their exact sizes:
 Spaces: `"m"` (S3PET-M: LoRA and BitFit on every projection, LNFit and BitFit on every norm, LRA after every
 attention and FFN block), `"l"` (S3PET-L: LoRA on every projection), or a list of entries
 `{"type": ..., "roles": [...], "rank": r}` (`roles` out of the projection roles and `"norm"`; `lra` takes
-`"attn_out"` and/or `"ffn_out"`). A module serving several roles (GPT-2's fused `c_attn`) gets one candidate per type.
+`"attn_out"` and/or `"ffn_out"`; `rank` only on `lora` entries, default 1; no other keys). A module serving several
+roles (GPT-2's fused `c_attn`) gets one candidate per type, so the entries must not give it two LoRA ranks.
 """
 
 from dataclasses import asdict, dataclass
@@ -29,6 +30,7 @@ TYPE_ROLES = {
     "lnfit": ("norm",),
     "lra": ("attn_out", "ffn_out"),
 }
+ENTRY_KEYS = ("type", "roles", "rank")
 SPACES = {
     "m": [
         {"type": "lora", "roles": list(PROJECTION_ROLES), "rank": 1},
@@ -88,6 +90,17 @@ def normalize_space(space) -> list[dict]:
     for i, entry in enumerate(space):
         if not isinstance(entry, dict) or entry.get("type") not in TYPES:
             raise ValueError(f"`search_space[{i}]` must be a dict with `type` out of {list(TYPES)}, got {entry!r}.")
+        unknown_keys = [key for key in entry if key not in ENTRY_KEYS]
+        if unknown_keys:
+            raise ValueError(
+                f"`search_space[{i}]` has unknown keys {unknown_keys}; allowed: {list(ENTRY_KEYS)} (`rank` for "
+                "'lora' only)."
+            )
+        if "rank" in entry and entry["type"] != "lora":
+            raise ValueError(
+                f"`search_space[{i}]['rank']` is {entry['rank']!r}, but only 'lora' entries take a rank; this one is "
+                f"{entry['type']!r}."
+            )
         roles = entry.get("roles", list(TYPE_ROLES[entry["type"]]))
         if not isinstance(roles, (list, tuple)) or not roles:
             raise ValueError(f"`search_space[{i}]['roles']` must be a non-empty list, got {roles!r}.")
@@ -112,7 +125,8 @@ def enumerate_candidates(
     """All candidates of `space` in `model`, ordered by layer, then module order, then type (`TYPES` order).
 
     Raises:
-        ValueError: when the space has no candidate in this model.
+        ValueError: when the space has no candidate in this model, or gives one module LoRA candidates of two ranks
+            (two entries with the same role, or a module serving two roles, like GPT-2's fused `c_attn`).
     """
     entries = normalize_space(space)
     arch = resolve_architecture(model, layer_stacks)
@@ -125,7 +139,12 @@ def enumerate_candidates(
             for role in entry["roles"]:
                 for path in layer.norms if role == "norm" else layer.modules_for(role):
                     candidate = _candidate(entry, role, path, layer.index, layer.features[path], lra_reduction)
-                    found.setdefault(candidate.key, candidate)
+                    kept = found.setdefault(candidate.key, candidate)
+                    if kept.rank != candidate.rank:
+                        raise ValueError(
+                            f"The search space gives {path!r} LoRA candidates of rank {kept.rank} (role "
+                            f"{kept.role!r}) and rank {candidate.rank} (role {role!r}); a module takes one rank."
+                        )
     candidates = sorted(found.values(), key=lambda c: (*rank[c.path], TYPES.index(c.type)))
     if not candidates:
         raise ValueError(

@@ -100,7 +100,12 @@ def build_structure(
 
 
 def load_structure(structure) -> dict:
-    """A structure from a dict or a JSON file path, checked for its format (module-level checks need the model)."""
+    """A structure from a dict or a JSON file path, checked for its format (module-level checks need the model).
+
+    Each module needs a `path`, a `type` and its `size`; a `lora` module's `rank` defaults to 1, other types take
+    none (or 0); a module may appear once per type. A hand-written structure may leave out `total` (filled with the
+    sum of the sizes) and `budget` (filled with the total). The result is a copy; the input is not changed.
+    """
     if isinstance(structure, (str, os.PathLike)):
         path = Path(structure)
         if not path.is_file():
@@ -114,12 +119,61 @@ def load_structure(structure) -> dict:
     modules = structure.get("modules")
     if not isinstance(modules, list) or not modules:
         raise ValueError("`structure['modules']` must be a non-empty list of kept modules.")
+    seen: dict[tuple[str, str], int] = {}
     for i, module in enumerate(modules):
         if not isinstance(module, dict) or module.get("type") not in TYPES or not isinstance(module.get("path"), str):
             raise ValueError(f"`structure['modules'][{i}]` must name a `path` and a `type` out of {list(TYPES)}.")
-        if not isinstance(module.get("size"), int) or module["size"] < 1:
-            raise ValueError(f"`structure['modules'][{i}]` ({module['path']}) must give its `size` (an int >= 1).")
+        if not _is_int(module.get("size")) or module["size"] < 1:
+            raise ValueError(
+                f"`structure['modules'][{i}]` ({module['path']}) must give its `size` (an int >= 1), got "
+                f"{module.get('size')!r}."
+            )
+        module_rank(module, i)
+        key = (module["path"], module["type"])
+        if key in seen:
+            raise ValueError(
+                f"`structure['modules'][{i}]` repeats the {module['type']!r} module on {module['path']!r} (already "
+                f"module {seen[key]}); each module may hold each type once."
+            )
+        seen[key] = i
+    structure = dict(structure)
+    total = sum(m["size"] for m in modules)
+    if structure.setdefault("total", total) != total or not _is_int(structure["total"]):
+        raise ValueError(
+            f"`structure['total']` is {structure['total']!r}, but the modules' sizes add up to {total:,}; fix it "
+            "or leave it out."
+        )
+    if not _is_int(structure.setdefault("budget", total)) or structure["budget"] < 1:
+        raise ValueError(f"`structure['budget']` must be a positive int (or left out), got {structure['budget']!r}.")
     return structure
+
+
+def module_rank(module: dict, index: int) -> int:
+    """The rank of `structure['modules'][index]`: a positive int for `lora` (1 when left out), 0 for other types.
+
+    Raises:
+        ValueError: for a `lora` rank that is not a positive int, or a rank other than 0 on another type.
+    """
+    rank, kind = module.get("rank"), module["type"]
+    if kind == "lora":
+        if rank is None:
+            return 1
+        if not _is_int(rank) or rank < 1:
+            raise ValueError(
+                f"`structure['modules'][{index}]` ({module['path']}) has `rank` {rank!r}; a 'lora' module needs a "
+                "positive int (1 when left out)."
+            )
+        return rank
+    if rank is not None and not (_is_int(rank) and rank == 0):
+        raise ValueError(
+            f"`structure['modules'][{index}]` ({module['path']}) has `rank` {rank!r}, but a {kind!r} module takes no "
+            "rank: leave it out or set 0."
+        )
+    return 0
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def save_structure(structure: dict, path: str | os.PathLike) -> Path:
