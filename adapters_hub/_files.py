@@ -61,12 +61,33 @@ def atomic_output_dir(path: str | os.PathLike, *, overwrite: bool = False) -> It
         yield tmp
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.rename(path, old / "previous")
-            os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            _swap_in(tmp, path)
         else:
             os.rename(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Replace the existing folder `path` by `new`; if that fails, the previous `path` is put back."""
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+    previous = old / "previous"
+    try:
+        os.rename(path, previous)
+    except BaseException:
+        shutil.rmtree(old, ignore_errors=True)
+        raise
+    try:
+        os.rename(new, path)
+    except BaseException as error:
+        try:
+            os.rename(previous, path)
+        except OSError as restore_error:
+            raise OSError(
+                f"Replacing {path} failed ({error}) and the previous output could not be moved back "
+                f"({restore_error}); it is kept in {previous}."
+            ) from error
+        shutil.rmtree(old, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

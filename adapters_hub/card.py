@@ -121,7 +121,8 @@ def _settings_table(config: dict) -> list[str]:
         if key in HIDDEN_SETTINGS or value is None:
             continue
         text = json.dumps(value) if not isinstance(value, str) else value
-        lines.append(f"| `{key}` | `{text.replace('|', '/')}` |")
+        escaped = text.replace("|", "\\|")  # a bare | would end the table cell (also inside backticks)
+        lines.append(f"| `{key}` | `{escaped}` |")
     return lines
 
 

@@ -89,9 +89,27 @@ def _peft_type(config: Any) -> str:
     return str(getattr(value, "value", value))
 
 
-def _plain_copy(model: nn.Module) -> nn.Module:
-    """The base model of a deep copy of `model`, with every tuner layer removed (unmerged) and trained heads kept."""
-    return copy.deepcopy(model).unload()
+def _copy_with_active(model: nn.Module, name: str) -> nn.Module:
+    """A deep copy of `model` with adapter `name` active (its trained heads too); `model` itself is not touched."""
+    clone = copy.deepcopy(model)
+    if clone.active_adapter != name:
+        clone.set_adapter(name)
+    return clone
+
+
+def _reference(model: nn.Module, name: str) -> nn.Module:
+    """The model to compare an export of adapter `name` with: `model` itself, or a copy with `name` active."""
+    return model if model.active_adapter == name else _copy_with_active(model, name)
+
+
+def _plain_copy(model: nn.Module, name: str) -> nn.Module:
+    """The base model of a deep copy of `model`, with every tuner layer removed (unmerged) and the trained heads of
+    adapter `name` kept."""
+    return _copy_with_active(model, name).unload()
+
+
+def _search_mode(config: Any) -> bool:
+    return _peft_type(config) == "S3PET" and bool(getattr(config, "searching", False))
 
 
 def _compare(reference: nn.Module, exported: nn.Module, inputs: dict[str, torch.Tensor]) -> float:
@@ -107,6 +125,11 @@ def _compare(reference: nn.Module, exported: nn.Module, inputs: dict[str, torch.
     return (expected.float() - got.float()).abs().max().item()
 
 
+def _sam_layers(tuner: Any, name: str) -> list[tuple[str, Any]]:
+    """SAM layers holding adapter `name` (empty for other tuners)."""
+    return list(getattr(tuner, "sam_layers", lambda _: [])(name))
+
+
 def _write_info(folder: Path, info: ExportInfo) -> None:
     data = {k: v for k, v in asdict(info).items() if k != "path"}
     (folder / INFO_NAME).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -120,11 +143,13 @@ def unmergeable_parts(model: nn.Module, adapter_name: str | None = None) -> list
     deltas on a tied embedding or a forward-only quantized layer cannot merge either. Other tuners that define
     `unmergeable_parts(adapter_names)` are asked too.
     """
-    tuner, name, _ = _tuner_and_name(model, adapter_name)
+    tuner, name, config = _tuner_and_name(model, adapter_name)
+    if _search_mode(config):
+        return [f"{name}: S3PET adapter in search mode (gated candidates; derive the structure, train in apply mode)"]
     if hasattr(tuner, "unmergeable_parts"):
         return list(tuner.unmergeable_parts([name]))
     parts = []
-    for path, layer in getattr(tuner, "sam_layers", lambda _: [])(name):
+    for path, layer in _sam_layers(tuner, name):
         if layer.tied:
             parts.append(f"{path}: SAM delta on a tied embedding (the output projection shares the weight)")
         backend = layer.quantization_backend
@@ -159,7 +184,8 @@ def export_merged(
         `ExportInfo`
 
     Raises:
-        ExportError: if a part cannot be merged (adapters, prefixes, ...); the message lists them.
+        ExportError: if a part cannot be merged (adapters, prefixes, ...); the message lists them. Also for an S3PET
+            adapter in search mode (derive its structure and train it in apply mode first).
 
     Example:
 
@@ -169,6 +195,11 @@ def export_merged(
     ```
     """
     tuner, name, config = _tuner_and_name(model, adapter_name)
+    if _search_mode(config):
+        raise ExportError(
+            f"S3PET adapter {name!r} is in search mode (gated candidates), which cannot be merged; derive its "
+            "structure (`derive_structure()`) and train it in apply mode before exporting."
+        )
     parts = unmergeable_parts(model, name)
     if parts:
         raise ExportError(
@@ -176,11 +207,18 @@ def export_merged(
             "Share the adapter itself (it needs `pip install peft-designspace` to load), or train a design whose "
             "parts all merge (LoRA and BitFit, e.g. preset 'lora' or 'bitfit')."
         )
-    merged = copy.deepcopy(model).merge_and_unload(progressbar=progressbar, adapter_names=[name])
-    info = ExportInfo(str(out_dir), "merged", _peft_type(config), exact=_peft_type(config) == "SAMTUNING")
+    exact = _peft_type(config) == "SAMTUNING"
+    quantized = [path for path, layer in _sam_layers(tuner, name) if layer.quantization_backend is not None]
+    merged = _copy_with_active(model, name).merge_and_unload(progressbar=progressbar, adapter_names=[name])
+    info = ExportInfo(str(out_dir), "merged", _peft_type(config), exact=exact and not quantized)
     info.notes.append("every part merged into the base weights; load with transformers alone")
+    if exact and quantized:
+        info.notes.append(
+            f"{len(quantized)} merged layers are quantized: W + ΔW is requantized, so outputs agree only to "
+            "quantization rounding"
+        )
     if check_inputs is not None:
-        info.max_abs_diff = _compare(model, merged, check_inputs)
+        info.max_abs_diff = _compare(_reference(model, name), merged, check_inputs)
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
@@ -245,7 +283,7 @@ def export_to_peft(
     exported, info = builder(model, tuner, name, config)
     info.path = str(out_dir)
     if check_inputs is not None:
-        info.max_abs_diff = _compare(model, exported, check_inputs)
+        info.max_abs_diff = _compare(_reference(model, name), exported, check_inputs)
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         exported.save_pretrained(tmp)
         _write_info(tmp, info)
@@ -311,7 +349,7 @@ def _designspace_to_lora(model, tuner, name, config):
             f"{len(biases)} BitFit bias deltas folded into the base biases (b + δ), saved with bias='all'; "
             "outputs equal to float rounding"
         )
-    plain = _plain_copy(model)
+    plain = _plain_copy(model, name)
     with torch.no_grad():
         for path, delta in biases.items():
             bias = plain.get_submodule(path).bias
@@ -353,7 +391,7 @@ def _s3pet_to_lora(model, tuner, name, config):
             f"Plain PEFT cannot express {what} of S3PET adapter {name!r}: only LoRA (and BitFit on biased modules) "
             "has a plain-PEFT form. Use `export_merged` when every part merges (`unmergeable_parts` lists the rest)."
         )
-    plain = _plain_copy(model)
+    plain = _plain_copy(model, name)
     with torch.no_grad():
         for path, delta in biases.items():
             bias = plain.get_submodule(path).bias
@@ -368,7 +406,7 @@ def _s3pet_to_lora(model, tuner, name, config):
 def _structure_to_lora(model, tuner, name, config):
     """Hook for other tuners: `tuner.export_lora_structure(name)` returns `list[LoraPart]` or raises ExportError."""
     parts = tuner.export_lora_structure(name)
-    exported = _lora_model(_plain_copy(model), parts, config, bias="none", dropout=0.0)
+    exported = _lora_model(_plain_copy(model, name), parts, config, bias="none", dropout=0.0)
     notes = [f"{len(parts)} LoRA modules as LoraConfig with rank_pattern/alpha_pattern"]
     return exported, ExportInfo("", "lora", _peft_type(config), exact=True, notes=notes)
 
@@ -423,7 +461,8 @@ def shira_rank(layers: list[tuple[str, int, int, int]]) -> int:
     if too_small:
         raise ExportError(
             f"SHiRA gives every layer r·(in + out) entries with one r; holding the largest selection needs r={r}, "
-            f"more than the whole weight of {too_small[:3]}. Use `export_merged` (exact for SAM)."
+            f"more than the whole weight of {too_small[:3]}. Use `export_merged` (exact for SAM on unquantized "
+            "weights)."
         )
     return r
 
@@ -443,7 +482,8 @@ def _sam_to_shira(model, tuner, name, config):
     if refused:
         raise ExportError(
             f"Plain PEFT's sparse method (SHiRA) cannot express {len(refused)} parts of SAM adapter {name!r}, e.g. "
-            f"{refused[:3]}. Use `export_merged`: merging a SAM adapter is exact."
+            f"{refused[:3]}. Use `export_merged`: merging a SAM adapter is exact on unquantized weights (a quantized "
+            "layer is requantized after merging, so outputs then agree only to quantization rounding)."
         )
     r = shira_rank(layers)
     shira_config = ShiraConfig(
@@ -454,7 +494,7 @@ def _sam_to_shira(model, tuner, name, config):
         modules_to_save=config.modules_to_save,
         base_model_name_or_path=config.base_model_name_or_path,
     )
-    exported = get_peft_model(_plain_copy(model), shira_config)
+    exported = get_peft_model(_plain_copy(model, name), shira_config)
     modules = dict(tuner.sam_layers(name))
     padded = 0
     with torch.no_grad():
