@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .card import write_model_card
+from .loading import CONFIG_NAME, WEIGHTS_NAME
 
 if TYPE_CHECKING:
     from torch import nn
@@ -38,7 +40,11 @@ def push_adapter(
         private (`bool`, *optional*): visibility of a newly created repository.
         revision (`str`, *optional*): branch to commit to (created from `main` if missing); defaults to `main`.
         commit_message (`str`, *optional*): the commit title.
-        adapter_name (`str`, *optional*): adapter whose budget report goes into the card (default: the active one).
+        adapter_name (`str`, *optional*): the adapter to upload, with its config, weights and budget report at the
+            repository root (default: the active one); the model's other adapters are not uploaded.
+
+    Raises:
+        ValueError: if `adapter_name` is not an adapter of the model (checked before the repository is created).
 
     Returns:
         `huggingface_hub.CommitInfo`: the commit (its `oid` pins this exact version).
@@ -53,18 +59,43 @@ def push_adapter(
     """
     from huggingface_hub import HfApi
 
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    if revision is not None and revision != "main":
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    configs = getattr(model, "peft_config", None) or {}
+    name = adapter_name if adapter_name is not None else getattr(model, "active_adapter", None)
+    if not isinstance(name, str) or name not in configs:
+        raise ValueError(
+            f"push_adapter: adapter_name={name!r} is not an adapter of the model; choose one of {sorted(configs)}."
+        )
     tuner = getattr(model, "base_model", None)
-    report = None
-    if hasattr(tuner, "budget_report"):
-        report = tuner.budget_report(adapter_name)
-    with tempfile.TemporaryDirectory() as folder:
-        model.save_pretrained(folder)
-        write_model_card(folder, report=report, repo_id=repo_id)
+    report = tuner.budget_report(name) if hasattr(tuner, "budget_report") else None
+    with tempfile.TemporaryDirectory() as saved, tempfile.TemporaryDirectory() as folder:
+        # only the selected adapter, at the repository root (PEFT nests every adapter but "default" in a subfolder)
+        model.save_pretrained(saved, selected_adapters=[name])
+        source = Path(saved) if name == "default" else Path(saved) / name
+        _check_adapter_folder(source)
+        for item in source.iterdir():
+            if item.is_file() and item.name != "README.md":
+                shutil.copy2(item, folder)
+        write_model_card(folder, report=report, repo_id=repo_id, adapter_name=name)
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision is not None and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
         return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, commit_message=commit_message)
+
+
+def _check_adapter_folder(folder: Path) -> None:
+    """Refuse a folder that is not a saved adapter with safetensors weights (before anything is created on the Hub)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"The adapter folder {str(folder)!r} does not exist.")
+    if not (folder / CONFIG_NAME).is_file():
+        raise FileNotFoundError(
+            f"The folder {str(folder)!r} has no {CONFIG_NAME}; pass a folder written by `save_pretrained`."
+        )
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(
+            f"The folder {str(folder)!r} has no {WEIGHTS_NAME}; only safetensors weights are uploaded (save the "
+            "adapter again with `save_pretrained`, which writes safetensors by default)."
+        )
 
 
 def push_folder(
@@ -83,6 +114,10 @@ def push_folder(
         repo_id (`str`): the target repository, `namespace/name`.
         token, private, revision, commit_message: as in [`push_adapter`].
 
+    Raises:
+        FileNotFoundError: if the folder, its `adapter_config.json` or its `adapter_model.safetensors` is missing
+            (checked before the repository is created).
+
     Returns:
         `huggingface_hub.CommitInfo`
 
@@ -94,11 +129,12 @@ def push_folder(
     """
     from huggingface_hub import HfApi
 
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    if revision is not None and revision != "main":
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    _check_adapter_folder(Path(adapter_dir))
     with tempfile.TemporaryDirectory() as folder:
         shutil.copytree(adapter_dir, folder, dirs_exist_ok=True)
         write_model_card(folder, repo_id=repo_id)
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision is not None and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
         return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, commit_message=commit_message)

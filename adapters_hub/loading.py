@@ -30,6 +30,7 @@ from torch import nn
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_WEIGHTS_NAME = "adapter_model.bin"  # refused: pickle
 PACK_NAME = "peft-designspace"
 # PEFT types defined by this pack, also the ones whose code is not installed yet (e.g. an older pack version).
 PACK_TYPES = ("DESIGNSPACE", "SAMTUNING", "S3PET")
@@ -43,6 +44,8 @@ AUTO_CLASS_BY_TASK = {
     None: "AutoModel",
 }
 HUB_KWARGS = ("revision", "token", "cache_dir", "force_download", "local_files_only", "subfolder")
+# Hub arguments of the adapter also used for the base model built from `base_model_name_or_path`.
+BASE_FORWARDED_KWARGS = ("token", "cache_dir", "local_files_only")
 
 
 class AdapterLoadError(RuntimeError):
@@ -177,6 +180,8 @@ def fetch_adapter_files(path_or_repo: str | os.PathLike, **hub_kwargs: Any) -> P
     if local.is_dir():
         if not (local / CONFIG_NAME).is_file():
             raise AdapterLoadError(f"The folder {str(local)!r} has no {CONFIG_NAME}: it is not a saved PEFT adapter.")
+        if not (local / WEIGHTS_NAME).is_file():
+            raise _missing_weights_error(str(local), has_pickle=(local / PICKLE_WEIGHTS_NAME).is_file())
         return local
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HFValidationError, RemoteEntryNotFoundError
@@ -192,20 +197,43 @@ def fetch_adapter_files(path_or_repo: str | os.PathLike, **hub_kwargs: Any) -> P
         ) from exc
     except Exception as exc:
         raise _hub_error(exc, repo_id, CONFIG_NAME, revision) from exc
-    # .../snapshots/<commit sha>/<subfolder>/adapter_config.json
-    snapshot = config_file.parent.parent if subfolder else config_file.parent
+    # .../snapshots/<commit sha>/<subfolder parts...>/adapter_config.json
+    depth = len(Path(subfolder).parts) if subfolder else 0
+    snapshot = config_file.parents[depth]
     kwargs["revision"] = snapshot.name
-    for name in (WEIGHTS_NAME, "adapter_model.bin"):
-        try:
-            hf_hub_download(repo_id, name, **kwargs)
-            break
-        except RemoteEntryNotFoundError as exc:
-            if name == WEIGHTS_NAME:
-                continue
-            raise _hub_error(exc, repo_id, WEIGHTS_NAME, revision) from exc
-        except Exception as exc:
-            raise _hub_error(exc, repo_id, name, revision) from exc
+    try:
+        hf_hub_download(repo_id, WEIGHTS_NAME, **kwargs)
+    except RemoteEntryNotFoundError as exc:
+        where = f"The Hub repository {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+        where += f" (subfolder {subfolder!r})" if subfolder else ""
+        raise _missing_weights_error(where, has_pickle=_hub_has_file(repo_id, PICKLE_WEIGHTS_NAME, kwargs)) from exc
+    except Exception as exc:
+        raise _hub_error(exc, repo_id, WEIGHTS_NAME, revision) from exc
     return config_file.parent
+
+
+def _hub_has_file(repo_id: str, filename: str, kwargs: dict[str, Any]) -> bool:
+    """Whether `filename` exists in the repository at the resolved commit (best effort: `False` on any failure)."""
+    from huggingface_hub import file_exists
+
+    if kwargs.get("local_files_only"):
+        return False
+    path = f"{Path(kwargs['subfolder']).as_posix()}/{filename}" if kwargs.get("subfolder") else filename
+    try:
+        return bool(file_exists(repo_id, path, revision=kwargs.get("revision"), token=kwargs.get("token")))
+    except Exception:
+        return False
+
+
+def _missing_weights_error(where: str, *, has_pickle: bool) -> AdapterLoadError:
+    if not has_pickle:
+        return AdapterLoadError(f"{where} has no {WEIGHTS_NAME}: the adapter's weights are missing.")
+    return AdapterLoadError(
+        f"{where} has only the pickle weights file {PICKLE_WEIGHTS_NAME!r}, no {WEIGHTS_NAME!r}. Only safetensors "
+        "weights are loaded (a pickle file can run arbitrary code). Convert it once, from a source you trust: "
+        "`from safetensors.torch import save_file; save_file(torch.load('adapter_model.bin', weights_only=True), "
+        "'adapter_model.safetensors')`, or load it with PEFT and `save_pretrained` again (safetensors by default)."
+    )
 
 
 # checks ------------------------------------------------------------------------------------------------------------
@@ -413,7 +441,8 @@ def load_adapter(
         base_model (`nn.Module`, *optional*): the base model; built from the adapter's config when omitted.
         adapter_name (`str`, *optional*, defaults to `"default"`): name of the loaded adapter.
         is_trainable (`bool`, *optional*, defaults to `False`): load for further training.
-        base_model_kwargs (`dict`, *optional*): passed to the Auto class's `from_pretrained` (e.g. `dtype`).
+        base_model_kwargs (`dict`, *optional*): passed to the Auto class's `from_pretrained` (e.g. `dtype`); `token`,
+            `cache_dir` and `local_files_only` given for the adapter are used too unless set here.
         **kwargs: Hub arguments for the adapter (`revision`, `token`, `cache_dir`, `force_download`,
             `local_files_only`, `subfolder`); anything else goes to `PeftModel.from_pretrained`.
 
@@ -444,8 +473,8 @@ def load_adapter(
         raise CorruptedAdapterError(f"{folder / CONFIG_NAME} is not readable JSON ({exc}).") from exc
     config_cls = check_registered(raw)
     check_pack_version(raw, config_cls)
-    weights = folder / WEIGHTS_NAME
-    saved_shapes = {k: v["shape"] for k, v in read_safetensors_header(weights).items()} if weights.is_file() else None
+    # fetch_adapter_files guarantees the safetensors file (a pickle-only adapter is refused there)
+    saved_shapes = {k: v["shape"] for k, v in read_safetensors_header(folder / WEIGHTS_NAME).items()}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Unexpected keyword arguments")  # `pack_version` on older packs
         config = config_cls.from_peft_type(**{k: v for k, v in raw.items() if k != "pack_version"})
@@ -461,6 +490,9 @@ def load_adapter(
         extra = dict(base_model_kwargs or {})
         if raw.get("revision") and "revision" not in extra:
             extra["revision"] = raw["revision"]
+        for key in BASE_FORWARDED_KWARGS:  # a private or cached base needs the same credentials / cache
+            if key in hub_kwargs and key not in extra:
+                extra[key] = hub_kwargs[key]
         try:
             base_model = auto_cls.from_pretrained(name, **extra)
         except Exception as exc:
@@ -470,8 +502,7 @@ def load_adapter(
                 "pass it as `base_model=`."
             ) from exc
 
-    if saved_shapes is not None:
-        check_base_model(base_model, config, saved_shapes, str(path_or_repo))
+    check_base_model(base_model, config, saved_shapes, str(path_or_repo))
     try:
         return PeftModel.from_pretrained(
             base_model, str(folder), adapter_name=adapter_name, is_trainable=is_trainable, config=config, **kwargs
