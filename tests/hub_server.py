@@ -54,6 +54,7 @@ True
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -61,6 +62,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -716,3 +718,14 @@ class _Handler(BaseHTTPRequestHandler):
                 raise HubError(404, "No such object")
             return self._send(200, data, {"ETag": f'"{p[1]}"'}, "application/octet-stream")
         raise HubError(404, f"No storage route for {method} {self.path}")
+
+
+WRITE_TOKEN, READ_TOKEN = "hf_write_token", "hf_read_token"
+
+
+@contextlib.contextmanager
+def serve_hub(monkeypatch: Any, hf_home: str | os.PathLike) -> Iterator[HubServer]:
+    """A running `HubServer` with a write and a read token of user `tester`; the client points at it and `hf_home`."""
+    with HubServer(tokens={WRITE_TOKEN: ("tester", "write"), READ_TOKEN: ("tester", "read")}) as server:
+        server.patch_client(monkeypatch, hf_home)
+        yield server

@@ -16,7 +16,7 @@ from pathlib import Path
 import common
 import pytest
 import torch
-from hub_server import SOCKET_GUARD, HubServer
+from hub_server import READ_TOKEN, SOCKET_GUARD, WRITE_TOKEN, serve_hub
 from peft import get_peft_model
 from tiny_models import make_inputs, make_model
 from transformers import AutoModelForSequenceClassification
@@ -24,7 +24,7 @@ from transformers import AutoModelForSequenceClassification
 from adapters_hub import AdapterLoadError, load_adapter
 from peft_designspace import DesignSpaceConfig
 
-WRITE, READ = "hf_write_token", "hf_read_token"
+WRITE, READ = WRITE_TOKEN, READ_TOKEN
 S4 = {"preset": "s4", "budget": 0.05}
 
 LOAD_SCRIPT = """
@@ -63,9 +63,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
-    server = HubServer(tokens={WRITE: ("tester", "write"), READ: ("tester", "read")})
-    with server:
-        server.patch_client(monkeypatch, tmp_path / "hf_home_pusher")
+    with serve_hub(monkeypatch, tmp_path / "hf_home_pusher") as server:
         yield server
 
 

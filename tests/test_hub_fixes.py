@@ -8,7 +8,7 @@ import json
 import common
 import pytest
 import torch
-from hub_server import HubServer
+from hub_server import READ_TOKEN, WRITE_TOKEN, serve_hub
 from peft import get_peft_model
 from tiny_models import make_inputs, make_model
 from transformers import AutoModelForSequenceClassification
@@ -16,15 +16,13 @@ from transformers import AutoModelForSequenceClassification
 from adapters_hub import AdapterLoadError, load_adapter, push_adapter, push_folder
 from peft_designspace import DesignSpaceConfig
 
-WRITE, READ = "hf_write_token", "hf_read_token"
+WRITE, READ = WRITE_TOKEN, READ_TOKEN
 INPUTS = make_inputs("bert", "SEQ_CLS")
 
 
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
-    server = HubServer(tokens={WRITE: ("tester", "write"), READ: ("tester", "read")})
-    with server:
-        server.patch_client(monkeypatch, tmp_path / "hf_home")
+    with serve_hub(monkeypatch, tmp_path / "hf_home") as server:
         yield server
 
 
