@@ -175,3 +175,17 @@ def test_every_trainable_part_gets_the_dense_reference_gradient(transposed):
         part = key.rsplit(".", 1)[1]
         live = values[f"base_model.model.{key.rsplit('.', 1)[0]}.samtuning_{part}_values.default"].grad
         torch.testing.assert_close(live, dense[key].grad.reshape(-1)[flat], atol=1e-5, rtol=1e-4)
+
+
+def test_callback_calibrates_in_train_mode_and_restores_the_mode(tmp_path):
+    model = _sam().eval()  # as `from_pretrained` returns it
+    dropout = next(m for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    modes = []
+    dropout.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    callback = SAMCalibrationCallback(num_batches=2)
+    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=_dataset("bert", "SEQ_CLS"))
+    dataloader = trainer.get_train_dataloader()
+    callback.on_train_begin(trainer.args, trainer.state, trainer.control, model=model, train_dataloader=dataloader)
+    assert model.peft_config["default"].calibrated
+    assert modes == [True, True], "calibration must see dropout on, as the reference's"
+    assert not model.training, "the model's own mode comes back"

@@ -78,15 +78,22 @@ class SAMCalibrationCallback(TrainerCallback):
         if data is None:
             raise ValueError("SAMCalibrationCallback found no calibration data: pass `dataloader=`.")
         num_batches = min(self.num_batches, len(data)) if hasattr(data, "__len__") else self.num_batches
-        for name in pending:
-            counts = calibrate_sam(
-                model,
-                data,
-                num_batches,
-                adapter_name=name,
-                max_grad_norm=self.max_grad_norm,
-                show_progress=not args.disable_tqdm,
-            )
-            logger.info(
-                "SAM adapter %r calibrated on %d batches: %d entries.", name, num_batches, sum(counts.values())
-            )
+        # in train mode (dropout on), as the reference calibrated: Trainer itself switches to train mode only in its
+        # first `training_step`, after this hook, and a model from `from_pretrained` is in eval mode
+        was_training = model.training
+        model.train()
+        try:
+            for name in pending:
+                counts = calibrate_sam(
+                    model,
+                    data,
+                    num_batches,
+                    adapter_name=name,
+                    max_grad_norm=self.max_grad_norm,
+                    show_progress=not args.disable_tqdm,
+                )
+                logger.info(
+                    "SAM adapter %r calibrated on %d batches: %d entries.", name, num_batches, sum(counts.values())
+                )
+        finally:
+            model.train(was_training)
