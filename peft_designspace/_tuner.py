@@ -1,5 +1,6 @@
 """Pieces shared by the pack's tuners (`BaseTuner` subclasses)."""
 
+import copy
 import warnings
 
 from torch import nn
@@ -54,6 +55,10 @@ class WrapperTunerMixin:
 
     # planning: every tuner of the pack resolves its placement in `_plan`, also for adapters added later -----------
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
+        # The model gets its own copy of the config: planning (S4's plan) and later steps (SAM's calibration) write
+        # into it, and written into the caller's object they would carry over to the next model it is used for
+        # (a larger model silently took the first model's plan and budget).
+        self.peft_config[adapter_name] = copy.deepcopy(self.peft_config[adapter_name])
         # planned here rather than in `_pre_injection_hook`, which `PeftModel.add_adapter` does not call
         self._plan(model, self.peft_config[adapter_name], adapter_name)
         super().inject_adapter(model, adapter_name, **kwargs)

@@ -323,3 +323,17 @@ def test_build_plan_absolute_budget_and_json():
     assert abs(plan["realised"] - 5000) <= TOLERANCE * 5000
     assert sum(sum(layer["params"].values()) for layer in plan["layers"]) == plan["realised"]
     assert json.loads(json.dumps(plan)) == plan
+
+
+def test_a_config_object_reused_for_another_model_is_planned_for_that_model():
+    config = DesignSpaceConfig(budget=0.05, task_type="CAUSAL_LM")
+    small = get_peft_model(make_model("llama", hidden=32), config)
+    large = get_peft_model(make_model("llama", hidden=64, layers=12), config)
+    assert config.plan is None, "the caller's config must not carry the first model's plan"
+    for model in (small, large):
+        plan = model.peft_config["default"].plan
+        target = 0.05 * count_base_parameters(model.base_model.model)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        assert abs(trainable - target) / target < 0.05, (trainable, target)
+    assert len(large.peft_config["default"].plan["layers"]) == 12
+    assert plan is not small.peft_config["default"].plan
