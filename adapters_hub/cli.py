@@ -335,6 +335,9 @@ def _validate_training(parser: argparse.ArgumentParser, args: argparse.Namespace
             )
         args.method, args.budget = method, float(config.get("budget", args.budget))
         args.preset = config.get("preset") or args.preset
+        for key in ("score", "scope") if method == "sam" else ():  # the selection's own, for the run's records
+            if config.get(key) and hasattr(args, key):
+                setattr(args, key, config[key])
     _check_task(parser, args)  # imports trainer_ext and peft_designspace from here on (a few seconds)
     from trainer_ext.glue_train import settings_problems
 

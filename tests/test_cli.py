@@ -192,3 +192,24 @@ def test_explore_subcommand_is_listed_and_fails_fast_on_a_missing_folder(tmp_pat
     assert not (tmp_path / "out").exists()
     assert main(["--help"]) == 0
     assert "explore" in capsys.readouterr().out
+
+
+def test_train_on_a_sam_selection_records_its_score_and_scope(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["calibrate", "--data", str(tiny / "SST-2"), "--model", str(tiny / "model"), "--budget", "0.02"]
+    options = ["--score", "fisher", "--scope", "per_tensor", "--calibration_batches", "2", "--batch_size", "8", "-q"]
+    code, _, err = run([*argv, *options, "--output_dir", "selection"], capsys)
+    assert code == 0, err[-2000:]
+    argv = ["train", "--data", str(tiny / "SST-2"), "--model", str(tiny / "model"), "--adapter", "selection/adapter"]
+    code, out, err = run([*argv, "--max_steps", "1", "--output_dir", "run", "-q"], capsys)
+    assert code == 0, err[-2000:]
+    assert "score=fisher" in out and "scope=per_tensor" in out, out
+
+
+def test_the_task_is_inferred_from_a_relative_data_folder(tiny, monkeypatch):
+    from trainer_ext.glue_train import infer_task
+
+    monkeypatch.chdir(tiny / "SST-2")
+    assert infer_task(".", None) == "SST-2"
+    monkeypatch.chdir(tiny / "SST-2" / "..")
+    assert infer_task("SST-2/.", None) == "SST-2"

@@ -145,7 +145,7 @@ def infer_task(source: str, task: str | None) -> str:
     """The canonical GLUE task of `task`, or of a folder name / Hub dataset name (`nyu-mll/glue:sst2` -> SST-2)."""
     if task:
         return normalize_task(task)
-    name = os.path.basename(os.path.normpath(source)) if os.path.isdir(source) else source.replace(":", "/")
+    name = os.path.basename(os.path.abspath(source)) if os.path.isdir(source) else source.replace(":", "/")
     for part in reversed(name.split("/")):
         try:
             return normalize_task(part)
