@@ -307,3 +307,47 @@ def test_report_only_replays_finished_stages_and_stops_at_missing_results(model,
     assert [s.best for s in partial.stages] == [first.stages[0].best] == ["spindle"]
     assert partial.stopped_at.startswith("Parameter allocation (stage 2): 0 of")
     assert partial.evaluated == 0 and "## Not finished" in open(partial.report_path).read()
+
+
+def test_a_space_with_nothing_to_sample_scores_its_one_design_the_given_way(model, tmp_path, monkeypatch):
+    import trainer_ext.explore_eval as explore_eval
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a real training run was started")
+
+    monkeypatch.setattr(explore_eval, "train_and_score", no_training)
+    space = small_space(groupings=["uniform"], group_strategies=[[["lora"]], [["adapter"]], [["lora"]], [["adapter"]]])
+    settings = ExploreSettings(data_dir="unused", budget=BUDGET)
+    options = {"space": space, "num_samples": 2, "model": model, "progress": False, "seed": 3}
+    partial = run_exploration(settings, str(tmp_path / "a"), evaluate=False, **options)
+    assert partial.stopped_at is not None and partial.best_design is None
+    result = run_exploration(settings, str(tmp_path / "a"), evaluator=lambda d: 0.25, **options)
+    assert result.stopped_at is None and result.best_error == 0.25 and result.evaluated == 1
+    again = run_exploration(settings, str(tmp_path / "a"), evaluate=False, **options)
+    assert again.stopped_at is None and again.best_design == result.best_design and again.evaluated == 0
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "match"),
+    [
+        ("--budget", "inf", "--budget must be"),
+        ("--budget", "1.5", "--budget must be"),
+        ("--budget", "0", "--budget must be"),
+        ("--space", "DIR", "is not a file"),
+        ("--space", "LIST", "must hold a JSON object"),
+        ("--space", "BROKEN", "is not valid JSON"),
+        ("--tunable_groups", "0123", "1-based group digits"),
+    ],
+)
+def test_bad_command_line_values_exit_2_naming_the_option(tmp_path, capsys, option, value, match):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.tsv").write_text("sentence\tlabel\n")
+    files = {"DIR": tmp_path, "LIST": tmp_path / "list.json", "BROKEN": tmp_path / "broken.json"}
+    (tmp_path / "list.json").write_text("[]")
+    (tmp_path / "broken.json").write_text("{")
+    value = str(files.get(value, value))
+    argv = ["--data_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"), option, value, "--quiet"]
+    with pytest.raises(SystemExit) as exit_info:
+        explore_main(argv)
+    assert exit_info.value.code == 2
+    assert match in capsys.readouterr().err

@@ -243,7 +243,10 @@ def run_exploration(
         )
         space = space.constrain(stage.component, samples[best][0], stage.group)
         logger.info("Stage %s: kept %s", stage.name, best)
-    return _finish(settings, output_dir, start_space, space, outcomes, all_results, evaluated, report_path, sampler)
+    final = {"evaluator": evaluator, "seed": seed, "evaluate": evaluate}
+    return _finish(
+        settings, output_dir, start_space, space, outcomes, all_results, evaluated, report_path, sampler, **final
+    )
 
 
 def _skipped(stage: Stage, note: str, value: Any = None) -> StageOutcome:
@@ -268,11 +271,25 @@ def _finish_partial(settings, start_space, space, outcomes, all_results, report_
     return result
 
 
-def _finish(settings, output_dir, start_space, space, outcomes, all_results, evaluated, report_path, sampler):
+def _finish(settings, output_dir, start_space, space, outcomes, all_results, evaluated, report_path, sampler, **final):
     in_space = [r for r in all_results.values() if _in_space(r["design"], space)]
     if not in_space:  # no evaluated design lies in the final space (e.g. only skipped stages): evaluate one
-        design = sampler.sample(space, 2, seed=0)[0]
-        in_space = [evaluate_design(design, settings, os.path.join(output_dir, RESULTS_DIR))]
+        design = sampler.sample(space, 2, seed=final["seed"])[0]
+        results = evaluate_designs(
+            [design],
+            settings,
+            os.path.join(output_dir, RESULTS_DIR),
+            evaluator=final["evaluator"],
+            desc="final design",
+            progress=False,
+            stored_only=not final["evaluate"],
+        )
+        if not results:  # `evaluate=False` and the design is not stored yet
+            stopped = "the final space (its one design is not evaluated yet)"
+            return _finish_partial(settings, start_space, space, outcomes, all_results, report_path, stopped)
+        evaluated += sum(not r["cached"] for r in results.values())
+        all_results.update(results)
+        in_space = list(results.values())
     best = min(in_space, key=lambda r: (r["error"], r["key"]))
     config = design_config(best["design"], settings.budget, task_type="SEQ_CLS", **settings.config_kwargs)
     os.makedirs(output_dir, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 
 from peft_designspace.designspace.refine import Stage, paper_stages
@@ -56,8 +57,18 @@ def add_explore_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 def space_from_args(args: argparse.Namespace) -> DesignSpace:
     data: dict = {}
     if args.space:
-        with open(args.space, encoding="utf-8") as f:
-            data = json.load(f)
+        if not os.path.isfile(args.space):
+            raise ValueError(f"--space {args.space!r} is not a file; expected a JSON object of space settings.")
+        try:
+            with open(args.space, encoding="utf-8") as f:
+                data = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"--space {args.space!r} is not valid JSON: {err}.") from None
+        if not isinstance(data, dict):
+            raise ValueError(
+                f'--space {args.space!r} must hold a JSON object of space settings (e.g. {{"groupings": [...]}}), '
+                f"got a {type(data).__name__}."
+            )
     k = data.get("num_groups", 4)
     split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
     if args.groupings is not None:
@@ -66,11 +77,14 @@ def space_from_args(args: argparse.Namespace) -> DesignSpace:
         data["allocations"] = split(args.allocations)
     if args.tunable_groups is not None:
         try:
-            data["tunable_groups"] = [[int(c) - 1 for c in item] for item in split(args.tunable_groups)]
+            numbers = [[int(c) for c in item] for item in split(args.tunable_groups)]
         except ValueError:
+            numbers = None
+        if numbers is None or any(n < 1 for item in numbers for n in item):
             raise ValueError(
-                f"--tunable_groups must be digits such as 1234,123; got {args.tunable_groups!r}."
-            ) from None
+                f"--tunable_groups must be 1-based group digits such as 1234,123; got {args.tunable_groups!r}."
+            )
+        data["tunable_groups"] = [[n - 1 for n in item] for item in numbers]
     if args.strategy_sets is not None:
         data["group_strategies"] = [[item.split("+") for item in split(args.strategy_sets)] for _ in range(k)]
     return DesignSpace.from_dict(data)
@@ -93,6 +107,11 @@ def run_explore(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--data_dir {args.data_dir!r} holds no train.tsv; expected a GLUE folder such as "
             "../shared/data/glue/SST-2."
+        )
+    if not math.isfinite(args.budget) or args.budget <= 0 or (args.budget >= 1 and args.budget != int(args.budget)):
+        raise ValueError(
+            "--budget must be a fraction of the backbone in (0, 1) or a whole parameter count >= 1, got "
+            f"{args.budget!r}."
         )
     space = space_from_args(args)
     settings = ExploreSettings(
