@@ -108,21 +108,24 @@ def _plain_copy(model: nn.Module, name: str) -> nn.Module:
     return _copy_with_active(model, name).unload()
 
 
-def _search_mode(config: Any) -> bool:
-    return _peft_type(config) == "S3PET" and bool(getattr(config, "searching", False))
+def _outputs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`model`'s logits (or first output) on `inputs` in eval mode; its own mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(**inputs)
+    finally:
+        model.train(was_training)
+    return out.logits if hasattr(out, "logits") else out[0]
+
+
+def _max_diff(expected: torch.Tensor, got: torch.Tensor) -> float:
+    return (expected.float() - got.float()).abs().max().item()
 
 
 def _compare(reference: nn.Module, exported: nn.Module, inputs: dict[str, torch.Tensor]) -> float:
-    was_training = reference.training
-    reference.eval()
-    exported.eval()
-    with torch.no_grad():
-        expected = reference(**inputs)
-        got = exported(**inputs)
-    reference.train(was_training)
-    expected = expected.logits if hasattr(expected, "logits") else expected[0]
-    got = got.logits if hasattr(got, "logits") else got[0]
-    return (expected.float() - got.float()).abs().max().item()
+    return _max_diff(_outputs(reference, inputs), _outputs(exported, inputs))
 
 
 def _sam_layers(tuner: Any, name: str) -> list[tuple[str, Any]]:
@@ -143,9 +146,7 @@ def unmergeable_parts(model: nn.Module, adapter_name: str | None = None) -> list
     deltas on a tied embedding or a forward-only quantized layer cannot merge either. Other tuners that define
     `unmergeable_parts(adapter_names)` are asked too.
     """
-    tuner, name, config = _tuner_and_name(model, adapter_name)
-    if _search_mode(config):
-        return [f"{name}: S3PET adapter in search mode (gated candidates; derive the structure, train in apply mode)"]
+    tuner, name, _ = _tuner_and_name(model, adapter_name)
     if hasattr(tuner, "unmergeable_parts"):
         return list(tuner.unmergeable_parts([name]))
     parts = []
@@ -195,12 +196,7 @@ def export_merged(
     ```
     """
     tuner, name, config = _tuner_and_name(model, adapter_name)
-    if _search_mode(config):
-        raise ExportError(
-            f"S3PET adapter {name!r} is in search mode (gated candidates), which cannot be merged; derive its "
-            "structure (`derive_structure()`) and train it in apply mode before exporting."
-        )
-    parts = unmergeable_parts(model, name)
+    parts = unmergeable_parts(model, name)  # an S3PET adapter in search mode lists itself
     if parts:
         raise ExportError(
             f"Adapter {name!r} has {len(parts)} parts that cannot be merged into the base weights, e.g. {parts[:3]}. "
@@ -209,7 +205,9 @@ def export_merged(
         )
     exact = _peft_type(config) == "SAMTUNING"
     quantized = [path for path, layer in _sam_layers(tuner, name) if layer.quantization_backend is not None]
-    merged = _copy_with_active(model, name).merge_and_unload(progressbar=progressbar, adapter_names=[name])
+    clone = _copy_with_active(model, name)
+    expected = _outputs(clone, check_inputs) if check_inputs is not None else None  # before merging: no 2nd copy
+    merged = clone.merge_and_unload(progressbar=progressbar, adapter_names=[name])
     info = ExportInfo(str(out_dir), "merged", _peft_type(config), exact=exact and not quantized)
     info.notes.append("every part merged into the base weights; load with transformers alone")
     if exact and quantized:
@@ -217,8 +215,8 @@ def export_merged(
             f"{len(quantized)} merged layers are quantized: W + ΔW is requantized, so outputs agree only to "
             "quantization rounding"
         )
-    if check_inputs is not None:
-        info.max_abs_diff = _compare(_reference(model, name), merged, check_inputs)
+    if expected is not None:
+        info.max_abs_diff = _max_diff(expected, _outputs(merged, check_inputs))
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:

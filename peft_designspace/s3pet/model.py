@@ -336,7 +336,18 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
         """The resolved parameter budget (a count) of a search-mode adapter."""
         return int(self._search_plan(adapter_name)["budget"])
 
-    # merging (`merge_and_unload(partial=...)` and `unmergeable_parts` come from the mixin) ---------------------
+    # merging (`merge_and_unload(partial=...)` comes from the mixin) ----------------------------------------------
+    def unmergeable_parts(self, adapter_names: list[str] | None = None) -> list[str]:
+        """The mixin's list, led by every given adapter in search mode (none of a gated adapter merges)."""
+        names = adapter_names or self.active_adapters
+        searching = [
+            f"{n}: S3PET adapter in search mode (gated candidates; derive its structure with `derive_structure()` "
+            "and train it in apply mode)"
+            for n in names
+            if self.peft_config[n].searching
+        ]
+        return searching + super().unmergeable_parts(adapter_names)
+
     def _check_mergeable(self, adapter_names: list[str]) -> None:
         searching = [n for n in adapter_names if self.peft_config[n].searching]
         if searching:
