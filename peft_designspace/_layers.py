@@ -10,6 +10,29 @@ from torch import nn
 from .architecture import linear_features
 
 
+def check_finite_deltas(parts: dict[str, dict[str, torch.Tensor | None]]) -> None:
+    """For `safe_merge=True`: raise before anything is merged when a delta holds NaN or inf values.
+
+    `parts` maps each adapter name to its deltas by part name (`None` for an absent part). All adapters are checked
+    first, so a refused merge leaves the base layer as it was.
+
+    Example:
+
+    ```py
+    >>> check_finite_deltas({"default": {"bias": torch.tensor([0.0, float("nan")])}})
+    Traceback (most recent call last):
+    ...
+    ValueError: safe_merge: NaNs or infs in the bias part of adapter 'default'; nothing was merged.
+    ```
+    """
+    for name, deltas in parts.items():
+        bad = [part for part, delta in deltas.items() if delta is not None and not torch.isfinite(delta).all()]
+        if bad:
+            raise ValueError(
+                f"safe_merge: NaNs or infs in the {', '.join(bad)} part of adapter {name!r}; nothing was merged."
+            )
+
+
 class LinearDeltaMixin:
     """For `BaseTunerLayer` wrappers of `nn.Linear`, GPT-2 `Conv1D` and bitsandbytes layers with LoRA and bias deltas.
 
@@ -69,6 +92,17 @@ class LinearDeltaMixin:
     def _lora_delta(self, name: str) -> torch.Tensor:
         return self._stored_delta(getattr(self, self.lora_container)[name])
 
+    def _safe_merge_parts(self, names: list[str]) -> dict[str, dict[str, torch.Tensor | None]]:
+        """The deltas `merge` would add to the base layer, by adapter and part (for `check_finite_deltas`)."""
+        parts = {}
+        for name in names:
+            lora, bias = self._part(self.lora_container, name), self._part(self.bias_container, name)
+            parts[name] = {
+                "LoRA": None if lora is None else self._stored_delta(lora).detach(),
+                "bias": None if bias is None or not self._base_has_bias() else bias.detach(),
+            }
+        return parts
+
     def _add_to_base(self, name: str, sign: float) -> None:
         lora, bias = self._part(self.lora_container, name), self._part(self.bias_container, name)
         self._add_deltas_to_base(name, lora, bias, sign)
@@ -77,10 +111,9 @@ class LinearDeltaMixin:
         """Merge the LoRA and bias parts of the active (or given) adapters into the base layer."""
         names = check_adapters_to_merge(self, adapter_names)
         self._check_mergeable(names)
+        if safe_merge:
+            check_finite_deltas(self._safe_merge_parts(names))
         for name in names:
-            lora = self._part(self.lora_container, name)
-            if safe_merge and lora is not None and not torch.isfinite(self._stored_delta(lora)).all():
-                raise ValueError(f"NaNs or infs in the LoRA part of adapter {name!r}; refusing to merge.")
             self._add_to_base(name, +1.0)
             self.merged_adapters.append(name)
 

@@ -3,9 +3,15 @@
 import copy
 import warnings
 
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from ._layers import check_finite_deltas
 from ._warnings import DesignSpaceWarning
+
+
+def _on_meta(module: nn.Module) -> bool:
+    return any(t.device.type == "meta" for t in (*module.parameters(), *module.buffers()))
 
 
 class WrapperTunerMixin:
@@ -39,7 +45,9 @@ class WrapperTunerMixin:
             weight = next(new_module.get_base_layer().parameters(), None)
             if weight is not None and weight.device.type != "meta":
                 for name, module in new_module.named_children():
-                    if name.startswith(self.prefix):
+                    # parts created on the meta device (`low_cpu_mem_usage=True`) stay there: PEFT materialises
+                    # them when it loads the adapter's weights (`assign=True`)
+                    if name.startswith(self.prefix) and not _on_meta(module):
                         module.to(weight.device)
 
     @classmethod
@@ -59,12 +67,30 @@ class WrapperTunerMixin:
         # into it, and written into the caller's object they would carry over to the next model it is used for
         # (a larger model silently took the first model's plan and budget).
         self.peft_config[adapter_name] = copy.deepcopy(self.peft_config[adapter_name])
+        self._refuse_foreign_layers(model)
         # planned here rather than in `_pre_injection_hook`, which `PeftModel.add_adapter` does not call
         self._plan(model, self.peft_config[adapter_name], adapter_name)
         super().inject_adapter(model, adapter_name, **kwargs)
 
     def _plan(self, model: nn.Module, config, adapter_name: str) -> None:
         raise NotImplementedError
+
+    def _refuse_foreign_layers(self, model: nn.Module) -> None:
+        """Raise when `model` already holds another PEFT method's adapter layers (e.g. through
+        `inject_adapter_in_model` twice): the pack's layers do not stack on them (planning, merging and unloading
+        read the plain base modules), and classifying a wrapped module gave contradictory errors before."""
+        foreign = [
+            (path, f"{type(module).__module__}.{type(module).__qualname__}")
+            for path, module in model.named_modules()
+            if isinstance(module, BaseTunerLayer) and not isinstance(module, self.tuner_layer_cls)
+        ]
+        if foreign:
+            path, kind = foreign[0]
+            raise ValueError(
+                f"The model already holds {len(foreign)} adapter layers of another method (e.g. {path!r}, a {kind}); "
+                f"{type(self).__name__} adapters cannot be stacked on them. Merge or unload them first "
+                "(`merge_and_unload()` or `unload()`), or start from a model without them."
+            )
 
     # merging ----------------------------------------------------------------------------------------------------
     def unmergeable_parts(self, adapter_names: list[str] | None = None) -> list[str]:
@@ -78,6 +104,20 @@ class WrapperTunerMixin:
 
     def _check_mergeable(self, adapter_names: list[str]) -> None:
         """Raise when the adapters cannot be merged at all (default: they can)."""
+
+    def _check_finite_deltas(self, adapter_names: list[str] | None) -> None:
+        """For `safe_merge=True`: every layer's deltas are checked before any layer merges, so that a refusal
+        leaves the whole model unmerged (each layer's own check would leave the layers before it merged)."""
+        names = adapter_names or self.active_adapters
+        for module in self.model.modules():
+            if isinstance(module, self.tuner_layer_cls) and hasattr(module, "_safe_merge_parts"):
+                pending = [n for n in names if n not in module.merged_adapters]
+                check_finite_deltas(module._safe_merge_parts(pending))
+
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        if safe_merge:
+            self._check_finite_deltas(adapter_names)
+        super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
 
     def merge_and_unload(
         self,
@@ -113,6 +153,8 @@ class WrapperTunerMixin:
                 DesignSpaceWarning,
                 stacklevel=2,
             )
+        if safe_merge:
+            self._check_finite_deltas(adapter_names)
         return self._unload_and_optionally_merge(
             merge=True, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
         )

@@ -18,7 +18,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
-from .._layers import LinearDeltaMixin
+from .._layers import LinearDeltaMixin, check_finite_deltas
 from ..modules import Bottleneck, LowRank, PrefixKV
 
 
@@ -155,10 +155,17 @@ class Norm(nn.Module, DesignSpaceLayer):
         return [f"norm bias[{n}] (the norm has no bias)" for n in adapter_names if n in self.designspace_bias]
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        for name in check_adapters_to_merge(self, adapter_names):
+        names = check_adapters_to_merge(self, adapter_names)
+        if safe_merge:
+            check_finite_deltas(self._safe_merge_parts(names))
+        for name in names:
             if name in self.designspace_bias and not self.unmergeable_parts([name]):
                 self.base_layer.bias.data += self.designspace_bias[name].detach().to(self.base_layer.bias.dtype)
                 self.merged_adapters.append(name)
+
+    def _safe_merge_parts(self, names: list[str]) -> dict[str, dict[str, torch.Tensor | None]]:
+        mergeable = [n for n in names if n in self.designspace_bias and not self.unmergeable_parts([n])]
+        return {n: {"bias": self.designspace_bias[n].detach()} for n in mergeable}
 
     def unmerge(self) -> None:
         while self.merged_adapters:
@@ -211,12 +218,27 @@ class PrefixHolder(nn.Module, DesignSpaceLayer):
         hidden_size: int | None = None,
         prefix_projection_hidden: int | None = None,
         device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
         **_: object,
     ) -> None:
         if prefix:
             module = PrefixKV(kv_heads, head_dim, prefix, hidden_size, prefix_projection_hidden)
-            self.designspace_prefix_kv[adapter_name] = module.to(device) if device is not None else module
+            # created on the meta device under `low_cpu_mem_usage=True`: left there for PEFT to materialise.
+            # Otherwise in the attention's device and floating dtype, like PEFT's adapter weights (PEFT then
+            # upcasts half-precision adapters to float32 unless `autocast_adapter_dtype=False`).
+            self._placement = {"device": device, "dtype": dtype}
+            self.designspace_prefix_kv[adapter_name] = module
+            self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters)
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
+        # There is no base weight to follow (PEFT's version reads `get_base_layer().weight`, which is this holder):
+        # the prefixes go to the attention's device and floating dtype, recorded by `update_layer`.
+        module = self.designspace_prefix_kv[adapter_name] if adapter_name in self.designspace_prefix_kv else None
+        if module is None or any(p.device.type == "meta" for p in module.parameters()):
+            return
+        placement = getattr(self, "_placement", {})
+        module.to(device=device or placement.get("device"), dtype=placement.get("dtype"))
 
     def get_base_layer(self) -> nn.Module:
         return self

@@ -102,11 +102,12 @@ class DesignSpaceModel(WrapperTunerMixin, BaseTuner):
     def _add_prefix(self, config: DesignSpaceConfig, adapter_name: str, attention: nn.Module, options: dict) -> None:
         model_config = getattr(self.model, "config", None)
         hidden = getattr(model_config, "hidden_size", None) or getattr(model_config, "d_model", None)
-        device = next(attention.parameters()).device
+        weight = next(attention.parameters())
         options.update(
             hidden_size=hidden,
             prefix_projection_hidden=config.prefix_projection_hidden if config.prefix_projection else None,
-            device=device if device.type != "meta" else None,
+            device=weight.device if weight.device.type != "meta" else None,
+            dtype=weight.dtype if weight.dtype.is_floating_point else None,
         )
         holder = attention._modules.get(prefix_attention.HOLDER_NAME)
         if holder is None:

@@ -26,7 +26,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 from torch.func import functional_call
 
-from .._layers import LinearDeltaMixin
+from .._layers import LinearDeltaMixin, check_finite_deltas
 from ..modules import LowRank, LowRankAdapter
 from .fused import FrozenLinearWithDeltas
 from .space import TYPES
@@ -247,12 +247,21 @@ class Norm(nn.Module, S3PETLayer):
         names = check_adapters_to_merge(self, adapter_names)
         self._check_mergeable(names)
         base = self.get_base_layer()
+        if safe_merge:
+            check_finite_deltas(self._safe_merge_parts(names))
         for name in names:
             if name in self.s3pet_lnfit:
                 base.weight.data += self.s3pet_lnfit[name].detach().to(base.weight.dtype).view_as(base.weight)
             if name in self.s3pet_bias and getattr(base, "bias", None) is not None:
                 base.bias.data += self.s3pet_bias[name].detach().to(base.bias.dtype).view_as(base.bias)
             self.merged_adapters.append(name)
+
+    def _safe_merge_parts(self, names: list[str]) -> dict[str, dict[str, torch.Tensor | None]]:
+        has_bias = getattr(self.get_base_layer(), "bias", None) is not None  # else the bias delta is not merged
+        return {
+            n: {"LNFit": _detached(self.s3pet_lnfit, n), "bias": _detached(self.s3pet_bias, n) if has_bias else None}
+            for n in names
+        }
 
     def unmerge(self) -> None:
         base = self.get_base_layer()
@@ -297,6 +306,10 @@ class Norm(nn.Module, S3PETLayer):
 
     def __repr__(self) -> str:
         return "s3pet." + super().__repr__()
+
+
+def _detached(container: nn.ParameterDict, name: str) -> torch.Tensor | None:
+    return container[name].detach() if name in container else None
 
 
 def _add_product(result: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from peft.utils.quantization_utils import resolve_quantization_backend
 from torch import nn
 from torch.func import functional_call
 
+from .._layers import check_finite_deltas
 from ..architecture import is_linear, is_norm, linear_features
 from .ops import (
     GradProbe,
@@ -163,15 +164,15 @@ class SAMTuningLayer(nn.Module, BaseTunerLayer):
             )
         if self.quantization_backend is not None and not self.quantization_backend.supports_merge:
             raise ValueError(f"{type(self.get_base_layer()).__name__} cannot be merged into: forward-only backend.")
-        for name in check_adapters_to_merge(self, adapter_names):
+        names = check_adapters_to_merge(self, adapter_names)
+        if safe_merge:  # every part of every adapter first, so that a refusal leaves the base tensors untouched
+            check_finite_deltas(self._safe_merge_parts(names))
+        for name in names:
             saved = {}
             for part in PARTS:
-                values = getattr(self, f"samtuning_{part}_values")
-                if name not in values:
+                vals = self._values(part, name)
+                if vals is None:
                     continue
-                vals = values[name].detach()
-                if safe_merge and not torch.isfinite(vals).all():
-                    raise ValueError(f"NaNs or infs in the SAM values of adapter {name!r}; refusing to merge.")
                 flat = getattr(self, f"samtuning_{part}_indices")[name].long()
                 tensor = self._base_tensor(part)
                 saved[part] = tensor.view(-1)[flat].clone()
@@ -192,6 +193,13 @@ class SAMTuningLayer(nn.Module, BaseTunerLayer):
                 tensor = self._base_tensor(part)
                 tensor.view(-1)[flat] = original.to(tensor.dtype)
                 self._set_base_tensor(part, tensor)
+
+    def _safe_merge_parts(self, names: list[str]) -> dict[str, dict[str, torch.Tensor | None]]:
+        return {n: {part: self._values(part, n) for part in PARTS} for n in names}
+
+    def _values(self, part: str, name: str) -> torch.Tensor | None:
+        values = getattr(self, f"samtuning_{part}_values")
+        return values[name].detach() if name in values else None
 
     def _base_tensor(self, part: str) -> torch.Tensor:
         if part == "weight":

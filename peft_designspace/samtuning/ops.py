@@ -94,6 +94,7 @@ class _FusedSparseLinear(torch.autograd.Function):
         merged = _with_deltas(weight, patterns, values)
         out = F.linear(x, merged.T if transposed else merged, bias)
         ctx.patterns, ctx.transposed = patterns, transposed
+        ctx.bias_dtype = bias.dtype if bias is not None else None
         ctx.save_for_backward(x, weight, *values)
         return out
 
@@ -102,12 +103,15 @@ class _FusedSparseLinear(torch.autograd.Function):
         x, weight, *values = ctx.saved_tensors
         grad_x = None
         if ctx.needs_input_grad[0]:
-            merged = _with_deltas(weight, ctx.patterns, values)
-            grad_x = grad_out @ (merged.T if ctx.transposed else merged)
+            # Under autocast the forward's product ran in the autocast dtype, so `grad_out` comes in that dtype
+            # (backward runs outside autocast): the input gradient is computed in it too, as autocast's own
+            # linear backward does, and returned in the input's dtype.
+            merged = _with_deltas(weight, ctx.patterns, values).to(grad_out.dtype)
+            grad_x = (grad_out @ (merged.T if ctx.transposed else merged)).to(x.dtype)
             del merged
         grad_bias = None
         if ctx.needs_input_grad[2]:  # the bias carries the bias deltas' gradient (base bias + Δb)
-            grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
+            grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0, dtype=torch.float32).to(ctx.bias_dtype)
         grads = []
         if any(ctx.needs_input_grad[5:]):
             g2 = grad_out.reshape(-1, grad_out.shape[-1]).float()
