@@ -249,6 +249,16 @@ def _merge_body(old: str, section: str) -> str:
     return old.rstrip() + "\n\n" + section + "\n"
 
 
+def _is_hub_id(name: object) -> bool:
+    return isinstance(name, str) and bool(REPO_ID_RE.match(name)) and not os.path.exists(name)
+
+
+def _local_base_tag(tag: str) -> bool:
+    """PEFT's `base_model:adapter:<base>` tag (and the like) naming a local folder: not valid Hub metadata."""
+    kind, _, rest = tag.partition(":")
+    return kind == "base_model" and bool(rest) and not _is_hub_id(rest.split(":")[-1])
+
+
 def write_model_card(
     adapter_dir: str | os.PathLike,
     *,
@@ -300,14 +310,14 @@ def write_model_card(
     readme = adapter_dir / "README.md"
     card = ModelCard(readme.read_text(encoding="utf-8") if readme.is_file() else "", ignore_metadata_errors=True)
     method = str(config.get("peft_type", "")).lower()
-    tags = [t for t in (card.data.tags or []) if isinstance(t, str)]
+    tags = [t for t in (card.data.tags or []) if isinstance(t, str) and not _local_base_tag(t)]
     for tag in ("peft", PACK_NAME, method):
         if tag and tag not in tags:
             tags.append(tag)
     card.data.tags = tags
     card.data.library_name = "peft"
     base = config.get("base_model_name_or_path")
-    if base and REPO_ID_RE.match(base) and not os.path.exists(base):
+    if _is_hub_id(base):
         card.data.base_model = base
     elif card.data.base_model and os.path.exists(str(card.data.base_model)):
         card.data.base_model = None  # a local path is not valid Hub metadata; the body names it

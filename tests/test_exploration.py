@@ -351,3 +351,14 @@ def test_bad_command_line_values_exit_2_naming_the_option(tmp_path, capsys, opti
         explore_main(argv)
     assert exit_info.value.code == 2
     assert match in capsys.readouterr().err
+
+
+def test_explore_help_shows_defaults_and_takes_q(capsys):
+    # as docs/cli.md says of every command: the help gives each option's default, and -q is --quiet
+    with pytest.raises(SystemExit) as exit_info:
+        explore_main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "(default: 8)" in help_text and "(default: 0.005)" in help_text
+    assert "-q, --quiet" in help_text
+    assert "(default: MiniLM-L6). (default" not in help_text

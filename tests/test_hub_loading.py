@@ -148,3 +148,15 @@ def test_card_keeps_user_text_and_metadata(saved, tmp_path):
     assert "license: apache-2.0" in first and "- sst2" in first and "- designspace" in first
     assert "base_model: org/tiny-bert" in first and "Trained on SST-2." in first
     assert first.count("<!-- peft-designspace:begin -->") == 1
+
+
+def test_card_drops_base_model_tags_that_name_a_local_folder(saved, tmp_path):
+    # PEFT's own card tags the base as `base_model:adapter:<base_model_name_or_path>`; for a local folder that is
+    # not valid Hub metadata (the card body names the folder instead). Hub ids and other tags are kept.
+    folder = copy_adapter(saved, tmp_path)
+    local = str(tmp_path)
+    tags = [f"base_model:adapter:{local}", "base_model:adapter:org/base-model", "my-tag"]
+    (folder / "README.md").write_text("---\ntags:\n" + "".join(f"- {t}\n" for t in tags) + "---\nbody\n")
+    head = write_model_card(folder).read_text().split("---")[1]
+    assert local not in head
+    assert "- base_model:adapter:org/base-model" in head and "- my-tag" in head

@@ -47,7 +47,7 @@ def add_explore_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--stages", default=None, help="Comma list of stages (default: the paper's seven).")
     parser.add_argument("--report", default=None, help="Report path (default: <output_dir>/report.md).")
     parser.add_argument("--plots_dir", default=None, help="Plot folder (default: <output_dir>/plots).")
-    parser.add_argument("--quiet", action="store_true", help="No progress bars.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="No progress bars.")
     parser.add_argument(
         "--report_only", action="store_true", help="Train nothing: report the stages the stored results complete."
     )
@@ -149,10 +149,23 @@ def run_explore(args: argparse.Namespace) -> int:
     return 0
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, as in the other commands, except where the help text already describes them."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def explore_main(argv: list[str] | None = None) -> int:
     """`peft-designspace explore` as a function: parse `argv`, run, return the exit status (2 on bad input)."""
     parser = add_explore_arguments(
-        argparse.ArgumentParser(prog="peft-designspace explore", description="Explore the S4 design space.")
+        argparse.ArgumentParser(
+            prog="peft-designspace explore",
+            description="Explore the S4 design space.",
+            formatter_class=_DefaultsFormatter,
+        )
     )
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
