@@ -1,6 +1,7 @@
 """What every config of the pack shares: the pack version it was written with, and the model card on save."""
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,15 +28,42 @@ def _check_positive_int(name: str, value: Any, optional: bool = True) -> None:
         _fail(name, value, "a positive int" + (" or None" if optional else ""))
 
 
+def _check_positive_number(name: str, value: Any) -> int | float:
+    """Validate a finite number > 0 (not a bool) and return it, numpy and other `numbers.Real` scalars as `float`."""
+    allowed = "a positive number (finite: not inf or nan)"
+    _check_type(name, value, numbers.Real, allowed)
+    if not (math.isfinite(value) and value > 0):
+        _fail(name, value, allowed)
+    return value if type(value) in (int, float) else float(value)
+
+
 def check_budget(budget: Any, of: str) -> float | int:
-    """Validate a budget (a fraction of `of` in (0, 1), or a whole count >= 1) and return it (counts as `int`)."""
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+    """Validate a budget (a fraction of `of` in (0, 1), or a whole count >= 1) and return it (counts as `int`).
+
+    Any real number but a bool is taken, numpy scalars included (`numpy.int64(500)`, `numpy.float64(0.01)`); a count
+    comes back as a Python `int`, a fraction as a Python `float`.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
         _fail("budget", budget, "a float fraction in (0, 1) or an int count >= 1", TypeError)
     if math.isnan(budget) or math.isinf(budget) or not budget > 0:
         _fail("budget", budget, f"> 0 (a fraction of {of} in (0, 1) or a count >= 1)")
-    if budget >= 1 and float(budget) != int(budget):
+    if budget >= 1 and not isinstance(budget, numbers.Integral) and budget != int(budget):
         _fail("budget", budget, "a whole number when >= 1 (an absolute parameter count)")
-    return int(budget) if budget >= 1 else budget
+    return int(budget) if budget >= 1 else float(budget)
+
+
+def check_layer_stacks(layer_stacks: Any) -> list[str] | None:
+    """Validate `layer_stacks`: `None` (found automatically) or a list (or tuple) of module paths; return a list.
+
+    Raises:
+        TypeError: for anything else, a single string included (`"bert.encoder.layer"` must be
+            `["bert.encoder.layer"]`).
+    """
+    if layer_stacks is None:
+        return None
+    if not isinstance(layer_stacks, (list, tuple)) or not all(isinstance(s, str) for s in layer_stacks):
+        _fail("layer_stacks", layer_stacks, "a list of module paths or None", TypeError)
+    return list(layer_stacks)
 
 
 def check_schema_version(version: Any, current: int) -> None:

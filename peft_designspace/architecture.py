@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from ._config import check_layer_stacks
+
 # Full-match patterns, relative to one layer. The first role list that matches wins for each module.
 ROLE_PATTERNS: dict[str, tuple[str, ...]] = {
     "attention": (r"attention\.self", r"layer\.0\.SelfAttention", r"attn", r"self_attn"),
@@ -148,8 +150,10 @@ def resolve_architecture(model: nn.Module, layer_stacks: list[str] | None = None
         layer_stacks (`list[str]`, *optional*): explicit stack paths, bottom first; found automatically when `None`.
 
     Raises:
+        TypeError: when `layer_stacks` is neither `None` nor a list of module paths (e.g. a single string).
         ValueError: when no stack is found, or an explicit path is missing or not an `nn.ModuleList`.
     """
+    layer_stacks = check_layer_stacks(layer_stacks)
     modules = dict(model.named_modules())
     if layer_stacks is None:
         stacks = find_layer_stacks(model)

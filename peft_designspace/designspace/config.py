@@ -97,7 +97,7 @@ class DesignSpaceConfig(PackConfigMixin, PeftConfig):
     >>> from transformers import BertConfig, BertForSequenceClassification
     >>> base = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=8, num_attention_heads=2,
     ...                                                 intermediate_size=64, vocab_size=100))
-    >>> model = get_peft_model(base, peft_designspace.DesignSpaceConfig(preset="s4", budget=0.02, task_type="SEQ_CLS"))
+    >>> model = get_peft_model(base, peft_designspace.DesignSpaceConfig(preset="s4", budget=0.05, task_type="SEQ_CLS"))
     >>> print(model.base_model.budget_report())  # doctest: +SKIP
     ```
     """
@@ -169,7 +169,7 @@ class DesignSpaceConfig(PackConfigMixin, PeftConfig):
             self.group_strategies = [list(s) for s in strategies]
 
     def _validate(self) -> None:
-        check_budget(self.budget, "the base model")
+        self.budget = check_budget(self.budget, "the base model")  # numpy numbers become JSON-able Python ones
         _check_positive_int("num_groups", self.num_groups, optional=False)
         if isinstance(self.grouping, str):
             if self.grouping not in GROUPING_PATTERNS:

@@ -41,7 +41,7 @@ class DesignSpaceModel(WrapperTunerMixin, BaseTuner):
     >>> from transformers import LlamaConfig, LlamaForCausalLM
     >>> base = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=8,
     ...                                     num_attention_heads=4, num_key_value_heads=2, vocab_size=100))
-    >>> model = get_peft_model(base, peft_designspace.DesignSpaceConfig(budget=0.02, task_type="CAUSAL_LM"))
+    >>> model = get_peft_model(base, peft_designspace.DesignSpaceConfig(budget=0.05, task_type="CAUSAL_LM"))
     >>> report = model.base_model.budget_report()
     >>> abs(report.realised / report.target - 1) <= 0.05
     True

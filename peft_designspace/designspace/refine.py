@@ -13,7 +13,7 @@ candidate). This module is pure arithmetic; training and plotting live in `train
 Example:
 
 ```py
->>> summarize([0.2, 0.1, 0.3])["mean"]
+>>> round(summarize([0.2, 0.1, 0.3])["mean"], 6)
 0.2
 >>> edf([0.2, 0.1, 0.3], 0.25)
 0.6666666666666666

@@ -18,11 +18,16 @@ redrawn, which keeps the samples uniform over the designs that meet it.
 Example:
 
 ```py
->>> from peft_designspace.designspace.space import DesignSpace, DesignSampler
+>>> from peft_designspace.designspace.space import DesignSampler, DesignSpace, design_config
+>>> from transformers import BertConfig, BertForSequenceClassification
+>>> model = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=8, num_attention_heads=2,
+...                                                  intermediate_size=64, vocab_size=100))
 >>> space = DesignSpace().constrain("grouping", "spindle")
 >>> sampler = DesignSampler(model, budget=0.005)  # a transformers model (the base, without adapters)
 >>> designs = sampler.sample(space, 20, seed=0)
 >>> config = design_config(designs[0], budget=0.005, task_type="SEQ_CLS")
+>>> len(designs), config.grouping
+(20, 'spindle')
 ```
 """
 

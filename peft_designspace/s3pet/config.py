@@ -3,7 +3,15 @@ from dataclasses import dataclass, field
 from peft import PeftConfig
 from peft.utils import PeftType
 
-from .._config import PackConfigMixin, _check_type, _fail, check_budget, check_schema_version
+from .._config import (
+    PackConfigMixin,
+    _check_positive_number,
+    _check_type,
+    _fail,
+    check_budget,
+    check_layer_stacks,
+    check_schema_version,
+)
 from .space import normalize_space
 from .structure import load_structure
 
@@ -79,12 +87,12 @@ class S3PETConfig(PackConfigMixin, PeftConfig):
         normalize_space(self.search_space)
         if self.structure is not None:
             self.structure = load_structure(self.structure)
-        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not self.beta > 0:
-            _fail("beta", self.beta, "a positive number")
-        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
-            _fail("lora_alpha", self.lora_alpha, "a positive number")
+        self.beta = _check_positive_number("beta", self.beta)
+        self.lora_alpha = _check_positive_number("lora_alpha", self.lora_alpha)
         if isinstance(self.lra_reduction, bool) or not isinstance(self.lra_reduction, int) or self.lra_reduction < 1:
             _fail("lra_reduction", self.lra_reduction, "a positive int")
+        if self.layer_stacks is not None:  # kept as given when valid (a tuple stays a tuple)
+            check_layer_stacks(self.layer_stacks)
         _check_type("init_weights", self.init_weights, bool, "True or False")
         for name in ("target_modules", "target_parameters", "exclude_modules"):
             if getattr(self, name) is not None:

@@ -9,10 +9,19 @@ probability at once. During search the gates are binary-concrete samples `z = σ
 """
 
 import math
+import numbers
 
 import torch
 
 EPS = 1e-7
+
+
+class NonFiniteAlphaError(ValueError):
+    """α holds inf or nan (the search diverged); `indices` are the affected positions of the flattened α."""
+
+    def __init__(self, message: str, indices: list[int]) -> None:
+        super().__init__(message)
+        self.indices = indices
 
 
 def solve_shift(
@@ -33,11 +42,18 @@ def solve_shift(
     (0.5, True)
     ```
     """
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not (math.isfinite(beta) and beta > 0):
+        raise ValueError(f"`beta` must be a positive number (finite: not inf or nan), got {beta!r}.")
     a = alpha.detach().to("cpu", torch.float64).reshape(-1)
     n = sizes.detach().to("cpu", torch.float64).reshape(-1)
     total = float(n.sum())
     if not 0 < budget < total:
         raise ValueError(f"The budget {budget:g} must lie strictly between 0 and the search space's size {total:g}.")
+    bad = (~torch.isfinite(a)).nonzero().reshape(-1).tolist()
+    if bad:
+        raise NonFiniteAlphaError(
+            f"α holds inf or nan at {len(bad)} of {a.numel()} positions (first: {bad[:3]}): the search diverged.", bad
+        )
 
     def excess(b: float) -> float:
         return float((n * torch.sigmoid((a - b) / beta)).sum()) - budget
@@ -63,11 +79,20 @@ def solve_shift(
         slope = float((n * p * (1 - p)).sum()) / beta  # −F'(b) > 0
         step = b + f / slope if slope > 0 else math.nan
         b = step if low < step < high else 0.5 * (low + high)
+    if not math.isfinite(b):  # finite α and β give a finite root; kept as a guard for what reaches the gates
+        raise ValueError(f"The budget shift is {b!r} (beta={beta!r}): the search diverged.")
     return b, abs(excess(b)) / budget
 
 
-def keep_probabilities(alpha: torch.Tensor, sizes: torch.Tensor, budget: float, beta: float = 1.0):
-    """`(p, b, residual)`: the budget-shifted keep probabilities, renormalised with a stop-gradient on `Σp`."""
+def keep_probabilities(
+    alpha: torch.Tensor, sizes: torch.Tensor, budget: float, beta: float = 1.0
+) -> tuple[torch.Tensor, float, float]:
+    """`(p, b, residual)`: the budget-shifted keep probabilities, renormalised with a stop-gradient on `Σp`.
+
+    Raises:
+        NonFiniteAlphaError: when `alpha` holds inf or nan (a diverged search).
+        ValueError: for a `beta` that is not a finite positive number, or a budget outside `(0, Σ sizes)`.
+    """
     b, residual = solve_shift(alpha, sizes, budget, beta)
     p = torch.sigmoid((alpha - b) / beta).clamp(EPS, 1 - EPS)
     p = p / p.sum() * p.sum().detach()

@@ -6,15 +6,16 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
+from .._config import check_budget
 from .._tuner import WrapperTunerMixin
 from ..architecture import is_linear, is_norm, linear_features
 from ..designspace.model import count_base_parameters
 from ..modules import lra_parameters
 from .config import S3PETConfig
-from .gates import keep_probabilities, sample_gates
+from .gates import NonFiniteAlphaError, keep_probabilities, sample_gates
 from .layer import Linear, Norm, S3PETLayer
 from .space import Candidate, enumerate_candidates
-from .structure import build_structure, load_structure, module_rank
+from .structure import build_structure, diverged_error, load_structure, module_rank
 
 
 def _structure_size(module: nn.Module, kind: str, rank: int, reduction: int) -> int:
@@ -26,6 +27,34 @@ def _structure_size(module: nn.Module, kind: str, rank: int, reduction: int) -> 
     if kind in ("lnfit", "bitfit") and is_norm(module):
         return module.weight.numel()
     return -1  # the type cannot sit on this module
+
+
+def resolve_search_budget(budget: float | int, base_params: int, candidates: list[Candidate]) -> int:
+    """The parameter count a search budget stands for, checked against the search space.
+
+    `budget` is validated as `S3PETConfig.budget` is (`check_budget`): a fraction of the base model's `base_params`
+    parameters when < 1, an absolute count when >= 1.
+
+    Raises:
+        TypeError, ValueError: for a budget `check_budget` refuses.
+        ValueError: when the count is smaller than the smallest candidate or covers the whole search space (nothing
+            to search).
+    """
+    budget = check_budget(budget, "the base model")
+    count = int(budget * base_params) if budget < 1 else budget
+    sizes = [c.size for c in candidates]
+    if count < min(sizes):
+        smallest = candidates[sizes.index(min(sizes))]
+        raise ValueError(
+            f"`budget` {budget!r} ({count:,} parameters) is smaller than the smallest candidate "
+            f"({smallest.size:,} parameters, {smallest.key}); raise it to at least {smallest.size:,}."
+        )
+    if count >= sum(sizes):
+        raise ValueError(
+            f"`budget` {budget!r} ({count:,} parameters) covers the whole search space "
+            f"({sum(sizes):,} parameters): there is nothing to search. Lower the budget or widen the space."
+        )
+    return count
 
 
 def _check_alpha(alpha: list[torch.Tensor], live: list[nn.Parameter]) -> None:
@@ -97,19 +126,8 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
         if config.searching:
             candidates = enumerate_candidates(model, config.search_space, config.layer_stacks, config.lra_reduction)
             base_params = count_base_parameters(model)
-            budget = int(config.budget * base_params) if config.budget < 1 else int(config.budget)
+            budget = resolve_search_budget(config.budget, base_params, candidates)
             sizes = [c.size for c in candidates]
-            if budget < min(sizes):
-                smallest = candidates[sizes.index(min(sizes))]
-                raise ValueError(
-                    f"`budget` {config.budget!r} ({budget:,} parameters) is smaller than the smallest candidate "
-                    f"({smallest.size:,} parameters, {smallest.key}); raise it to at least {smallest.size:,}."
-                )
-            if budget >= sum(sizes):
-                raise ValueError(
-                    f"`budget` {config.budget!r} ({budget:,} parameters) covers the whole search space "
-                    f"({sum(sizes):,} parameters): there is nothing to search. Lower the budget or widen the space."
-                )
             parts: dict[str, list[str]] = {}
             ranks: dict[str, int] = {}
             for c in candidates:
@@ -208,6 +226,9 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
 
         `alpha` replaces the live architecture parameters: one tensor per wrapped module, in the order and with the
         sizes of `architecture_parameters()` (checked).
+
+        Raises:
+            ValueError: when α holds inf or nan (the search diverged; the error names the candidates affected).
         """
         name = adapter_name or self.active_adapters[0]
         plan, config = self._search_plan(name), self.peft_config[name]
@@ -217,7 +238,10 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
         else:
             _check_alpha(alpha, live)
             vector = torch.cat([a.detach().reshape(-1).float().cpu() for a in alpha])
-        return keep_probabilities(vector, plan["sizes"], plan["budget"], config.beta)
+        try:
+            return keep_probabilities(vector, plan["sizes"], plan["budget"], config.beta)
+        except NonFiniteAlphaError as err:  # checked on the CPU copy the shift solve makes anyway (no extra sync)
+            raise diverged_error(plan["candidates"], err.indices, "architecture parameters α") from None
 
     def generate(self, *args: object, **kwargs: object) -> object:
         """The base model's `generate()` with fresh gates: `z = p` in eval mode, one sample for the whole call in
@@ -302,7 +326,9 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
         space = config.search_space
         return build_structure(plan["candidates"], p.tolist(), plan["budget"], plan["base_params"], strategy, space)
 
-    def random_structure(self, seed: int = 0, budget: int | None = None, adapter_name: str | None = None) -> dict:
+    def random_structure(
+        self, seed: int = 0, budget: float | int | None = None, adapter_name: str | None = None
+    ) -> dict:
         """A random structure of a search-mode adapter's space: the baseline a searched structure must beat.
 
         Every candidate gets a keep score drawn uniformly from [0, 1) by Python's `random.Random(seed)`
@@ -312,7 +338,9 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
 
         Args:
             seed (`int`, *optional*, defaults to 0): seed of the scores; the same seed gives the same structure.
-            budget (`int`, *optional*): parameter budget; defaults to the adapter's own (resolved) budget.
+            budget (`float` or `int`, *optional*): parameter budget, read as `S3PETConfig.budget` is: a fraction of
+                the base model's parameters when < 1, an absolute count when >= 1; it must fit the smallest candidate
+                and stay below the whole search space. Defaults to the adapter's own (resolved) budget.
             adapter_name (`str`, *optional*): defaults to the active adapter.
 
         Returns:
@@ -321,16 +349,25 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
         Example:
 
         ```py
-        >>> structure = model.base_model.random_structure(seed=0)  # model: a search-mode S3PET PeftModel
-        >>> structure["total"] <= structure["budget"]
-        True
+        >>> import peft_designspace
+        >>> from peft import get_peft_model
+        >>> from transformers import BertConfig, BertForSequenceClassification
+        >>> base = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        ...                                                 intermediate_size=64, vocab_size=100))
+        >>> model = get_peft_model(base, peft_designspace.S3PETConfig(budget=500, task_type="SEQ_CLS"))
+        >>> structure = model.base_model.random_structure(seed=0)
+        >>> structure["budget"], structure["total"] <= structure["budget"]
+        (500, True)
+        >>> model.base_model.random_structure(seed=0, budget=0.005)["budget"]  # a fraction of the base model
+        189
         ```
         """
         plan = self._search_plan(adapter_name)
+        candidates = plan["candidates"]
         rng = random.Random(int(seed))
-        scores = [rng.random() for _ in plan["candidates"]]
-        target = plan["budget"] if budget is None else int(budget)
-        return build_structure(plan["candidates"], scores, target, plan["base_params"], "greedy", "random")
+        scores = [rng.random() for _ in candidates]
+        target = plan["budget"] if budget is None else resolve_search_budget(budget, plan["base_params"], candidates)
+        return build_structure(candidates, scores, target, plan["base_params"], "greedy", "random")
 
     def search_budget(self, adapter_name: str | None = None) -> int:
         """The resolved parameter budget (a count) of a search-mode adapter."""

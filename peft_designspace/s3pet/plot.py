@@ -113,7 +113,7 @@ def plot_trajectory(
     Example:
 
     ```py
-    >>> steps, history = zip(*((step, p.tolist()) for step, p in trainer.p_history))
+    >>> steps, history = zip(*((step, p.tolist()) for step, p in trainer.p_history))  # doctest: +SKIP
     >>> plot_trajectory(list(history), list(steps), candidates, kept, "trajectory.png")  # doctest: +SKIP
     ```
     """

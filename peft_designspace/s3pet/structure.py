@@ -17,12 +17,13 @@ A structure is a JSON-able dict:
 
 import json
 import math
+import numbers
 import os
 from pathlib import Path
 
 import numpy as np
 
-from .._io import write_json_atomic
+from .._io import write_text_atomic
 from .space import TYPES, Candidate
 
 FORMAT = "s3pet-structure"
@@ -68,10 +69,35 @@ def knapsack_select(p: list[float], sizes: list[int], budget: int) -> list[int]:
     return sorted(kept)
 
 
+def diverged_error(candidates: list[Candidate], indices: list[int], what: str) -> ValueError:
+    """The error for a search whose `what` (e.g. "keep probabilities p") is inf or nan at `indices` of `candidates`.
+
+    It names the affected candidates (`path:type`, the first three) and says how to recover.
+    """
+    keys = [candidates[i].key for i in indices[:3]]
+    more = f" and {len(indices) - 3} more" if len(indices) > 3 else ""
+    return ValueError(
+        f"The S3PET search diverged: the {what} of {len(indices)} of {len(candidates)} candidates are not finite "
+        f"(inf or nan), e.g. {', '.join(keys)}{more}. No structure can be derived from them: lower the "
+        "architecture learning rate (`arch_learning_rate`) and search again, or derive the structure from an "
+        "earlier checkpoint's α (`derive_structure(alpha=...)`)."
+    )
+
+
 def build_structure(
     candidates: list[Candidate], p: list[float], budget: int, base_params: int, strategy: str, space
 ) -> dict:
-    """Discretise: keep candidates under `budget` by `strategy` (`"greedy"` or `"knapsack"`)."""
+    """Discretise: keep candidates under `budget` by `strategy` (`"greedy"` or `"knapsack"`).
+
+    Raises:
+        ValueError: when a `p` is not a finite number (a diverged search; the error names the candidates), `p` and
+            `candidates` differ in length, or no candidate fits in `budget`.
+    """
+    if len(p) != len(candidates):
+        raise ValueError(f"`p` must hold one value per candidate ({len(candidates)}), got {len(p)}.")
+    bad = [i for i, value in enumerate(p) if not _is_finite(value)]
+    if bad:
+        raise diverged_error(candidates, bad, "keep probabilities p")
     sizes = [c.size for c in candidates]
     if budget < min(sizes):
         raise ValueError(
@@ -129,6 +155,11 @@ def load_structure(structure) -> dict:
                 f"{module.get('size')!r}."
             )
         module_rank(module, i)
+        if "p" in module and not _is_finite(module["p"]):
+            raise ValueError(
+                f"`structure['modules'][{i}]` ({module['path']}) has `p` {module['p']!r}; the keep probability must "
+                "be a finite number (or left out): a structure with inf or nan comes from a diverged search."
+            )
         key = (module["path"], module["type"])
         if key in seen:
             raise ValueError(
@@ -176,6 +207,28 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_finite(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def save_structure(structure: dict, path: str | os.PathLike) -> Path:
-    """Write `structure` as JSON through a temporary file in the same folder, then rename it into place."""
-    return write_json_atomic(structure, path)
+    """Write `structure` as strict JSON through a temporary file in the same folder, then rename it into place.
+
+    Raises:
+        ValueError: when `structure` holds inf or nan (which strict JSON cannot hold); nothing is written then.
+    """
+    try:
+        text = json.dumps(structure, indent=2, default=str, allow_nan=False)
+    except ValueError as err:
+        modules = structure.get("modules") if isinstance(structure, dict) else None
+        bad = [
+            str(m.get("path"))
+            for m in modules or []
+            if isinstance(m, dict) and "p" in m and isinstance(m["p"], numbers.Real) and not _is_finite(m["p"])
+        ]
+        where = f" (`p` of {', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''})" if bad else ""
+        raise ValueError(
+            f"The structure holds inf or nan{where}, which strict JSON cannot hold: it comes from a diverged search. "
+            f"Nothing was written to {str(path)!r}."
+        ) from err
+    return write_text_atomic(path, text + "\n")

@@ -74,6 +74,7 @@ class SAMTuningConfig(PackConfigMixin, PeftConfig):
 
     ```py
     >>> import peft_designspace
+    >>> import torch
     >>> from peft import get_peft_model
     >>> from transformers import BertConfig, BertForSequenceClassification
     >>> base = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
