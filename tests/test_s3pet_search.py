@@ -321,7 +321,7 @@ def test_search_under_bf16_autocasts_both_passes(tmp_path):
 def test_gradient_accumulation_takes_one_alpha_step_per_optimizer_step(tmp_path):
     _, trainer = _search(tmp_path, "accumulated", max_steps=3, gradient_accumulation_steps=2)
     assert trainer.state.global_step == 3
-    assert [entry["step"] for entry in trainer.search_log] == [0, 1, 2]
+    assert [entry["step"] for entry in trainer.search_log] == [1, 2, 3]  # the optimizer steps, as Trainer counts
     assert trainer.arch_scheduler.last_epoch == 3  # three α learning-rate steps, not six
 
 
@@ -429,7 +429,7 @@ def test_keep_probability_history_and_its_plot(tmp_path):
     model, trainer = _search(tmp_path, "trajectory", max_steps=3)
     tuner = model.base_model
     sizes = torch.tensor([c.size for c in tuner.candidates()], dtype=torch.float64)
-    assert [step for step, _ in trainer.p_history] == [0, 1, 2]
+    assert [step for step, _ in trainer.p_history] == [1, 2, 3]  # the optimizer steps, as Trainer counts
     for _, p in trainer.p_history:  # each entry is the budgeted, deterministic p after that α step
         assert expected_size(p, sizes) == pytest.approx(tuner.search_budget(), rel=1e-5)
     torch.testing.assert_close(trainer.p_history[-1][1], tuner.keep_probabilities()[0].detach().float())

@@ -41,8 +41,10 @@ class BudgetReportCallback(TrainerCallback):
     ```py
     >>> from transformers import Trainer
     >>> from trainer_ext import BudgetReportCallback
-    >>> trainer = Trainer(model=peft_model, args=args, train_dataset=train, callbacks=[BudgetReportCallback()])
-    >>> trainer.train()  # logs the table, writes <output_dir>/budget_report.json
+    >>> # peft_model: a design-space PeftModel; args: `TrainingArguments`; train: the training dataset
+    >>> callbacks = [BudgetReportCallback()]
+    >>> trainer = Trainer(model=peft_model, args=args, train_dataset=train, callbacks=callbacks)  # doctest: +SKIP
+    >>> trainer.train()  # logs the table, writes <output_dir>/budget_report.json  # doctest: +SKIP
     ```
     """
 

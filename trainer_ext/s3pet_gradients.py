@@ -27,7 +27,22 @@ def output_loss(model: torch.nn.Module) -> Callable[[dict, dict | None], torch.T
     Example:
 
     ```py
-    >>> grads = darts_alpha_gradients(model, alphas, output_loss(model), train_batch, search_batch, xi=1e-3)
+    >>> import torch
+    >>> from peft import get_peft_model
+    >>> from transformers import BertConfig, BertForSequenceClassification
+    >>> from peft_designspace import S3PETConfig
+    >>> from trainer_ext.s3pet_gradients import output_loss
+    >>> config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+    ...                     vocab_size=100)
+    >>> model = get_peft_model(BertForSequenceClassification(config), S3PETConfig(budget=400, task_type="SEQ_CLS"))
+    >>> batch = {"input_ids": torch.randint(1, 100, (2, 8)), "labels": torch.tensor([0, 1])}
+    >>> loss_fn = output_loss(model)
+    >>> loss_fn(batch).shape  # with the model's own weights
+    torch.Size([])
+    >>> zeroed = {n: torch.zeros_like(p) for n, p in model.named_parameters() if "classifier" in n}
+    >>> float(loss_fn(batch, zeroed).detach())  # zero logits: the loss is log 2  # doctest: +ELLIPSIS
+    0.693...
+
     ```
     """
 
@@ -57,7 +72,20 @@ def alpha_only_gradients(
     Example:
 
     ```py
-    >>> grads = alpha_only_gradients(model, model.base_model.architecture_parameters(), lambda: model(**batch).loss)
+    >>> import torch
+    >>> from peft import get_peft_model
+    >>> from transformers import BertConfig, BertForSequenceClassification
+    >>> from peft_designspace import S3PETConfig
+    >>> from trainer_ext.s3pet_gradients import alpha_only_gradients
+    >>> config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+    ...                     vocab_size=100)
+    >>> model = get_peft_model(BertForSequenceClassification(config), S3PETConfig(budget=400, task_type="SEQ_CLS"))
+    >>> batch = {"input_ids": torch.randint(1, 100, (2, 8)), "labels": torch.tensor([0, 1])}
+    >>> alphas = model.base_model.architecture_parameters()
+    >>> grads = alpha_only_gradients(model, alphas, lambda: model(**batch).loss)
+    >>> [g.shape for g in grads] == [a.shape for a in alphas]
+    True
+
     ```
     """
     alpha_ids = {id(a) for a in alphas}
@@ -101,8 +129,21 @@ def darts_alpha_gradients(
     Example:
 
     ```py
+    >>> import torch
+    >>> from peft import get_peft_model
+    >>> from transformers import BertConfig, BertForSequenceClassification
+    >>> from peft_designspace import S3PETConfig
+    >>> from trainer_ext.s3pet_gradients import darts_alpha_gradients, output_loss
+    >>> config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+    ...                     vocab_size=100)
+    >>> model = get_peft_model(BertForSequenceClassification(config), S3PETConfig(budget=400, task_type="SEQ_CLS"))
+    >>> batch = {"input_ids": torch.randint(1, 100, (2, 8)), "labels": torch.tensor([0, 1])}
+    >>> search_batch = {"input_ids": torch.randint(1, 100, (2, 8)), "labels": torch.tensor([1, 1])}
     >>> alphas = model.base_model.architecture_parameters()
-    >>> grads = darts_alpha_gradients(model, alphas, output_loss(model), train_batch, search_batch, xi=1e-3)
+    >>> grads = darts_alpha_gradients(model, alphas, output_loss(model), batch, search_batch, xi=1e-3)
+    >>> [g.shape for g in grads] == [a.shape for a in alphas]
+    True
+
     ```
     """
     alpha_ids = {id(a) for a in alphas}

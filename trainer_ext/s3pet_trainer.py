@@ -18,7 +18,10 @@ set `TrainingArguments(max_grad_norm=2.0, lr_scheduler_type="linear", warmup_ste
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 import os
+import warnings
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,8 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 from transformers import Trainer
+
+from peft_designspace._config import _check_type, _fail
 
 from .s3pet_gradients import alpha_only_gradients, darts_alpha_gradients
 
@@ -50,6 +55,41 @@ def _split(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any]:
     return Subset(dataset, train), Subset(dataset, search)
 
 
+def _check_search_options(
+    search_fraction: Any,
+    search_seed: Any,
+    arch_learning_rate: Any,
+    arch_max_grad_norm: Any,
+    second_order: Any,
+    structure_strategy: Any,
+) -> tuple[float, int, float, float | None]:
+    """Validate `S3PETSearchTrainer`'s own keywords (TypeError for a wrong type, ValueError for a bad value) and return
+    the numbers as plain Python `float`/`int`."""
+    _check_type("second_order", second_order, bool, "a bool")
+    seed_range = "an int in [-2**63, 2**64)"
+    _check_type("search_seed", search_seed, numbers.Integral, seed_range)
+    if not -(2**63) <= search_seed < 2**64:  # what `torch.Generator.manual_seed` takes
+        _fail("search_seed", search_seed, seed_range)
+    allowed = "a finite real number in (0, 1)"
+    _check_type("search_fraction", search_fraction, numbers.Real, allowed)
+    if not (math.isfinite(search_fraction) and 0 < search_fraction < 1):
+        _fail("search_fraction", search_fraction, allowed)
+    allowed = "a finite real number > 0"
+    _check_type("arch_learning_rate", arch_learning_rate, numbers.Real, allowed)
+    if not (math.isfinite(arch_learning_rate) and arch_learning_rate > 0):
+        _fail("arch_learning_rate", arch_learning_rate, allowed)
+    if arch_max_grad_norm is not None:
+        allowed = "None or a finite real number (<= 0 turns clipping off)"
+        _check_type("arch_max_grad_norm", arch_max_grad_norm, numbers.Real, allowed)
+        if not math.isfinite(arch_max_grad_norm):
+            _fail("arch_max_grad_norm", arch_max_grad_norm, allowed)
+        arch_max_grad_norm = float(arch_max_grad_norm)
+    _check_type("structure_strategy", structure_strategy, str, "'greedy' or 'knapsack'")
+    if structure_strategy not in ("greedy", "knapsack"):
+        _fail("structure_strategy", structure_strategy, "'greedy' or 'knapsack'")
+    return float(search_fraction), int(search_seed), float(arch_learning_rate), arch_max_grad_norm
+
+
 class S3PETSearchTrainer(Trainer):
     """Trainer for the S3PET search: bi-level updates of gates (α) and delta weights, then `derive_structure()`.
 
@@ -69,8 +109,12 @@ class S3PETSearchTrainer(Trainer):
     Example:
 
     ```py
-    >>> model = get_peft_model(base, S3PETConfig(budget=0.0001, task_type="SEQ_CLS"))
-    >>> trainer = S3PETSearchTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev)
+    >>> from peft import get_peft_model
+    >>> from peft_designspace import S3PETConfig
+    >>> from trainer_ext import S3PETSearchTrainer
+    >>> # base: a transformers model for sequence classification; args: its `TrainingArguments`; train, dev: datasets
+    >>> model = get_peft_model(base, S3PETConfig(budget=0.0001, task_type="SEQ_CLS"))  # doctest: +SKIP
+    >>> trainer = S3PETSearchTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev)  # doctest: +SKIP
     >>> trainer.train()  # doctest: +SKIP
     >>> structure = trainer.derive_structure()  # doctest: +SKIP
     ```
@@ -83,18 +127,15 @@ class S3PETSearchTrainer(Trainer):
         search_fraction: float = 0.5,
         search_seed: int = 1234,
         arch_learning_rate: float = 0.1,
-        arch_max_grad_norm: float = 2.0,
+        arch_max_grad_norm: float | None = 2.0,
         second_order: bool = False,
         structure_strategy: str = "greedy",
         **kwargs: Any,
     ) -> None:
+        search_fraction, search_seed, arch_learning_rate, arch_max_grad_norm = _check_search_options(
+            search_fraction, search_seed, arch_learning_rate, arch_max_grad_norm, second_order, structure_strategy
+        )
         super().__init__(*args, **kwargs)
-        if not 0 < search_fraction < 1:
-            raise ValueError(f"`search_fraction` must be in (0, 1), got {search_fraction!r}.")
-        if not arch_learning_rate > 0:
-            raise ValueError(f"`arch_learning_rate` must be > 0, got {arch_learning_rate!r}.")
-        if structure_strategy not in ("greedy", "knapsack"):
-            raise ValueError(f"`structure_strategy` must be 'greedy' or 'knapsack', got {structure_strategy!r}.")
         self._tuner()  # fail early on a model that is not in S3PET search mode
         # DDP must leave α alone: α gets no gradient in the weight step (which DDP would wait for without
         # `find_unused_parameters`); its gradients are averaged by hand in `_arch_step`
@@ -128,6 +169,8 @@ class S3PETSearchTrainer(Trainer):
         self.arch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self._search_iter = None
         self._arch_done_for_step = -1
+        # one entry per α step, labelled with the optimizer step it belongs to (Trainer's `global_step` once that step
+        # is done, as in `checkpoint-<step>`: 1 for the first)
         self.search_log: list[dict] = []
         self.p_history: list[tuple[int, torch.Tensor]] = []  # (step, keep probabilities) after each α step
         self._logged_upto = 0  # `search_log` entries already summarised in Trainer's logs
@@ -227,7 +270,8 @@ class S3PETSearchTrainer(Trainer):
             consumed = self.state.global_step * world * self._search_batches_per_step()  # a resumed run skips them
             epoch, offset = divmod(consumed, per_pass)
             while True:
-                order = torch.randperm(size, generator=torch.Generator().manual_seed(self.search_seed + epoch))
+                seed = (self.search_seed + epoch) % 2**64  # torch wraps negative seeds the same way
+                order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
                 for b in range(offset, per_pass):
                     yield order[b * batch_size : (b + 1) * batch_size].tolist()
                 epoch, offset = epoch + 1, 0
@@ -297,8 +341,10 @@ class S3PETSearchTrainer(Trainer):
             flat.div_(world)
             grads = [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads)]
         norm = torch.sqrt(sum((g.detach() ** 2).sum() for g in grads))
+        # the optimizer step this α step belongs to: Trainer counts it in `global_step` only once it is done
+        step = self.state.global_step + 1
         if not torch.isfinite(norm):  # an fp16 overflow at this loss scale: skip α's step, as GradScaler skips w's
-            self.search_log.append({"step": self.state.global_step, "alpha_step_skipped": True})
+            self.search_log.append({"step": step, "alpha_step_skipped": True})
             return
         clip = self.arch_max_grad_norm
         scale = min(1.0, clip / (float(norm) + 1e-6)) if clip is not None and clip > 0 else 1.0
@@ -308,9 +354,9 @@ class S3PETSearchTrainer(Trainer):
         self.arch_optimizer.zero_grad(set_to_none=True)
         self.arch_scheduler.step()
         last = self._tuner()._s3pet[self._tuner().active_adapters[0]].get("last", {})
-        self.search_log.append({"step": self.state.global_step, "alpha_grad_norm": float(norm), **last})
+        self.search_log.append({"step": step, "alpha_grad_norm": float(norm), **last})
         p, _, _ = self._tuner().keep_probabilities()
-        self.p_history.append((self.state.global_step, p.detach().float().cpu()))
+        self.p_history.append((step, p.detach().float().cpu()))
 
     def train(self, *args: Any, **kwargs: Any):
         # each run checks its checkpointing set-up and logs its structure changes from its own start; like Trainer's
@@ -375,18 +421,36 @@ class S3PETSearchTrainer(Trainer):
 
     # result ---------------------------------------------------------------------------------------------------------
     def _best_alphas(self) -> list[torch.Tensor] | None:
+        """α as saved in the best checkpoint, or `None` without one (then the live α is used).
+
+        PEFT saves the adapter named `"default"` at the top of the checkpoint and any other one in a subfolder named
+        after it. A checkpoint without that file, or without α in it, is reported with a warning.
+        """
         checkpoint = self.state.best_model_checkpoint
         if not checkpoint:
             return None
         from safetensors.torch import load_file
 
-        weights = load_file(os.path.join(checkpoint, "adapter_model.safetensors"))
         tuner = self._tuner()
         name = tuner.active_adapters[0]
+        folder = checkpoint if name == "default" else os.path.join(checkpoint, name)
+        path = os.path.join(folder, "adapter_model.safetensors")
+        if not os.path.isfile(path):
+            warnings.warn(
+                f"The best checkpoint has no {path} (adapter {name!r}), so the structure is derived from the live α "
+                "instead.",
+                stacklevel=3,
+            )
+            return None
+        weights = load_file(path)
         found = []
         for layer_path, _ in _layer_paths(tuner, name):
             key = f"base_model.model.{layer_path}.s3pet_alpha"
             if key not in weights:
+                warnings.warn(
+                    f"{path} holds no α ({key!r} is missing), so the structure is derived from the live α instead.",
+                    stacklevel=3,
+                )
                 return None
             found.append(weights[key])
         return found
@@ -397,7 +461,9 @@ class S3PETSearchTrainer(Trainer):
         The structure is also written to `args.output_dir/s3pet_structure.json`, with a heatmap
         (`s3pet_structure.png`) of the kept modules and of every candidate's keep probability, and a heatmap of every
         candidate's keep probability after each α step of this trainer's runs (`s3pet_search_trajectory.png`, from
-        `p_history`; a resumed run's history starts at the resume).
+        `p_history`, its columns labelled with the optimizer steps as Trainer counts them, from 1; a resumed run's
+        history starts at the resume). A figure this call cannot write (no α step recorded yet, or no matplotlib) is
+        removed from that folder with a warning, so that no other search's figure is left beside this structure.
         """
         tuner = self._tuner()
         alphas = self._best_alphas() if from_best else None
@@ -411,15 +477,21 @@ class S3PETSearchTrainer(Trainer):
             save_structure(structure, out / STRUCTURE_FILE)
             p, _, _ = tuner.keep_probabilities(alpha=alphas if alphas is not None else tuner.architecture_parameters())
             everything = [{**c.to_dict(), "p": float(v)} for c, v in zip(tuner.candidates(), p.tolist())]
+            written = set()
             try:
                 plot_structure(structure, out / PLOT_FILE, everything)
+                written.add(PLOT_FILE)
                 if self.p_history:
                     kept = _kept_keys(structure)
                     steps, history = zip(*((step, p.tolist()) for step, p in self.p_history))
                     frame = [c.to_dict() for c in tuner.candidates()]
                     plot_trajectory(list(history), list(steps), frame, kept, out / TRAJECTORY_FILE)
+                    written.add(TRAJECTORY_FILE)
+                reason = "no α step recorded by this trainer, so no search trajectory to plot"
             except ImportError:  # matplotlib is optional (`pip install peft-designspace[plots]`)
-                pass
+                reason = "matplotlib is not installed (`pip install peft-designspace[plots]`), so no figures"
+            # a figure not rewritten here belongs to an earlier search: it must not sit next to this structure
+            _remove_stale_figures(out, [n for n in (PLOT_FILE, TRAJECTORY_FILE) if n not in written], reason)
         return structure
 
 
@@ -471,6 +543,22 @@ def _check_checkpointing(model: torch.nn.Module, second_order: bool) -> None:
             "False})` (transformers' default) or `model.gradient_checkpointing_enable(gradient_checkpointing_kwargs="
             "{'use_reentrant': False})`; `peft.prepare_model_for_kbit_training` takes the same "
             "`gradient_checkpointing_kwargs`."
+        )
+
+
+def _remove_stale_figures(folder: Path, names: list[str], reason: str) -> None:
+    """Delete the figures `names` in `folder` (left by an earlier search) and say so in one warning."""
+    removed = []
+    for name in names:
+        try:
+            (folder / name).unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(name)
+    if removed:
+        warnings.warn(
+            f"{reason}: removed {', '.join(removed)} from {folder}, left by an earlier search.",
+            stacklevel=3,
         )
 
 

@@ -37,8 +37,11 @@ class SAMCalibrationCallback(TrainerCallback):
     Example:
 
     ```py
+    >>> from transformers import Trainer
     >>> from trainer_ext import SAMCalibrationCallback
-    >>> trainer = Trainer(model=model, args=args, train_dataset=train, callbacks=[SAMCalibrationCallback(32)])
+    >>> # model: a PeftModel with a SAM adapter; args: `TrainingArguments`; train: the training dataset
+    >>> callbacks = [SAMCalibrationCallback(32)]
+    >>> trainer = Trainer(model=model, args=args, train_dataset=train, callbacks=callbacks)  # doctest: +SKIP
     >>> trainer.train()  # doctest: +SKIP
     ```
     """
