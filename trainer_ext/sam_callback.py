@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterable
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -49,6 +51,13 @@ class SAMCalibrationCallback(TrainerCallback):
     def __init__(self, num_batches: int = 64, dataloader: Any = None, max_grad_norm: float | None = None) -> None:
         if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
             raise ValueError(f"`num_batches` must be a positive int, got {num_batches!r}.")
+        ok = isinstance(max_grad_norm, (int, float)) and not isinstance(max_grad_norm, bool) and max_grad_norm > 0
+        if max_grad_norm is not None and not (ok and math.isfinite(max_grad_norm)):  # as `calibrate_sam` checks it
+            raise ValueError(f"`max_grad_norm` must be a positive finite number or None, got {max_grad_norm!r}.")
+        if dataloader is not None and not isinstance(dataloader, Iterable):
+            raise TypeError(
+                f"`dataloader` must be an iterable of batches (e.g. a DataLoader) or None, got {dataloader!r}."
+            )
         self.num_batches = num_batches
         self.dataloader = dataloader
         self.max_grad_norm = max_grad_norm

@@ -208,13 +208,22 @@ def _hutchinson_step(loss, leaves, stats, config, generator) -> None:
         stats[key].add(grad.detach())
     for probe in range(config.hutchinson_probes):
         zs = [torch.randint(0, 2, g.shape, generator=generator).to(g.device, g.dtype) * 2 - 1 for _, g in used]
-        hvps = torch.autograd.grad(
-            [g for _, g in used],
-            [leaves[k] for k, _ in used],
-            grad_outputs=zs,
-            retain_graph=probe + 1 < config.hutchinson_probes,
-            allow_unused=True,
-        )
+        try:
+            hvps = torch.autograd.grad(
+                [g for _, g in used],
+                [leaves[k] for k, _ in used],
+                grad_outputs=zs,
+                retain_graph=probe + 1 < config.hutchinson_probes,
+                allow_unused=True,
+            )
+        except RuntimeError as err:
+            if "derivative for" not in str(err) or "not implemented" not in str(err):
+                raise
+            raise ValueError(
+                "`curvature='hutchinson'` needs second derivatives through the whole model, but one of its "
+                f"operations has none ({err}). Fused attention kernels (SDPA, flash) have none: load the model with "
+                "`attn_implementation=\"eager\"`, or use curvature 'constant' or 'fisher'."
+            ) from err
         for (key, _), z, hvp in zip(used, zs, hvps):
             if hvp is not None:
                 stats[key].curv.addcmul_(z, hvp.detach())

@@ -119,6 +119,18 @@ class SAMTuningConfig(PackConfigMixin, PeftConfig):
             _fail("save_dtype", self.save_dtype, f"None or one of {list(SAVE_DTYPES)}")
         for name in ("include_biases", "include_norms", "include_embeddings", "init_weights"):
             _check_type(name, getattr(self, name), bool, "True or False")
+        for name in ("target_modules", "exclude_modules"):
+            value = getattr(self, name)
+            names_ok = isinstance(value, (list, tuple, set)) and all(isinstance(v, str) for v in value)
+            if value is not None and not isinstance(value, str) and not names_ok:
+                _fail(name, value, "None, a regex string or a list of module names (PEFT's rules)", TypeError)
+        if self.target_modules == "all-linear":
+            _fail(
+                "target_modules",
+                self.target_modules,
+                "module names or a regex; PEFT's 'all-linear' shortcut is not supported: leave `target_modules=None`, "
+                "which targets every linear layer of the transformer blocks",
+            )
         _check_type("seed", self.seed, int, "an int")
         _check_positive_int("hutchinson_probes", self.hutchinson_probes, optional=False)
         if self.target_parameters is not None:

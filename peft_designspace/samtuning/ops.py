@@ -112,12 +112,16 @@ class _FusedSparseLinear(torch.autograd.Function):
         grad_bias = None
         if ctx.needs_input_grad[2]:  # the bias carries the bias deltas' gradient (base bias + Δb)
             grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0, dtype=torch.float32).to(ctx.bias_dtype)
-        grads = []
-        if any(ctx.needs_input_grad[5:]):
+        grads = [None] * len(values)  # one per values tensor, also when none needs one (frozen adapter, input grad)
+        wanted = ctx.needs_input_grad[5:]
+        if any(wanted):
             g2 = grad_out.reshape(-1, grad_out.shape[-1]).float()
             x2 = x.reshape(-1, x.shape[-1]).float()
             left, right = (x2.T, g2) if ctx.transposed else (g2.T, x2)
-            grads = [p.sampled(left, right).to(v.dtype) for p, v in zip(ctx.patterns, values)]
+            grads = [
+                p.sampled(left, right).to(v.dtype) if want else None
+                for p, v, want in zip(ctx.patterns, values, wanted)
+            ]
         return (grad_x, None, grad_bias, None, None, *grads)
 
 
