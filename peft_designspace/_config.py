@@ -52,6 +52,13 @@ def check_budget(budget: Any, of: str) -> float | int:
     return int(budget) if budget >= 1 else float(budget)
 
 
+def check_module_names(name: str, value: Any) -> None:
+    """Validate an optional list of module names such as `modules_to_save` (a lone string is refused: PEFT would
+    iterate over its characters)."""
+    if value is not None and not (isinstance(value, (list, tuple, set)) and all(isinstance(v, str) for v in value)):
+        _fail(name, value, "None or a list of module names, e.g. ['classifier']", TypeError)
+
+
 def check_layer_stacks(layer_stacks: Any) -> list[str] | None:
     """Validate `layer_stacks`: `None` (found automatically) or a list (or tuple) of module paths; return a list.
 

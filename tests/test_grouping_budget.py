@@ -247,6 +247,8 @@ def _per_layer(model):
     return [sum(layer["params"].values()) for layer in sorted(plan_of(model)["layers"], key=lambda x: x["index"])]
 
 
+# so large a budget on hidden-32 models gives the deepest layers full-rank LoRA (warned about; not the point here)
+@pytest.mark.filterwarnings("ignore:The .* size of .* reaches the full rank:peft_designspace.DesignSpaceWarning")
 @pytest.mark.parametrize("model_id", MODEL_IDS)
 def test_allocation_follows_depth(model_id):
     increasing = _per_layer(build(model_id, preset="lora", budget=0.2, allocation="increasing")[0])
@@ -337,3 +339,15 @@ def test_a_config_object_reused_for_another_model_is_planned_for_that_model():
         assert abs(trainable - target) / target < 0.05, (trainable, target)
     assert len(large.peft_config["default"].plan["layers"]) == 12
     assert plan is not small.peft_config["default"].plan
+
+
+def test_sizes_at_full_rank_are_warned_about_and_budgets_past_the_model_refused():
+    # `budget=0.5` typed for "0.5%" gives a LoRA rank above the projections' full rank on MiniLM-sized layers
+    with pytest.warns(DesignSpaceWarning, match=r"lora size of 8 layer\(s\) reaches the full rank .*0.005 means 0.5%"):
+        build("bert", preset="lora", budget=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build("bert", preset="lora", lora_rank=40, budget=0.5)  # also warned: a fixed size misses the budget
+    assert any("`lora_rank=40` is large for this model" in str(w.message) for w in caught), caught
+    with pytest.raises(ValueError, match="is not below the base model's"):
+        build("bert", preset="lora", budget=10**7)

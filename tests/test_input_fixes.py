@@ -283,3 +283,30 @@ def _docstring_targets() -> list:
 def test_docstring_examples_run(obj, globs, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     _run_examples(obj, {**globs, "peft_designspace": peft_designspace, "math": math})
+
+
+# S4 and all configs: an unknown architecture's roles, modules_to_save ------------------------------------------------
+@pytest.mark.filterwarnings("ignore:The realised count:peft_designspace.DesignSpaceWarning")  # BitFit's fixed size
+def test_s4_on_layers_without_known_roles_says_only_bitfit_fits():
+    import transformers
+
+    config = transformers.DistilBertConfig(vocab_size=64, dim=32, n_layers=4, n_heads=4, hidden_dim=64)
+    base = transformers.DistilBertForSequenceClassification(config)
+    with pytest.raises(
+        ValueError, match=r"No module.*has a known role.*only BitFit.*`layer_stacks` cannot help"
+    ) as info:
+        get_peft_model(base, DesignSpaceConfig(preset="lora", budget=0.05, task_type="SEQ_CLS"))
+    assert "distilbert.transformer.layer.0" in str(info.value)
+    bitfit = get_peft_model(
+        transformers.DistilBertForSequenceClassification(config),
+        DesignSpaceConfig(preset="bitfit", budget=0.05, task_type="SEQ_CLS"),
+    )
+    assert any("designspace_bias" in n for n, _ in bitfit.named_parameters())
+
+
+@pytest.mark.parametrize("config_cls", [DesignSpaceConfig, SAMTuningConfig, S3PETConfig])
+def test_modules_to_save_must_be_a_list_of_names(config_cls):
+    # a lone string reached PEFT, which failed with "'str' object has no attribute 'extend'"
+    with pytest.raises(TypeError, match=r"`modules_to_save` must be None or a list of module names.*got 'pooler'"):
+        config_cls(task_type="SEQ_CLS", modules_to_save="pooler")
+    assert config_cls(task_type="SEQ_CLS", modules_to_save=["pooler"]).modules_to_save == ["pooler"]

@@ -60,6 +60,13 @@ def layer_costs(layer: LayerInfo, config: DesignSpaceConfig, strategies: set[str
     lora_modules = _unique([p for role in config.lora_targets for p in layer.modules_for(role)])
     sites = layer.modules_for("attn_out")[:1] + layer.modules_for("ffn_out")[:1]
     unit, const = {}, {}
+    if not layer.roles and strategies - {"bitfit"}:
+        raise ValueError(
+            f"No module of layer {layer.path!r} has a known role (attention, projections, FFN): role detection "
+            "(`peft_designspace.architecture.ROLE_PATTERNS`) does not know this architecture's module names, so only "
+            f"BitFit can be placed on it, not {sorted(strategies - {'bitfit'})}. `layer_stacks` cannot help here: "
+            "the layers were found, their modules were not recognised."
+        )
     if "lora" in strategies and not lora_modules:
         raise ValueError(
             f"`lora_targets={config.lora_targets}` matched no projection in layer {layer.path!r}; found roles "
@@ -104,16 +111,58 @@ def _explicit_sizes(config: DesignSpaceConfig) -> dict[str, int | None]:
     return {"adapter": config.adapter_size, "lora": config.lora_rank, "prefix": config.prefix_length}
 
 
+def _warn_not_low_rank(
+    config: DesignSpaceConfig, costs: dict[int, LayerCosts], sizes: dict[int, dict[str, int]], target: int, base: int
+) -> None:
+    """Warn (once per strategy) when a LoRA rank or adapter width reaches the full rank of its projections.
+
+    Such a part is no longer low-rank and costs more than tuning those weights outright. It usually comes from a
+    budget meant as a percentage (`budget=0.5` for 0.5%) or from an explicit size too large for the model. A warning,
+    not an error: experiments on tiny models may want it.
+    """
+    fields = {"lora": "lora_rank", "adapter": "adapter_size"}
+    for strategy, field_name in fields.items():
+        over = []
+        for i, layer_sizes in sizes.items():
+            c = costs[i]
+            dims = [min(c.layer.features[p]) for p in c.lora_modules] if strategy == "lora" else []
+            dims += [c.layer.features[p][1] for p in c.adapter_sites] if strategy == "adapter" else []
+            if dims and layer_sizes.get(strategy, 0) >= min(dims):
+                over.append((c.layer.path, layer_sizes[strategy], min(dims)))
+        if not over:
+            continue
+        path, size, limit = over[0]
+        if _explicit_sizes(config)[strategy] is not None:
+            cause = f"`{field_name}={size}` is large for this model"
+        else:
+            cause = (
+                f"`budget={config.budget!r}` ({target:,} parameters, {target / base:.1%} of the base model) is large: "
+                "a budget is a fraction (0.005 means 0.5%) or a parameter count"
+            )
+        warnings.warn(
+            f"The {strategy} size of {len(over)} layer(s) reaches the full rank of the projections it sits on (e.g. "
+            f"{size} in {path!r}, full rank {limit}), so it is no longer low-rank and costs more than tuning those "
+            f"weights: {cause}.",
+            DesignSpaceWarning,
+            stacklevel=4,
+        )
+
+
 def build_plan(config: DesignSpaceConfig, arch: ArchitectureInfo, base_params: int) -> dict:
     """Resolve groups, per-layer sizes and per-module parts into a JSON-able plan.
 
     Raises:
-        ValueError: when the budget is below the smallest feasible one (the message gives that value), or a strategy
-            has nowhere to go.
+        ValueError: when the budget is below the smallest feasible one (the message gives that value), a strategy
+            has nowhere to go, or the budget is not below the base model's size.
     """
     groups = layer_groups(config, arch)
     tuned = set(config.tuned_groups)
     target = int(config.budget) if config.budget >= 1 else int(round(config.budget * base_params))
+    if target >= base_params:
+        raise ValueError(
+            f"`budget={config.budget!r}` ({target:,} parameters) is not below the base model's {base_params:,} "
+            "parameters; a budget is a fraction of the base model (0.005 means 0.5%) or a smaller parameter count."
+        )
     explicit = _explicit_sizes(config)
 
     weights_all = allocation_weights(len(arch.layers), config.allocation)
@@ -156,6 +205,7 @@ def build_plan(config: DesignSpaceConfig, arch: ArchitectureInfo, base_params: i
             "model). Raise `budget`, tune fewer groups, or drop strategies."
         )
     _fill_to_target(sizes, costs, share, target, total)
+    _warn_not_low_rank(config, costs, sizes, target, base_params)
     realised = total()
     if abs(realised - target) > TOLERANCE * target:
         reason = "sizes are fixed or BitFit-only" if not share else "the size steps are too coarse for this budget"

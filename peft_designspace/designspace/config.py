@@ -5,7 +5,15 @@ from typing import Literal
 from peft import PeftConfig
 from peft.utils import PeftType
 
-from .._config import PackConfigMixin, _check_positive_int, _check_type, _fail, check_budget, check_schema_version
+from .._config import (
+    PackConfigMixin,
+    _check_positive_int,
+    _check_type,
+    _fail,
+    check_budget,
+    check_module_names,
+    check_schema_version,
+)
 from .grouping import ALLOCATIONS, GROUPING_PATTERNS, pattern_weights
 from .presets import PRESETS, STRATEGIES
 
@@ -170,6 +178,7 @@ class DesignSpaceConfig(PackConfigMixin, PeftConfig):
 
     def _validate(self) -> None:
         self.budget = check_budget(self.budget, "the base model")  # numpy numbers become JSON-able Python ones
+        check_module_names("modules_to_save", self.modules_to_save)
         _check_positive_int("num_groups", self.num_groups, optional=False)
         if isinstance(self.grouping, str):
             if self.grouping not in GROUPING_PATTERNS:

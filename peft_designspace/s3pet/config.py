@@ -10,6 +10,7 @@ from .._config import (
     _fail,
     check_budget,
     check_layer_stacks,
+    check_module_names,
     check_schema_version,
 )
 from .space import normalize_space
@@ -94,6 +95,7 @@ class S3PETConfig(PackConfigMixin, PeftConfig):
         if self.layer_stacks is not None:  # kept as given when valid (a tuple stays a tuple)
             check_layer_stacks(self.layer_stacks)
         _check_type("init_weights", self.init_weights, bool, "True or False")
+        check_module_names("modules_to_save", self.modules_to_save)
         for name in ("target_modules", "target_parameters", "exclude_modules"):
             if getattr(self, name) is not None:
                 _fail(name, getattr(self, name), "None: S3PET places modules by its search space and structure")

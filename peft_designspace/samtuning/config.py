@@ -4,7 +4,15 @@ from typing import Literal
 from peft import PeftConfig
 from peft.utils import PeftType
 
-from .._config import PackConfigMixin, _check_positive_int, _check_type, _fail, check_budget, check_schema_version
+from .._config import (
+    PackConfigMixin,
+    _check_positive_int,
+    _check_type,
+    _fail,
+    check_budget,
+    check_module_names,
+    check_schema_version,
+)
 
 SCHEMA_VERSION = 1
 SCORES = ("sam", "fisher", "magnitude", "random")
@@ -111,6 +119,7 @@ class SAMTuningConfig(PackConfigMixin, PeftConfig):
 
     def _validate(self) -> None:
         self.budget = check_budget(self.budget, "the targeted parameters")
+        check_module_names("modules_to_save", self.modules_to_save)
         for name, allowed in (("scope", SCOPES), ("score", SCORES), ("curvature", CURVATURES)):
             value = getattr(self, name)
             if not isinstance(value, str) or value not in allowed:
