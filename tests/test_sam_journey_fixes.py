@@ -82,3 +82,11 @@ def test_save_dtype_set_before_the_last_save_applies_to_that_file(tmp_path):
         with safe_open(str(tmp_path / kind / "adapter_model.safetensors"), "pt") as weights:
             dtypes[kind] = {weights.get_tensor(k).dtype for k in weights.keys() if "values" in k}
     assert dtypes == {"full": {torch.float32}, "shared": {torch.bfloat16}}
+
+
+def test_include_norms_with_explicit_targets_warns_that_it_does_nothing():
+    from peft_designspace import DesignSpaceWarning
+
+    config = SAMTuningConfig(budget=0.02, task_type=TASK, target_modules=["query"], include_norms=True)
+    with pytest.warns(DesignSpaceWarning, match="`include_norms=True` only widens the default targets"):
+        get_peft_model(make_model("bert", TASK), config)

@@ -1,5 +1,6 @@
 """The SAM tuner: finds the targeted tensors, splits the budget, wraps the modules, saves and reloads selections."""
 
+import warnings
 import zlib
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -9,6 +10,7 @@ from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
 from torch import nn
 
 from .._tuner import WrapperTunerMixin
+from .._warnings import DesignSpaceWarning
 from ..architecture import linear_features, resolve_architecture
 from .config import SAMTuningConfig
 from .layer import SAMTuningLayer, module_kind
@@ -52,6 +54,13 @@ def find_targets(model: nn.Module, config: SAMTuningConfig) -> list[SAMTarget]:
         )
         names = [n for n in modules if n in wanted and check_target_module_exists(rules, n)]
     else:
+        if config.include_norms:
+            warnings.warn(
+                "`include_norms=True` only widens the default targets; with `target_modules` given it has no effect: "
+                "name the norms in `target_modules` to tune them.",
+                DesignSpaceWarning,
+                stacklevel=4,
+            )
         names = [
             n for n in modules if n and module_kind(_unwrapped(modules[n])) and check_target_module_exists(config, n)
         ]
