@@ -104,6 +104,16 @@ def test_build_structure_refuses_non_finite_p_and_names_the_modules():
     assert candidates[2].path in message and candidates[7].path in message and "diverged" in message
 
 
+def test_build_structure_takes_torch_keep_probabilities():
+    # torch scalars are not `numbers.Real`: the finiteness check called finite tensors a diverged search
+    model = _search_model()
+    candidates = model.base_model.candidates()
+    p, _, _ = model.base_model.keep_probabilities()
+    for given in (p.detach(), list(p.detach())):
+        structure = build_structure(candidates, given, 500, 24482, "greedy", "m")
+        assert 0 < structure["total"] <= 500
+
+
 def test_save_structure_never_writes_nan(tmp_path):
     structure = {
         "format": FORMAT,

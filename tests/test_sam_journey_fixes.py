@@ -60,7 +60,7 @@ def test_all_linear_is_refused_with_the_default_named():
     ("kwargs", "error"),
     [
         ({"max_grad_norm": -1}, ValueError),
-        ({"max_grad_norm": float("inf")}, ValueError),
+        ({"max_grad_norm": 0}, ValueError),
         ({"max_grad_norm": True}, ValueError),
         ({"dataloader": 5}, TypeError),
     ],
@@ -90,3 +90,7 @@ def test_include_norms_with_explicit_targets_warns_that_it_does_nothing():
     config = SAMTuningConfig(budget=0.02, task_type=TASK, target_modules=["query"], include_norms=True)
     with pytest.warns(DesignSpaceWarning, match="`include_norms=True` only widens the default targets"):
         get_peft_model(make_model("bert", TASK), config)
+
+
+def test_calibration_callback_takes_an_infinite_max_grad_norm_like_calibrate_sam():
+    assert SAMCalibrationCallback(2, max_grad_norm=float("inf")).max_grad_norm == float("inf")  # never clip

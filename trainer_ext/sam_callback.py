@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -52,8 +51,8 @@ class SAMCalibrationCallback(TrainerCallback):
         if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
             raise ValueError(f"`num_batches` must be a positive int, got {num_batches!r}.")
         ok = isinstance(max_grad_norm, (int, float)) and not isinstance(max_grad_norm, bool) and max_grad_norm > 0
-        if max_grad_norm is not None and not (ok and math.isfinite(max_grad_norm)):  # as `calibrate_sam` checks it
-            raise ValueError(f"`max_grad_norm` must be a positive finite number or None, got {max_grad_norm!r}.")
+        if max_grad_norm is not None and not ok:  # as `calibrate_sam` checks it (inf: never clip)
+            raise ValueError(f"`max_grad_norm` must be a positive number or None, got {max_grad_norm!r}.")
         if dataloader is not None and not isinstance(dataloader, Iterable):
             raise TypeError(
                 f"`dataloader` must be an iterable of batches (e.g. a DataLoader) or None, got {dataloader!r}."

@@ -208,7 +208,13 @@ def _is_int(value: object) -> bool:
 
 
 def _is_finite(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite real number: Python, numpy or a one-element torch tensor (`float()` of it); not a bool or a string."""
+    if isinstance(value, (bool, str, bytes)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def save_structure(structure: dict, path: str | os.PathLike) -> Path:
