@@ -52,11 +52,18 @@ def check_budget(budget: Any, of: str) -> float | int:
     return int(budget) if budget >= 1 else float(budget)
 
 
-def check_module_names(name: str, value: Any) -> None:
-    """Validate an optional list of module names such as `modules_to_save` (a lone string is refused: PEFT would
-    iterate over its characters)."""
-    if value is not None and not (isinstance(value, (list, tuple, set)) and all(isinstance(v, str) for v in value)):
-        _fail(name, value, "None or a list of module names, e.g. ['classifier']", TypeError)
+def check_module_names(name: str, value: Any, regex: bool = False) -> None:
+    """Validate an optional list of module names such as `modules_to_save`, or also a regex string when `regex`
+    (PEFT's `target_modules` rules); otherwise a lone string is refused, as PEFT would iterate over its characters."""
+    if value is None or (regex and isinstance(value, str)):
+        return
+    if not (isinstance(value, (list, tuple, set)) and all(isinstance(v, str) for v in value)):
+        allowed = (
+            "None, a regex string or a list of module names (PEFT's rules)"
+            if regex
+            else "None or a list of module names, e.g. ['classifier']"
+        )
+        _fail(name, value, allowed, TypeError)
 
 
 def check_layer_stacks(layer_stacks: Any) -> list[str] | None:

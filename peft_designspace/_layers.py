@@ -10,6 +10,11 @@ from torch import nn
 from .architecture import linear_features
 
 
+def on_meta(module: nn.Module) -> bool:
+    """Whether `module` holds tensors on the meta device (adapter parts created under `low_cpu_mem_usage=True`)."""
+    return any(t.device.type == "meta" for t in (*module.parameters(), *module.buffers()))
+
+
 def check_finite_deltas(parts: dict[str, dict[str, torch.Tensor | None]]) -> None:
     """For `safe_merge=True`: raise before anything is merged when a delta holds NaN or inf values.
 

@@ -6,12 +6,8 @@ import warnings
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from ._layers import check_finite_deltas
+from ._layers import check_finite_deltas, on_meta
 from ._warnings import DesignSpaceWarning
-
-
-def _on_meta(module: nn.Module) -> bool:
-    return any(t.device.type == "meta" for t in (*module.parameters(), *module.buffers()))
 
 
 class WrapperTunerMixin:
@@ -47,7 +43,7 @@ class WrapperTunerMixin:
                 for name, module in new_module.named_children():
                     # parts created on the meta device (`low_cpu_mem_usage=True`) stay there: PEFT materialises
                     # them when it loads the adapter's weights (`assign=True`)
-                    if name.startswith(self.prefix) and not _on_meta(module):
+                    if name.startswith(self.prefix) and not on_meta(module):
                         module.to(weight.device)
 
     @classmethod
@@ -115,9 +111,9 @@ class WrapperTunerMixin:
                 check_finite_deltas(module._safe_merge_parts(pending))
 
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
-        if safe_merge:
+        if safe_merge:  # checked here for every layer at once; the layers need not check again
             self._check_finite_deltas(adapter_names)
-        super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
+        super().merge_adapter(adapter_names=adapter_names, safe_merge=False)
 
     def merge_and_unload(
         self,
@@ -153,8 +149,8 @@ class WrapperTunerMixin:
                 DesignSpaceWarning,
                 stacklevel=2,
             )
-        if safe_merge:
+        if safe_merge:  # checked here for every layer at once; the layers need not check again
             self._check_finite_deltas(adapter_names)
         return self._unload_and_optionally_merge(
-            merge=True, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
+            merge=True, progressbar=progressbar, safe_merge=False, adapter_names=adapter_names
         )

@@ -18,7 +18,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
-from .._layers import LinearDeltaMixin, check_finite_deltas
+from .._layers import LinearDeltaMixin, check_finite_deltas, on_meta
 from ..modules import Bottleneck, LowRank, PrefixKV
 
 
@@ -235,7 +235,7 @@ class PrefixHolder(nn.Module, DesignSpaceLayer):
         # There is no base weight to follow (PEFT's version reads `get_base_layer().weight`, which is this holder):
         # the prefixes go to the attention's device and floating dtype, recorded by `update_layer`.
         module = self.designspace_prefix_kv[adapter_name] if adapter_name in self.designspace_prefix_kv else None
-        if module is None or any(p.device.type == "meta" for p in module.parameters()):
+        if module is None or on_meta(module):
             return
         placement = getattr(self, "_placement", {})
         module.to(device=device or placement.get("device"), dtype=placement.get("dtype"))

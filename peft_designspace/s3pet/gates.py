@@ -9,9 +9,10 @@ probability at once. During search the gates are binary-concrete samples `z = σ
 """
 
 import math
-import numbers
 
 import torch
+
+from .._config import _check_positive_number
 
 EPS = 1e-7
 
@@ -42,8 +43,7 @@ def solve_shift(
     (0.5, True)
     ```
     """
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not (math.isfinite(beta) and beta > 0):
-        raise ValueError(f"`beta` must be a positive number (finite: not inf or nan), got {beta!r}.")
+    _check_positive_number("beta", beta)
     a = alpha.detach().to("cpu", torch.float64).reshape(-1)
     n = sizes.detach().to("cpu", torch.float64).reshape(-1)
     total = float(n.sum())

@@ -129,10 +129,7 @@ class SAMTuningConfig(PackConfigMixin, PeftConfig):
         for name in ("include_biases", "include_norms", "include_embeddings", "init_weights"):
             _check_type(name, getattr(self, name), bool, "True or False")
         for name in ("target_modules", "exclude_modules"):
-            value = getattr(self, name)
-            names_ok = isinstance(value, (list, tuple, set)) and all(isinstance(v, str) for v in value)
-            if value is not None and not isinstance(value, str) and not names_ok:
-                _fail(name, value, "None, a regex string or a list of module names (PEFT's rules)", TypeError)
+            check_module_names(name, getattr(self, name), regex=True)
         if self.target_modules == "all-linear":
             _fail(
                 "target_modules",
