@@ -303,7 +303,8 @@ def test_report_only_replays_finished_stages_and_stops_at_missing_results(model,
     settings = ExploreSettings(data_dir="unused", budget=BUDGET)
     kwargs = {"space": space, "num_samples": 2, "model": model, "progress": False}
     first = run_exploration(settings, str(tmp_path), stages=paper_stages(4)[:1], evaluator=synthetic_error, **kwargs)
-    partial = run_exploration(settings, str(tmp_path), evaluate=False, **kwargs)  # an "interrupted" full run
+    # an "interrupted" full run; results are keyed by how they were scored, so the replay names the evaluator too
+    partial = run_exploration(settings, str(tmp_path), evaluate=False, evaluator=synthetic_error, **kwargs)
     assert [s.best for s in partial.stages] == [first.stages[0].best] == ["spindle"]
     assert partial.stopped_at.startswith("Parameter allocation (stage 2): 0 of")
     assert partial.evaluated == 0 and "## Not finished" in open(partial.report_path).read()
@@ -323,7 +324,7 @@ def test_a_space_with_nothing_to_sample_scores_its_one_design_the_given_way(mode
     assert partial.stopped_at is not None and partial.best_design is None
     result = run_exploration(settings, str(tmp_path / "a"), evaluator=lambda d: 0.25, **options)
     assert result.stopped_at is None and result.best_error == 0.25 and result.evaluated == 1
-    again = run_exploration(settings, str(tmp_path / "a"), evaluate=False, **options)
+    again = run_exploration(settings, str(tmp_path / "a"), evaluate=False, evaluator=lambda d: 0.25, **options)
     assert again.stopped_at is None and again.best_design == result.best_design and again.evaluated == 0
 
 

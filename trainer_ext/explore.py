@@ -37,13 +37,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from peft_designspace.designspace.budget import InfeasibleBudgetError
 from peft_designspace.designspace.refine import Stage, paper_stages, select_best, summarize
 from peft_designspace.designspace.space import (
     DesignSampler,
     DesignSpace,
     _label,
     design_config,
-    design_key,
     tunable_label,
 )
 
@@ -56,6 +56,7 @@ from .explore_eval import (
     evaluate_design,
     evaluate_designs,
     load_result,
+    result_key,
     result_path,
     train_and_score,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "explore_main",
     "load_result",
     "plot_edfs",
+    "result_key",
     "result_path",
     "run_exploration",
     "run_explore",
@@ -201,7 +203,7 @@ def run_exploration(
                     value,
                     sampler.sample(constrained, num_samples, seed=_candidate_seed(seed, stage, label)),
                 )
-            except ValueError as err:
+            except InfeasibleBudgetError as err:  # any other planning error is the user's to see
                 notes.append(f"Candidate {label} dropped: {err}")
         if not samples:
             raise ValueError(f"Stage {stage.name}: no candidate has designs that meet the budget. " + " ".join(notes))
@@ -217,14 +219,14 @@ def run_exploration(
             progress=progress,
             stored_only=not evaluate,
         )
-        missing = len({design_key(d, settings.fingerprint()) for d in designs}) - len(results)
+        missing = len({result_key(d, settings, evaluator) for d in designs}) - len(results)
         if missing:
             stopped = f"{stage.title} (stage {index}): {len(results)} of {len(results) + missing} designs evaluated"
             return _finish_partial(settings, start_space, space, outcomes, all_results, report_path, stopped)
         evaluated += sum(not r["cached"] for r in results.values())
         all_results.update(results)
         errors = {
-            label: [results[design_key(d, settings.fingerprint())]["error"] for d in ds]
+            label: [results[result_key(d, settings, evaluator)]["error"] for d in ds]
             for label, (_, ds) in samples.items()
         }
         best = select_best(errors)

@@ -125,6 +125,19 @@ def _data(settings: ExploreSettings) -> dict:
     return _DATA_CACHE[key]
 
 
+def result_key(design: dict, settings: ExploreSettings, evaluator: Callable[[dict], float] | None = None) -> str:
+    """The key a design's result is stored under.
+
+    Results scored by a custom `evaluator` are keyed apart from trained ones, so a later run that trains never takes
+    a proxy's score for a training result (nor the reverse). Different evaluators cannot be told apart: give each its
+    own output folder.
+    """
+    fingerprint = settings.fingerprint()
+    if evaluator is not None:
+        fingerprint["scored_by"] = "evaluator"
+    return design_key(design, fingerprint)
+
+
 def result_path(results_dir: str, key: str) -> str:
     return os.path.join(results_dir, f"{key}.json")
 
@@ -207,7 +220,7 @@ def evaluate_design(
     design: dict, settings: ExploreSettings, results_dir: str, evaluator: Callable[[dict], float] | None = None
 ) -> dict:
     """Evaluate one design (or load its stored result) and store it as `<results_dir>/<key>.json`."""
-    key = design_key(design, settings.fingerprint())
+    key = result_key(design, settings, evaluator)
     stored = load_result(results_dir, key)
     if stored is not None:
         return stored
@@ -220,6 +233,7 @@ def evaluate_design(
         **scores,
         "seconds": round(time.perf_counter() - start, 2),
         "settings": settings.fingerprint(),
+        "scored_by": "training" if evaluator is None else "evaluator",
     }
     write_json_atomic(result, result_path(results_dir, key))
     return result
@@ -255,7 +269,7 @@ def evaluate_designs(
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"`workers` must be a positive int, got {workers!r}.")
     os.makedirs(results_dir, exist_ok=True)
-    unique = {design_key(d, settings.fingerprint()): d for d in designs}
+    unique = {result_key(d, settings, evaluator): d for d in designs}
     results: dict[str, dict] = {}
     for key in unique:
         stored = load_result(results_dir, key)

@@ -38,23 +38,28 @@ def check_prefix_support(attention: nn.Module) -> str:
             f"The `prefix` strategy needs attention computed through transformers' AttentionInterface, but "
             f"{type(attention).__name__} does not use it. Remove `prefix` from `group_strategies` for this model."
         )
-    implementation = getattr(config, "_designspace_fallback", None) or config._attn_implementation or "eager"
+    return _implementation(attention, getattr(config, "_designspace_original", None) or config)
+
+
+def _implementation(attention: nn.Module, config) -> str:
+    # read from the model's own config at each call, so that `set_attn_implementation` after injection is followed
+    implementation = config._attn_implementation or "eager"
     if implementation not in SUPPORTED_FALLBACKS:
         raise ValueError(
             f"The `prefix` strategy supports attn_implementation in {list(SUPPORTED_FALLBACKS)}, but "
-            f"{type(attention).__name__} uses {implementation!r}. Load the model with attn_implementation='sdpa'."
+            f"{type(attention).__name__} uses {implementation!r}. Load the model with attn_implementation='sdpa'"
+            " or call `model.set_attn_implementation('sdpa')`."
         )
     return implementation
 
 
 def install(attention: nn.Module) -> None:
     """Route `attention` through the prefix-aware function (idempotent)."""
-    if getattr(attention.config, "_designspace_fallback", None) is not None:
+    if getattr(attention.config, "_designspace_original", None) is not None:
         return
-    fallback = check_prefix_support(attention)
+    check_prefix_support(attention)
     local = copy.copy(attention.config)
     local._attn_implementation_internal = FUNCTION_NAME
-    object.__setattr__(local, "_designspace_fallback", fallback)
     object.__setattr__(local, "_designspace_original", attention.config)
     attention.config = local
 
@@ -94,7 +99,7 @@ def _causal_mask(q_len: int, k_len: int, prefix_len: int, device, as_bool: bool,
 
 def prefix_attention(module, query, key, value, attention_mask, *args, **kwargs):
     """Attention function registered as `"designspace_prefix"`; see the module docstring."""
-    fallback = module.config._designspace_fallback
+    fallback = _implementation(module, module.config._designspace_original)
     function = _fallback_function(module, fallback)
     holder = module._modules.get(HOLDER_NAME)
     pairs = holder.active_prefixes() if holder is not None else []

@@ -33,6 +33,14 @@ SIZED = ("adapter", "lora", "prefix")
 TOLERANCE = 0.05
 
 
+class InfeasibleBudgetError(ValueError):
+    """The budget cannot be met by a design: below its smallest plan, or met by none of the designs sampled.
+
+    A `ValueError`, so existing handlers keep working; the design sampler treats only this error as "the design does
+    not fit the budget" and lets every other planning error (group sizes, layer count) reach the user.
+    """
+
+
 @dataclass
 class LayerCosts:
     """Cost model of one layer: `cost = const + unit × size` for each sized strategy, plus BitFit's fixed cost."""
@@ -152,8 +160,9 @@ def build_plan(config: DesignSpaceConfig, arch: ArchitectureInfo, base_params: i
     """Resolve groups, per-layer sizes and per-module parts into a JSON-able plan.
 
     Raises:
-        ValueError: when the budget is below the smallest feasible one (the message gives that value), a strategy
-            has nowhere to go, or the budget is not below the base model's size.
+        InfeasibleBudgetError: when the budget is below the smallest feasible one (the message gives that value).
+        ValueError: when a strategy has nowhere to go, the group sizes do not fit the layers, or the budget is not
+            below the base model's size.
     """
     groups = layer_groups(config, arch)
     tuned = set(config.tuned_groups)
@@ -199,7 +208,7 @@ def build_plan(config: DesignSpaceConfig, arch: ArchitectureInfo, base_params: i
         for s in config.group_strategies[groups[i]]
     )
     if share and target < minimum * (1 - TOLERANCE):
-        raise ValueError(
+        raise InfeasibleBudgetError(
             f"`budget={config.budget!r}` ({target:,} parameters) is infeasible for this design: the smallest feasible "
             f"budget is {minimum:,} parameters ({minimum / base_params:.4%} of the {base_params:,}-parameter base "
             "model). Raise `budget`, tune fewer groups, or drop strategies."

@@ -63,6 +63,29 @@ def apportion(total: int, weights: list[float]) -> list[int]:
     return sizes
 
 
+def _strictly_monotone(total: int, weights: list[float], sizes: list[int]) -> list[int]:
+    """`sizes` made strictly monotone, as the increasing and decreasing patterns are defined, where that is possible.
+
+    Rounding can tie two neighbours (10 layers by 1:2:3:6 give 1, 2, 2, 5). Then the groups get the smallest strict
+    shape (1, 2, ..., k) plus the rest of the layers apportioned by the weights (10 layers give 1, 2, 3, 4). With fewer
+    than k(k+1)/2 layers no strict shape exists and `sizes` is kept.
+    """
+    k = len(sizes)
+    ascending = weights[0] <= weights[-1]
+    order = sizes if ascending else sizes[::-1]
+    if all(a < b for a, b in zip(order, order[1:])) or total < k * (k + 1) // 2:
+        return sizes
+    ranked = sorted(weights)
+    extra = total - k * (k + 1) // 2
+    quotas = [extra * w / sum(ranked) for w in ranked]
+    add = [int(q) for q in quotas]
+    while sum(add) < extra:  # largest remainder; a tie goes to the later (larger) group, which keeps `add` monotone
+        i = max(range(k), key=lambda i: (quotas[i] - add[i], i))
+        add[i] += 1
+    strict = [i + 1 + a for i, a in enumerate(add)]
+    return strict if ascending else strict[::-1]
+
+
 def group_sizes(num_layers: int, num_groups: int, grouping: str | list[int]) -> list[int]:
     """Number of consecutive layers in each group, bottom group first.
 
@@ -72,7 +95,11 @@ def group_sizes(num_layers: int, num_groups: int, grouping: str | list[int]) -> 
         grouping (`str` or `list[int]`): a pattern name, or explicit sizes that must sum to `num_layers`.
     """
     if isinstance(grouping, str):
-        return apportion(num_layers, pattern_weights(num_groups, grouping))
+        weights = pattern_weights(num_groups, grouping)
+        sizes = apportion(num_layers, weights)
+        if grouping in ("increasing", "decreasing"):
+            sizes = _strictly_monotone(num_layers, weights, sizes)
+        return sizes
     sizes = list(grouping)
     if sum(sizes) != num_layers:
         raise ValueError(

@@ -42,9 +42,10 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..architecture import resolve_architecture
-from .budget import TOLERANCE, build_plan
+from .budget import TOLERANCE, InfeasibleBudgetError, build_plan
 from .config import DesignSpaceConfig
 from .grouping import ALLOCATIONS, GROUPING_PATTERNS, pattern_weights
+from .model import count_base_parameters
 from .presets import STRATEGIES
 
 COMPONENTS = ("grouping", "allocation", "tunable_groups", "group_strategies")
@@ -328,7 +329,7 @@ class DesignSampler:
 
     def __post_init__(self) -> None:
         self.arch = resolve_architecture(self.model, self.config_kwargs.get("layer_stacks"))
-        self.base_params = sum(p.numel() for n, p in self.model.named_parameters() if "designspace_" not in n)
+        self.base_params = count_base_parameters(self.model)  # as get_peft_model counts (4-bit values included)
         self._realised: dict[str, int | None] = {}
 
     @property
@@ -336,7 +337,12 @@ class DesignSampler:
         return int(self.budget) if self.budget >= 1 else int(round(self.budget * self.base_params))
 
     def realised(self, design: dict) -> int | None:
-        """Trainable parameters of the design's plan, or None when the plan cannot be built (infeasible)."""
+        """Trainable parameters of the design's plan, or None when the budget is below the design's smallest plan.
+
+        Raises:
+            ValueError: the design cannot be planned on this model for another reason (e.g. group sizes that do not
+                add up to its layers); reported as such rather than as a budget that was not met.
+        """
         key = design_key(design)
         if key not in self._realised:
             try:
@@ -344,7 +350,7 @@ class DesignSampler:
                     warnings.simplefilter("ignore")  # the tolerance is checked here, not warned about
                     config = design_config(design, self.budget, **self.config_kwargs)
                     self._realised[key] = build_plan(config, self.arch, self.base_params)["realised"]
-            except ValueError:
+            except InfeasibleBudgetError:
                 self._realised[key] = None
         return self._realised[key]
 
@@ -356,8 +362,10 @@ class DesignSampler:
         """`num_samples` designs drawn uniformly (with replacement) from the designs of `space` that meet the budget.
 
         Raises:
-            ValueError: `num_samples` < 2 (an error distribution needs two samples), or no design of the space (or
-                too few of those tried) meets the budget within the tolerance.
+            InfeasibleBudgetError: no design of the space (or too few of those tried) meets the budget within the
+                tolerance.
+            ValueError: `num_samples` < 2 (an error distribution needs two samples), or a design cannot be planned
+                on this model for another reason (the planner's own message).
         """
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
             raise ValueError(
@@ -387,7 +395,7 @@ class DesignSampler:
 
     def _raise_unmet(self, space: DesignSpace, tries: int, found: int, wanted: int, seen: list[int]) -> None:
         spread = f" (realised counts seen: {min(seen):,} to {max(seen):,})" if seen else " (every plan was infeasible)"
-        raise ValueError(
+        raise InfeasibleBudgetError(
             f"The budget {self.budget!r} ({self.target:,} parameters, ±{self.tolerance:.0%}) is met by {found} of "
             f"{tries} designs drawn from a space of {space.size:,}{spread}, fewer than the {wanted} samples asked "
             "for. Change the budget or widen the space (strategies with a size: adapter, lora, prefix)."
