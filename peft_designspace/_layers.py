@@ -15,6 +15,30 @@ def on_meta(module: nn.Module) -> bool:
     return any(t.device.type == "meta" for t in (*module.parameters(), *module.buffers()))
 
 
+def base_weight(layer) -> torch.Tensor:
+    """`layer.get_base_weight()` (PEFT's dequantizing read of the base weight), safe after a bitsandbytes CPU forward.
+
+    bitsandbytes (0.48 and later) repacks a 4-bit weight for its CPU kernel on the first eval-mode, no-grad forward on
+    a CPU with AVX512-BF16, and changes its quant state with it. PEFT's backend then dequantizes the packed bytes as if
+    they were plain: a merge wrote weights 0.13 off on a tiny Llama (the whole scale of its weights). The packing is
+    undone here first, as bitsandbytes itself does before saving; the next such forward packs again. Its inverse
+    (0.50.2) leaves a non-nested `absmax` in the packed (transposed, bfloat16) layout, read then in the wrong order
+    (0.044 off for weights of scale 0.09); that layout is restored here too. What stays is bfloat16's rounding of
+    `absmax` (4e-4 for those weights), a loss of the packing itself.
+    """
+    weight = getattr(layer.get_base_layer(), "weight", None)
+    state = getattr(weight, "quant_state", None)
+    if state is not None and getattr(state, "packing_format_for_cpu", False):
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+        nested = state.original_nested
+        weight.data, state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
+        if not nested and state.absmax.dim() == 2:
+            state.absmax = state.absmax.T.reshape(-1).to(torch.float32)
+        weight.quant_state = state
+    return layer.get_base_weight()
+
+
 def check_finite_deltas(parts: dict[str, dict[str, torch.Tensor | None]]) -> None:
     """For `safe_merge=True`: raise before anything is merged when a delta holds NaN or inf values.
 
@@ -41,7 +65,7 @@ def check_finite_deltas(parts: dict[str, dict[str, torch.Tensor | None]]) -> Non
 class LinearDeltaMixin:
     """For `BaseTunerLayer` wrappers of `nn.Linear`, GPT-2 `Conv1D` and bitsandbytes layers with LoRA and bias deltas.
 
-    Merging goes through PEFT's quantization backend (`get_base_weight` / `set_base_weight`), so it dequantizes, adds
+    Merging goes through PEFT's quantization backend (`base_weight` / `set_base_weight`), so it dequantizes, adds
     and requantizes bitsandbytes weights. A bias delta on a layer without a bias is never merged: creating a bias would
     give the merged model a parameter its config does not declare (dropped on save and reload), so it stays a separate
     addition in the forward (`_bias_delta_names`) and counts as unmergeable (`_unmergeable_biases`), like a bias delta
@@ -70,7 +94,7 @@ class LinearDeltaMixin:
                 raise ValueError(
                     f"{type(base).__name__} cannot be merged into: its quantization backend is forward-only."
                 )
-            weight = self.get_base_weight()
+            weight = base_weight(self)
             self.set_base_weight(weight + sign * self._stored_delta(lora).to(weight.device, weight.dtype))
         if bias is not None and self._base_has_bias():  # else the forward keeps adding it
             base.bias.data = base.bias.data + sign * bias.detach().to(base.bias.dtype)

@@ -21,7 +21,7 @@ from peft.utils.quantization_utils import resolve_quantization_backend
 from torch import nn
 from torch.func import functional_call
 
-from .._layers import check_finite_deltas
+from .._layers import base_weight, check_finite_deltas
 from ..architecture import is_linear, is_norm, linear_features
 from .ops import (
     GradProbe,
@@ -203,7 +203,7 @@ class SAMTuningLayer(nn.Module, BaseTunerLayer):
 
     def _base_tensor(self, part: str) -> torch.Tensor:
         if part == "weight":
-            return self.get_base_weight() if self.kind == "linear" else self.get_base_layer().weight.data
+            return base_weight(self) if self.kind == "linear" else self.get_base_layer().weight.data
         return self.get_base_layer().bias.data
 
     def _set_base_tensor(self, part: str, tensor: torch.Tensor) -> None:
