@@ -5,10 +5,12 @@ the trainer's own arithmetic.
 
 - `alpha_only_gradients`: `∇α L_search(w, α)`;
 - `darts_alpha_gradients`: `∇α L_search(w', α) − ξ (∇α L_train(w⁺, α) − ∇α L_train(w⁻, α)) / 2ε`, with the virtual
-  step `w' = w − ξ ∇w L_train(w, α)` and `w± = w ± ε ∇w' L_search(w', α)`, `ε = 0.01 / ‖∇w' L_search‖`. This is the
-  derivative in α of the one-step unrolled loss `L_search(w − ξ ∇w L_train(w, α), α)`, with the mixed
-  Hessian-vector product taken by central differences. The virtual and shifted weights go through
-  `torch.func.functional_call` over the shared frozen base: the model is never copied.
+  step `w'` and `w± = w ± ε ∇w' L_search(w', α)`, `ε = 0.01 / ‖∇w' L_search‖`. With the SGD virtual step
+  `w' = w − ξ ∇w L_train(w, α)` this is the derivative in α of the one-step unrolled loss
+  `L_search(w − ξ ∇w L_train(w, α), α)`, with the mixed Hessian-vector product taken by central differences.
+  `adam_virtual_step` gives the reference code's virtual step instead: one step of the weights' own Adam/AdamW from a
+  copy of its state (methods.md §3.5; the Hessian term keeps the same form there). The virtual and shifted weights go
+  through `torch.func.functional_call` over the shared frozen base: the model is never copied.
 """
 
 from __future__ import annotations
@@ -100,6 +102,88 @@ def alpha_only_gradients(
     return [g / loss_scale for g in _zeros_for_none(alphas, grads)]
 
 
+VirtualStep = Callable[[dict[str, torch.Tensor], list[torch.Tensor | None], float], dict[str, torch.Tensor]]
+
+
+def sgd_virtual_step(
+    weights: dict[str, torch.Tensor], grads: list[torch.Tensor | None], xi: float
+) -> dict[str, torch.Tensor]:
+    """`w' = w − ξ ∇w L_train` (original DARTS); weights without a gradient stay where they are."""
+    return {n: p - xi * g if g is not None else p for (n, p), g in zip(weights.items(), grads)}
+
+
+def _unwrap_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    while hasattr(optimizer, "optimizer"):  # accelerate's AcceleratedOptimizer, and similar wrappers
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def check_adam_optimizer(optimizer: torch.optim.Optimizer) -> None:
+    """Raise unless `optimizer` is a torch `Adam` / `AdamW` whose step `adam_virtual_step` can replay."""
+    inner = _unwrap_optimizer(optimizer)
+    if not isinstance(inner, torch.optim.Adam):
+        raise ValueError(
+            f"`virtual_step='adam'` replays the weights' Adam or AdamW step, but their optimizer is "
+            f"{type(inner).__name__}; use a torch Adam/AdamW optimizer (`optim='adamw_torch'` or "
+            "`'adamw_torch_fused'`, Trainer's default) or `virtual_step='sgd'`."
+        )
+    if any(group.get("maximize", False) for group in inner.param_groups):
+        raise ValueError("`virtual_step='adam'` does not replay `maximize=True`; use `virtual_step='sgd'`.")
+
+
+def adam_virtual_step(optimizer: torch.optim.Optimizer) -> VirtualStep:
+    """The reference code's virtual step: one Adam/AdamW step of the weights from a copy of `optimizer`'s state.
+
+    Each weight takes the step its own optimizer would take with learning rate ξ (its group's betas, eps, weight
+    decay and AMSGrad setting, its `exp_avg`, `exp_avg_sq` and step count), computed out of place: the optimizer and
+    the weights are not touched. A weight without state (before the first weight step) starts from zeros, as Adam
+    does. Weights without a gradient are skipped, as `optimizer.step()` skips them.
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    >>> optimizer = torch.optim.AdamW([w], lr=0.1, weight_decay=0.0)
+    >>> step = adam_virtual_step(optimizer)
+    >>> virtual = step({"w": w}, [torch.tensor([0.5, -0.5])], 0.1)["w"]
+    >>> virtual.detach()  # Adam's first step moves each entry by the learning rate
+    tensor([ 0.9000, -1.9000])
+
+    ```
+    """
+    check_adam_optimizer(optimizer)
+    inner = _unwrap_optimizer(optimizer)
+    group_of = {id(p): group for group in inner.param_groups for p in group["params"]}
+
+    def step(weights: dict[str, torch.Tensor], grads: list[torch.Tensor | None], xi: float) -> dict[str, torch.Tensor]:
+        virtual = {}
+        for (name, p), g in zip(weights.items(), grads):
+            group = group_of.get(id(p))
+            if g is None or group is None:
+                virtual[name] = p
+                continue
+            beta1, beta2 = group["betas"]
+            decay = group["weight_decay"]
+            decoupled = group.get("decoupled_weight_decay", isinstance(inner, torch.optim.AdamW))
+            state = inner.state.get(p, {})
+            count = float(state["step"]) + 1 if "step" in state else 1.0
+            g = g.to(torch.float32) if p.dtype in (torch.float16, torch.bfloat16) else g
+            base = p.detach().to(g.dtype)
+            if decay and not decoupled:
+                g = g + decay * base
+            m = state["exp_avg"].to(g.dtype) * beta1 + (1 - beta1) * g if state else (1 - beta1) * g
+            v = state["exp_avg_sq"].to(g.dtype) * beta2 + (1 - beta2) * g * g if state else (1 - beta2) * g * g
+            if group.get("amsgrad", False) and "max_exp_avg_sq" in state:
+                v = torch.maximum(state["max_exp_avg_sq"].to(g.dtype), v)
+            denom = (v / (1 - beta2**count)).sqrt() + group["eps"]
+            new = base * (1 - xi * decay) if decay and decoupled else base
+            virtual[name] = (new - xi * (m / (1 - beta1**count)) / denom).to(p.dtype)
+        return virtual
+
+    return step
+
+
 def darts_alpha_gradients(
     model: torch.nn.Module,
     alphas: list,
@@ -108,6 +192,7 @@ def darts_alpha_gradients(
     search_inputs: dict,
     xi: float,
     loss_scale: float = 1.0,
+    virtual_step: VirtualStep = sgd_virtual_step,
 ) -> list[torch.Tensor]:
     """The DARTS second-order α gradient (see the module docstring), in four passes and without a model copy.
 
@@ -122,6 +207,8 @@ def darts_alpha_gradients(
         loss_scale (`float`, *optional*, defaults to 1.0): every backward pass runs on `loss_scale · loss` and its
             gradients are divided by it (fp16 loss scaling); the result may then be non-finite, for the caller to
             check.
+        virtual_step (`Callable`, *optional*, defaults to `sgd_virtual_step`): `virtual_step(weights, grads, xi)`
+            returns the virtual weights `w'`; `adam_virtual_step(optimizer)` replays the weights' Adam/AdamW step.
 
     Returns:
         `list[torch.Tensor]`: one gradient per α (zeros where an α is unused).
@@ -155,9 +242,9 @@ def darts_alpha_gradients(
         g / loss_scale if g is not None else None
         for g in torch.autograd.grad(train_loss, list(weights.values()), allow_unused=True)
     ]
-    virtual = {
-        n: (p - xi * (g if g is not None else 0)).detach().requires_grad_() for (n, p), g in zip(weights.items(), g_w)
-    }
+    with torch.no_grad():
+        stepped = virtual_step(weights, g_w, xi)
+    virtual = {n: stepped[n].detach().clone().requires_grad_() for n in weights}
     with same_draws():
         search_loss = loss_fn(search_inputs, virtual) * loss_scale
     grads = [

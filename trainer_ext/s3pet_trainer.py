@@ -5,8 +5,9 @@ training set split off with a seed of its own), then the delta weights on the tr
 
 - first order (default): `∇α L_search(w, α)`;
 - second order (`second_order=True`): `∇α L_search(w', α) − ξ (∇α L_train(w⁺) − ∇α L_train(w⁻)) / 2ε` with the
-  virtual step `w' = w − ξ ∇w L_train(w, α)` (plain SGD with the current learning rate ξ; the reference code used an
-  Adam-preconditioned step) and `w± = w ± ε ∇w' L_search`, `ε = 0.01 / ‖∇w' L_search‖`. The model is never copied:
+  virtual step `w'` one step of the weights' own Adam/AdamW at the current learning rate ξ, from a copy of its state,
+  as in the reference code (`virtual_step="adam"`, the default), or `w' = w − ξ ∇w L_train(w, α)` as in original
+  DARTS (`virtual_step="sgd"`), and `w± = w ± ε ∇w' L_search`, `ε = 0.01 / ‖∇w' L_search‖`. The model is never copied:
   the virtual weights go through `torch.func.functional_call` over the shared frozen base. Both gradients are
   computed in `trainer_ext/s3pet_gradients.py`.
 
@@ -32,7 +33,13 @@ from transformers import Trainer
 
 from peft_designspace._config import _check_type, _fail
 
-from .s3pet_gradients import alpha_only_gradients, darts_alpha_gradients
+from .s3pet_gradients import (
+    adam_virtual_step,
+    alpha_only_gradients,
+    check_adam_optimizer,
+    darts_alpha_gradients,
+    sgd_virtual_step,
+)
 
 ARCH_FILE = "arch_optimizer.pt"
 STRUCTURE_FILE = "s3pet_structure.json"
@@ -62,6 +69,7 @@ def _check_search_options(
     arch_max_grad_norm: Any,
     second_order: Any,
     structure_strategy: Any,
+    virtual_step: Any = "adam",
 ) -> tuple[float, int, float, float | None]:
     """Validate `S3PETSearchTrainer`'s own keywords (TypeError for a wrong type, ValueError for a bad value) and return
     the numbers as plain Python `float`/`int`."""
@@ -84,6 +92,9 @@ def _check_search_options(
         if not math.isfinite(arch_max_grad_norm):
             _fail("arch_max_grad_norm", arch_max_grad_norm, allowed)
         arch_max_grad_norm = float(arch_max_grad_norm)
+    _check_type("virtual_step", virtual_step, str, "'adam' or 'sgd'")
+    if virtual_step not in ("adam", "sgd"):
+        _fail("virtual_step", virtual_step, "'adam' or 'sgd'")
     _check_type("structure_strategy", structure_strategy, str, "'greedy' or 'knapsack'")
     if structure_strategy not in ("greedy", "knapsack"):
         _fail("structure_strategy", structure_strategy, "'greedy' or 'knapsack'")
@@ -103,6 +114,10 @@ class S3PETSearchTrainer(Trainer):
         arch_max_grad_norm (`float`, *optional*, defaults to `2.0`): α gradient-norm clipping; `None` or a value
             `<= 0` turns it off (as `max_grad_norm` does for the weights).
         second_order (`bool`, *optional*, defaults to `False`): the DARTS second-order approximation.
+        virtual_step (`str`, *optional*, defaults to `"adam"`): the second-order step's virtual weight update:
+            `"adam"` replays the weights' own Adam/AdamW step from a copy of its state, as the reference code does
+            (needs a torch Adam/AdamW optimizer, such as Trainer's default); `"sgd"` is original DARTS's
+            `w − ξ ∇w L_train`. Unused in first order.
         structure_strategy (`str`, *optional*, defaults to `"greedy"`): `"greedy"` or `"knapsack"`.
         *args, **kwargs: passed to `transformers.Trainer`.
 
@@ -130,10 +145,17 @@ class S3PETSearchTrainer(Trainer):
         arch_max_grad_norm: float | None = 2.0,
         second_order: bool = False,
         structure_strategy: str = "greedy",
+        virtual_step: str = "adam",
         **kwargs: Any,
     ) -> None:
         search_fraction, search_seed, arch_learning_rate, arch_max_grad_norm = _check_search_options(
-            search_fraction, search_seed, arch_learning_rate, arch_max_grad_norm, second_order, structure_strategy
+            search_fraction,
+            search_seed,
+            arch_learning_rate,
+            arch_max_grad_norm,
+            second_order,
+            structure_strategy,
+            virtual_step,
         )
         super().__init__(*args, **kwargs)
         self._tuner()  # fail early on a model that is not in S3PET search mode
@@ -164,6 +186,7 @@ class S3PETSearchTrainer(Trainer):
         self.arch_learning_rate = arch_learning_rate
         self.arch_max_grad_norm = arch_max_grad_norm
         self.second_order = second_order
+        self.virtual_step = virtual_step
         self.structure_strategy = structure_strategy
         self.arch_optimizer: torch.optim.Optimizer | None = None
         self.arch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
@@ -311,6 +334,7 @@ class S3PETSearchTrainer(Trainer):
             return [t / count for t in total]
         search_inputs = self._next_search_inputs()
         xi = self.lr_scheduler.get_last_lr()[0] if self.lr_scheduler is not None else self.args.learning_rate
+        step = adam_virtual_step(self.optimizer) if self.virtual_step == "adam" else sgd_virtual_step
         return darts_alpha_gradients(
             model,
             alphas,
@@ -319,6 +343,7 @@ class S3PETSearchTrainer(Trainer):
             search_inputs,
             xi,
             loss_scale,
+            virtual_step=step,
         )
 
     def _loss_scale(self) -> float:
@@ -331,6 +356,8 @@ class S3PETSearchTrainer(Trainer):
         model = self.accelerator.unwrap_model(model)
         if self._logged_structure is None:  # this run's first α step
             _check_checkpointing(model, self.second_order)
+            if self.second_order and self.virtual_step == "adam":
+                check_adam_optimizer(self.optimizer)
             self._logged_structure = self._greedy_keys()  # the structure before any α step, for the logs
         model.train()
         grads = self._arch_gradients(model, train_inputs, self._loss_scale())

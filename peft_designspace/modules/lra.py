@@ -58,5 +58,5 @@ class LowRankAdapter(nn.Module):
             nn.init.normal_(self.up_bias, std=0.02)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        hidden = nn.functional.gelu((h @ self.down_u) @ self.down_v + self.down_bias)
+        hidden = nn.functional.gelu((h @ self.down_u) @ self.down_v + self.down_bias, approximate="tanh")
         return (hidden @ self.up_u) @ self.up_v + self.up_bias

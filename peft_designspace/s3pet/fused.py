@@ -56,7 +56,7 @@ class FrozenLinearWithDeltas(torch.autograd.Function):
         if ctx.has_lra:
             s = torch.mm(result, down_u)  # (tokens, 1)
             a = torch.addmm(down_bias, s, down_v)  # (tokens, hidden)
-            g = torch.nn.functional.gelu(a)
+            g = torch.nn.functional.gelu(a, approximate="tanh")  # gelu_new, as the paper's LRA
             t = torch.mm(g, up_u)  # (tokens, 1)
             left = torch.cat([t, torch.ones_like(t)], dim=1) * gate
             result.addmm_(left, torch.cat([up_v, up_bias[None]]))
@@ -84,13 +84,13 @@ class FrozenLinearWithDeltas(torch.autograd.Function):
 
         # G times thin right factors: separate matrix-vector products (as fast as one thin GEMM on CPU, see below)
         grad_s = None
-        if ctx.has_lra and (need_x or need_lora or need_lra):
+        if ctx.has_lra and (need_x or need_lora or need_lra or need_bias):  # the bias reaches the LRA through y
             grad_t = grad @ up_v.t()  # ∂L/∂(z t)
             if needs[12]:
                 grads[12] = ((grad_t * t).sum() + (grad @ up_bias).sum()).reshape(gate.shape)
             grad_t = grad_t * gate
             grads[9] = g.t() @ grad_t if needs[9] else None
-            grad_a = torch.ops.aten.gelu_backward(grad_t @ up_u.t(), a)
+            grad_a = torch.ops.aten.gelu_backward(grad_t @ up_u.t(), a, approximate="tanh")
             grads[8] = grad_a.sum(0) if needs[8] else None
             grads[7] = s.t() @ grad_a if needs[7] else None
             grad_s = grad_a @ down_v.t()  # (tokens, 1): ∂L/∂s

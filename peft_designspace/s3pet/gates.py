@@ -74,11 +74,13 @@ def solve_shift(
             low = b
         else:
             high = b
-        if abs(f) <= 1e-12 * budget or high - low <= 1e-12 * max(1.0, abs(b)):
+        middle = 0.5 * (low + high)
+        # p moves on the scale of beta, so the bracket is judged against it; `middle` at an end: float64's limit
+        if abs(f) <= 1e-12 * budget or high - low <= 1e-12 * beta or not low < middle < high:
             break
         slope = float((n * p * (1 - p)).sum()) / beta  # −F'(b) > 0
         step = b + f / slope if slope > 0 else math.nan
-        b = step if low < step < high else 0.5 * (low + high)
+        b = step if low < step < high else middle
     if not math.isfinite(b):  # finite α and β give a finite root; kept as a guard for what reaches the gates
         raise ValueError(f"The budget shift is {b!r} (beta={beta!r}): the search diverged.")
     return b, abs(excess(b)) / budget
@@ -94,7 +96,8 @@ def keep_probabilities(
         ValueError: for a `beta` that is not a finite positive number, or a budget outside `(0, Σ sizes)`.
     """
     b, residual = solve_shift(alpha, sizes, budget, beta)
-    p = torch.sigmoid((alpha - b) / beta).clamp(EPS, 1 - EPS)
+    # α − b in float64: with large |α| a float32 difference would miss the budget the solve met (2.5e-4 at α ≈ 1e4)
+    p = torch.sigmoid((alpha.double() - b) / beta).to(alpha.dtype).clamp(EPS, 1 - EPS)
     p = p / p.sum() * p.sum().detach()
     return p, b, residual
 

@@ -200,7 +200,7 @@ class Linear(nn.Module, LinearDeltaMixin, S3PETLayer):
     def _add_lra(result: torch.Tensor, lra: LowRankAdapter, gate: torch.Tensor | float) -> torch.Tensor:
         """`result + gate · lra(result)`, with the gate on the rank-1 input of the up projection."""
         h = result.to(lra.up_v.dtype)
-        inner = F.gelu((h @ lra.down_u) @ lra.down_v + lra.down_bias) @ lra.up_u  # (..., 1)
+        inner = F.gelu((h @ lra.down_u) @ lra.down_v + lra.down_bias, approximate="tanh") @ lra.up_u  # (..., 1)
         if not isinstance(gate, torch.Tensor):
             gate = torch.tensor(gate, dtype=inner.dtype, device=inner.device)
         gate = gate.to(inner.dtype)
