@@ -75,6 +75,10 @@ class SAMTuningConfig(PackConfigMixin, PeftConfig):
         nnz_pattern (`dict[str, int]`, *optional*):
             Selected entries per targeted tensor (`"<module path>.weight"` -> count), written by calibration so that
             a saved adapter reloads with the right shapes. Do not set it by hand.
+        transposed_indices (`list[str]`, *optional*):
+            The weights (`"<module path>.weight"`) whose saved indices count in (in, out) storage order (GPT-2's
+            `Conv1D`), so that an adapter moves between a GPT-2 and its quantized form, whose layers are stored
+            (out, in). Written automatically; do not set it by hand.
         schema_version (`int`): version of this config's JSON layout, for forward compatibility checks.
         pack_version (`str`): the peft-designspace version that wrote the config (filled in automatically).
 
@@ -110,6 +114,9 @@ class SAMTuningConfig(PackConfigMixin, PeftConfig):
     modules_to_save: list[str] | None = field(default=None, metadata={"help": "Extra modules trained and saved."})
     target_parameters: list[str] | None = field(default=None, metadata={"help": "Unused."})
     nnz_pattern: dict[str, int] | None = field(default=None, metadata={"help": "Selected count per tensor."})
+    transposed_indices: list[str] | None = field(
+        default=None, metadata={"help": "Weights whose saved indices are in (in, out) order (Conv1D)."}
+    )
     schema_version: int = field(default=SCHEMA_VERSION, metadata={"help": "JSON layout version of this config."})
 
     def __post_init__(self) -> None:
@@ -152,6 +159,10 @@ class SAMTuningConfig(PackConfigMixin, PeftConfig):
             )
             if not ok:
                 _fail("nnz_pattern", self.nnz_pattern, "a dict of tensor name -> count >= 0 written by calibration")
+        if self.transposed_indices is not None and not (
+            isinstance(self.transposed_indices, list) and all(isinstance(k, str) for k in self.transposed_indices)
+        ):
+            _fail("transposed_indices", self.transposed_indices, "a list of weight names written by the tuner")
         check_schema_version(self.schema_version, SCHEMA_VERSION)
 
     @property

@@ -31,6 +31,7 @@ class SAMTarget:
     path: str
     kind: str
     parts: dict[str, int]
+    transposed: bool = False  # a GPT-2 `Conv1D`: its weight is stored (in, out)
 
 
 def _unwrapped(module: nn.Module) -> nn.Module:
@@ -83,7 +84,7 @@ def find_targets(model: nn.Module, config: SAMTuningConfig) -> list[SAMTarget]:
         has_bias = getattr(base, "bias", None) is not None
         if has_bias and (kind == "norm" or (kind == "linear" and config.include_biases)):
             parts["bias"] = base.bias.numel()
-        targets.append(SAMTarget(name, kind, parts))
+        targets.append(SAMTarget(name, kind, parts, transposed=type(base).__name__ == "Conv1D"))
     return targets
 
 
@@ -157,6 +158,9 @@ class SAMTuningModel(WrapperTunerMixin, BaseTuner):
             counts = split_budget(sizes, budget_count(config, sum(sizes)))
         self._sam_counts = dict(zip(keys, counts))
         self._sam_paths = {t.path for t in targets}
+        self._sam_transposed = sorted(f"{t.path}.weight" for t in targets if t.transposed)
+        if config.transposed_indices is None:  # a new adapter (or one saved before the field): the live layout
+            config.transposed_indices = list(self._sam_transposed)
         if not config.init_weights and config.nnz_pattern is None:
             config.nnz_pattern = dict(self._sam_counts)  # a random selection is drawn right away
             # seeded by `seed` and the adapter name, so two test adapters differ
@@ -262,4 +266,38 @@ class SAMTuningModel(WrapperTunerMixin, BaseTuner):
             pattern[f"{base_path}.{part}"] = tensor.numel()
         if pattern:
             config.nnz_pattern = pattern
+        _match_index_layout(model, config, adapter_name, mapped)
         return mapped
+
+
+def _match_index_layout(model: nn.Module, config: SAMTuningConfig, adapter_name: str, state_dict: dict) -> None:
+    """Re-express saved weight indices in the live layers' storage order, in place.
+
+    Flat indices count in storage order: (in, out) for GPT-2's `Conv1D`, (out, in) for `nn.Linear` and for the
+    bitsandbytes layers transformers puts in a `Conv1D`'s place when it quantizes GPT-2. Both have the same number of
+    entries, so an adapter moved between the two forms would load without error with every value on the transposed
+    entry (logits 0.51 off on a tiny GPT-2). `config.transposed_indices` says which weights were saved (in, out);
+    those whose live layout differs are transposed here (the values follow their entries), and the config then
+    describes the live layout, which the next save writes.
+    """
+    saved = set(config.transposed_indices or [])
+    modules = dict(model.named_modules())
+    live = set()
+    for path, module in modules.items():
+        if isinstance(module, SAMTuningLayer) and module.kind == "linear" and module.transposed:
+            live.add(f"{path.removeprefix('base_model.model.')}.weight")
+    for key in [k for k in state_dict if ".samtuning_weight_indices." in k]:
+        module_path, _, name = key.partition(".samtuning_weight_indices.")
+        weight = f"{module_path.removeprefix('base_model.model.')}.weight"
+        layer = modules.get(module_path)
+        if name != adapter_name or not isinstance(layer, SAMTuningLayer) or (weight in saved) == (weight in live):
+            continue
+        rows, cols = layer.stored_shape("weight")  # live; the saved layout is (cols, rows)
+        flat = state_dict[key].long()
+        moved = (flat % rows) * cols + flat // rows
+        order = torch.argsort(moved)
+        state_dict[key] = moved[order].to(torch.int32)
+        values_key = f"{module_path}.samtuning_weight_values.{name}"
+        if values_key in state_dict:
+            state_dict[values_key] = state_dict[values_key][order.to(state_dict[values_key].device)]
+    config.transposed_indices = sorted(live)

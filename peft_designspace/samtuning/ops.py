@@ -160,17 +160,24 @@ class _SparseDeltaMatmul(torch.autograd.Function):
     def forward(ctx, x, patterns, transposed, *values):
         x2 = x.reshape(-1, x.shape[-1]).float()
         out = None
-        for pattern, vals in zip(patterns, values):
-            # ΔW stored (out, in): x ΔWᵀ = (ΔW xᵀ)ᵀ;  stored (in, out) (Conv1D): x ΔW = (ΔWᵀ xᵀ)ᵀ
-            matrix = pattern.transposed_csr(vals.float()) if transposed else pattern.csr(vals.float())
-            part = (matrix @ x2.T).T
-            out = part if out is None else out + part
+        # float32 throughout: under autocast the CSR products would run in bfloat16, which the sparse kernels lack
+        with torch.autocast(x.device.type, enabled=False):
+            for pattern, vals in zip(patterns, values):
+                # ΔW stored (out, in): x ΔWᵀ = (ΔW xᵀ)ᵀ;  stored (in, out) (Conv1D): x ΔW = (ΔWᵀ xᵀ)ᵀ
+                matrix = pattern.transposed_csr(vals.float()) if transposed else pattern.csr(vals.float())
+                part = (matrix @ x2.T).T
+                out = part if out is None else out + part
         ctx.patterns, ctx.transposed = patterns, transposed
         ctx.save_for_backward(x, *values)
         return out.reshape(*x.shape[:-1], -1)
 
     @staticmethod
     def backward(ctx, grad_out):
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return _SparseDeltaMatmul._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         x, *values = ctx.saved_tensors
         g2 = grad_out.reshape(-1, grad_out.shape[-1]).float()
         x2 = x.reshape(-1, x.shape[-1]).float()
