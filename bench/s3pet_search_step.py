@@ -108,13 +108,19 @@ def _search_step(model, optimizer, arch_optimizer, alphas, search_batch, second_
 
     The α gradients come from the trainer's own functions (`trainer_ext/s3pet_gradients.py`).
     """
-    from trainer_ext.s3pet_gradients import alpha_only_gradients, darts_alpha_gradients, output_loss
+    from trainer_ext.s3pet_gradients import (
+        adam_virtual_step,
+        alpha_only_gradients,
+        darts_alpha_gradients,
+        output_loss,
+    )
 
     loss_fn = output_loss(model)
+    virtual_step = adam_virtual_step(optimizer) if second_order else None  # the trainer's default
 
     def step(batch: dict) -> None:
         if second_order:
-            grads = darts_alpha_gradients(model, alphas, loss_fn, batch, search_batch, lr)
+            grads = darts_alpha_gradients(model, alphas, loss_fn, batch, search_batch, lr, virtual_step=virtual_step)
         else:
             grads = alpha_only_gradients(model, alphas, lambda: loss_fn(search_batch))
         for a, g in zip(alphas, grads):
