@@ -1,33 +1,112 @@
 """Write an output folder all at once: build it in a hidden sibling folder, then rename it into place.
 
-A crash, an exception or Ctrl-C while the folder is being written leaves no half-written output behind: the hidden
-folder is removed, and an existing output (when replacing it is allowed) is only swapped out once the new one is
-complete.
+A crash, an exception, Ctrl-C or SIGTERM (through the command line's handler) while the folder is being written
+leaves no half-written output behind: the hidden folder is removed, and an existing output (when replacing it is
+allowed) is only swapped out once the new one is complete. Hidden folders of runs that were killed outright
+(SIGKILL, power loss) are removed by the next run writing the same output.
+
+Every folder written here gets a marker file (`MARKER`); with `only_pack_outputs=True` (the command line and the
+example scripts), `overwrite` replaces only a folder holding that marker or nothing but files the pack writes, and
+refuses any other non-empty folder. Whatever the options, the current directory and its parents, the home folder, a
+repository root (a folder holding `.git`), the pack's source tree (and its parents) and the folders given as
+`protect` (e.g. the data and the source adapter) and their parents are never replaced.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+MARKER = ".peft-designspace-output"
+# what earlier versions of the pack wrote at the top of an output folder, before the marker existed
+KNOWN_OUTPUT_NAMES = (
+    "adapter",
+    "adapter-*",
+    "retrain-*",
+    "search",
+    "results.json",
+    "budget_report.json",
+    "s3pet_structure.json",
+    "s3pet_structure*.png",
+    "s3pet_search_trajectory.png",
+    "export_info.json",
+)
+_SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
-def check_output_dir(path: str | os.PathLike, *, overwrite: bool) -> Path:
+
+def is_pack_output(path: str | os.PathLike) -> bool:
+    """Whether the folder `path` holds an output of the pack: its marker, or only names the pack writes."""
+    path = Path(path)
+    if (path / MARKER).is_file():
+        return True
+    names = [p.name for p in path.iterdir()]
+    return bool(names) and all(any(fnmatch.fnmatchcase(n, pattern) for pattern in KNOWN_OUTPUT_NAMES) for n in names)
+
+
+def _never_replaced(path: Path, protect: Iterable[str | os.PathLike]) -> str | None:
+    """Why the existing or future folder `path` (resolved) must never be replaced, or None."""
+    cwd = Path.cwd().resolve()
+    if path == cwd or path in cwd.parents:
+        return "is the current directory or one of its parents"
+    if path == Path(path.anchor) or path == Path.home().resolve():
+        return "is the file-system root or the home folder"
+    if (path / ".git").exists():
+        return "is the root of a repository (it holds .git)"
+    if path == _SOURCE_ROOT or path in _SOURCE_ROOT.parents:
+        return f"is (or holds) the pack's source tree {_SOURCE_ROOT}"
+    for item in protect:
+        if item is None:
+            continue
+        kept = Path(item).resolve()
+        if path == kept or path in kept.parents:
+            return f"is (or holds) {os.fspath(item)!r}, an input of this run"
+    return None
+
+
+def check_output_dir(
+    path: str | os.PathLike,
+    *,
+    overwrite: bool,
+    only_pack_outputs: bool = False,
+    protect: Iterable[str | os.PathLike] = (),
+) -> Path:
     """Check that `path` can receive an output folder; returns it as a `Path`.
 
+    Args:
+        path (`str` or `os.PathLike`): the output folder.
+        overwrite (`bool`): whether an existing non-empty folder may be replaced.
+        only_pack_outputs (`bool`, *optional*, defaults to `False`): with `overwrite`, replace only a folder that
+            holds a previous output of the pack (see `is_pack_output`); refuse any other non-empty folder.
+        protect (iterable of paths, *optional*): inputs of the run (data, source adapter): the output may be neither
+            one of them nor a folder holding one.
+
     Raises:
-        FileExistsError: if `path` exists and `overwrite` is False, or it exists and is not a folder.
+        FileExistsError: if `path` exists and `overwrite` is False, or it exists and is not a folder, or it is not
+            an output of the pack and `only_pack_outputs` is set, or it must never be replaced (the current
+            directory, a repository root, an input, ...).
         NotADirectoryError: if the nearest existing parent is a file.
         PermissionError: if the nearest existing parent is not writable (missing parents are created on write).
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a folder; choose another output path.")
-    if path.exists() and not overwrite and any(path.iterdir()):
-        raise FileExistsError(f"{path} already exists and is not empty; choose another path or replace it.")
+    why = _never_replaced(path.resolve(), protect)
+    if why:
+        raise FileExistsError(f"{path} {why}; it is never used as an output folder, choose a new subfolder.")
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{path} already exists and is not empty; choose another path or replace it.")
+        if only_pack_outputs and not is_pack_output(path):
+            raise FileExistsError(
+                f"{path} is not empty and does not hold a previous output of peft-designspace (no {MARKER} file), "
+                "so it is not replaced even with overwrite; choose a new folder or empty this one yourself."
+            )
     parent = path.absolute().parent
     while not parent.exists():
         parent = parent.parent
@@ -38,14 +117,54 @@ def check_output_dir(path: str | os.PathLike, *, overwrite: bool) -> Path:
     return path
 
 
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the hidden `.<name>.tmp-<pid>-*` siblings of `path` left by runs whose process is gone.
+
+    Returns the folders removed. A folder of a process still running (e.g. a concurrent run) is kept.
+    """
+    path = Path(path).absolute()
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    prefix = f".{path.name}.tmp-"
+    for candidate in path.parent.iterdir():
+        if not candidate.name.startswith(prefix) or not candidate.is_dir() or candidate.is_symlink():
+            continue
+        pid = candidate.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but belongs to someone else (or cannot tell): keep its folder
+    return True
+
+
 @contextlib.contextmanager
-def atomic_output_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output_dir(
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    only_pack_outputs: bool = False,
+    protect: Iterable[str | os.PathLike] = (),
+) -> Iterator[Path]:
     """Yield a fresh temporary folder next to `path`; on success it becomes `path`, on failure it is removed.
 
     Args:
         path (`str` or `os.PathLike`): the final folder.
         overwrite (`bool`, *optional*, defaults to `False`): replace an existing non-empty `path` (swapped out only
             after the new folder is complete).
+        only_pack_outputs (`bool`, *optional*, defaults to `False`): replace only a previous output of the pack.
+        protect (iterable of paths, *optional*): inputs that the output may neither be nor hold.
+
+    The finished folder holds the marker file `MARKER`, which lets a later run with `only_pack_outputs` replace it.
 
     Example:
 
@@ -54,13 +173,19 @@ def atomic_output_dir(path: str | os.PathLike, *, overwrite: bool = False) -> It
     ...     model.save_pretrained(tmp)
     ```
     """
-    path = check_output_dir(path, overwrite=overwrite).absolute()
+    protect = list(protect)
+    path = check_output_dir(path, overwrite=overwrite, only_pack_outputs=only_pack_outputs, protect=protect)
+    path = path.absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    remove_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     try:
         yield tmp
+        (tmp / MARKER).write_text(json.dumps({"written_by": "peft-designspace"}) + "\n", encoding="utf-8")
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders
         if path.exists():
+            # checked again: the folder may have changed while the run was going on
+            check_output_dir(path, overwrite=overwrite, only_pack_outputs=only_pack_outputs, protect=protect)
             _swap_in(tmp, path)
         else:
             os.rename(tmp, path)

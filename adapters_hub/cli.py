@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import logging
+import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from importlib import metadata
 
@@ -32,13 +36,18 @@ EXIT_CODES = """exit status:
   1    the run failed (training error, reload check mismatch, export not expressible, upload refused, ...)
   2    bad options or input, reported before any model is loaded; the message names the option
   3    the feature is not available in this installation (e.g. `search` before S3PET ships)
-  130  interrupted (Ctrl-C); nothing half-written is left behind"""
+  130  interrupted (Ctrl-C or SIGTERM); nothing half-written is left behind"""
 
 logger = logging.getLogger("peft-designspace")
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the help, and descriptions kept as written."""
+    """Defaults in the help (unless the text already states it, or there is none), descriptions kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "default" in (action.help or "").lower():
+            return action.help
+        return super()._get_help_string(action)
 
 
 # option groups ------------------------------------------------------------------------------------------------------
@@ -74,7 +83,10 @@ def _add_output(parser: argparse.ArgumentParser, default: str) -> None:
     group = parser.add_argument_group("output")
     group.add_argument("--output_dir", default=None, help=f"Output folder. Default: {default} (in the cwd).")
     group.add_argument(
-        "--overwrite", action="store_true", help="Replace an existing non-empty output folder (only once complete)."
+        "--overwrite",
+        action="store_true",
+        help="Replace an existing output folder of a previous run (only once the new one is complete); any other "
+        "non-empty folder is refused.",
     )
 
 
@@ -140,10 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--adapter",
         default=None,
         help="Continue from a saved adapter folder (e.g. a SAM selection from `calibrate`) instead of a new one; "
-        "--method/--preset/--budget are then read from it.",
+        "--method/--preset/--budget (and --score/--scope) are then read from it, and giving a different value is "
+        "an error.",
     )
     _add_training(train)
-    _add_output(train, "outputs/<method>-<task>")
+    _add_output(train, "outputs/<method>[-<variant>]-<task>, <variant> naming a non-default --preset (or --score)")
 
     calibrate = command(
         "calibrate",
@@ -160,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = command(
         "search",
-        "S3PET structure search (once peft_designspace provides S3PETConfig)",
+        "S3PET structure search under a budget",
         "Search an S3PET structure under a budget with trainer_ext.S3PETSearchTrainer (bi-level: gates on half of "
         "the training rows, delta weights on the other half), then write <output_dir>/s3pet_structure.json (and a "
         "heatmap when matplotlib is installed) for S3PETConfig(structure=...). Exits with status 3 when the "
@@ -201,7 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Base model (folder or Hub id). Default: the adapter's base_model_name_or_path.",
     )
-    export.add_argument("--overwrite", action="store_true", help="Replace an existing non-empty output folder.")
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace an existing output folder of a previous run; any other non-empty folder is refused.",
+    )
 
     push = command(
         "push",
@@ -280,20 +297,35 @@ def _check_task(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     try:
         args.task = infer_task(args.data, args.task)
     except ValueError as err:
-        parser.error(f"{'--task' if args.task else '--data'}: {err} Pass --task.")
+        if args.task:
+            parser.error(f"--task {args.task!r}: {err}")
+        parser.error(f"--data: {err} Pass --task.")
+
+
+def _protected_inputs(args: argparse.Namespace) -> list[str]:
+    """Local inputs of the run (data, base model, source adapter) that the output folder may neither be nor hold."""
+    paths = (getattr(args, name, None) for name in ("data", "model", "adapter"))
+    return [p for p in paths if isinstance(p, str) and os.path.exists(p)]
+
+
+def _output_problem(args: argparse.Namespace) -> str | None:
+    """Why `args.output_dir` cannot receive this run's output (None when it can); no file is touched."""
+    try:
+        check_output_dir(
+            args.output_dir, overwrite=args.overwrite, only_pack_outputs=True, protect=_protected_inputs(args)
+        )
+    except OSError as err:
+        replaceable = "already exists" in str(err)
+        hint = " (pass --overwrite to replace it once the new output is complete)" if replaceable else ""
+        return f"{err}{hint}"
+    return None
 
 
 def _check_output(parser: argparse.ArgumentParser, args: argparse.Namespace, default: str) -> None:
     args.output_dir = args.output_dir or default
-    try:
-        check_output_dir(args.output_dir, overwrite=args.overwrite)
-    except OSError as err:
-        hint = (
-            " (pass --overwrite to replace it once the new output is complete)"
-            if isinstance(err, FileExistsError) and os.path.isdir(args.output_dir)
-            else ""
-        )
-        parser.error(f"--output_dir {err}{hint}")
+    problem = _output_problem(args)
+    if problem:
+        parser.error(f"--output_dir {problem}")
 
 
 def _check_adapter_dir(parser: argparse.ArgumentParser, path: str, option: str) -> dict:
@@ -301,6 +333,20 @@ def _check_adapter_dir(parser: argparse.ArgumentParser, path: str, option: str) 
 
     if not os.path.isdir(path):
         parser.error(f"{option} {path!r} is not a folder; expected a saved adapter (adapter_config.json).")
+    config_file = os.path.join(path, "adapter_config.json")
+    if os.path.isfile(config_file):  # read_config's own errors are not all user-readable: check the JSON first
+        try:
+            with open(config_file, encoding="utf-8") as f:
+                raw = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            parser.error(f"{option} {config_file!r} is not valid JSON ({err}); save the adapter again.")
+        except OSError as err:
+            parser.error(f"{option} {config_file!r} cannot be read ({err}).")
+        if not isinstance(raw, dict):
+            parser.error(
+                f"{option} {config_file!r} holds a JSON {type(raw).__name__}, expected an object of adapter settings; "
+                "save the adapter again."
+            )
     try:
         config = read_config(path)
     except (FileNotFoundError, ValueError) as err:
@@ -320,31 +366,112 @@ def _settings(args: argparse.Namespace, method: str):
     return GlueTrainSettings(**values)
 
 
+SAM_ONLY_OPTIONS = ("score", "scope", "calibration_batches")
+
+
+def _check_options_apply(parser: argparse.ArgumentParser, args: argparse.Namespace, method: str) -> None:
+    """An explicitly given option that does not apply to `method` is an error (it would be silently ignored)."""
+    given = getattr(args, "given_options", set())
+    if method == "sam" and "preset" in given:
+        parser.error(f"--preset {args.preset!r} applies to --method designspace only; drop it for a SAM run.")
+    if method == "designspace":
+        for name in SAM_ONLY_OPTIONS:
+            if name in given:
+                parser.error(f"--{name} {getattr(args, name)!r} applies to --method sam only; drop it for this run.")
+
+
+def _take_adapter_settings(parser: argparse.ArgumentParser, args: argparse.Namespace, config: dict) -> str:
+    """Set method, budget, preset (score, scope) from the adapter's config; an explicit different value is an error."""
+    method = {"DESIGNSPACE": "designspace", "SAMTUNING": "sam"}.get(config.get("peft_type"))
+    if method is None:
+        parser.error(
+            f"--adapter {args.adapter!r} holds a {config.get('peft_type')} adapter; train takes "
+            "design-space and SAM adapters."
+        )
+    given = getattr(args, "given_options", set())
+    _check_options_apply(parser, args, method)
+    if method == "sam" and "calibration_batches" in given:
+        parser.error(
+            f"--calibration_batches {args.calibration_batches} does not apply with --adapter {args.adapter!r}: its "
+            "SAM selection is already made (run `calibrate` again for a new one)."
+        )
+    own = {"method": method, "budget": config.get("budget", args.budget)}
+    if method == "designspace":
+        own["preset"] = config.get("preset")
+    else:
+        own.update(score=config.get("score") or args.score, scope=config.get("scope") or args.scope)
+    for name, value in own.items():
+        mine = getattr(args, name)
+        same = float(mine) == float(value) if name == "budget" and isinstance(value, (int, float)) else mine == value
+        if name in given and not same:
+            parser.error(
+                f"--{name} {mine!r} conflicts with --adapter {args.adapter!r}, which was saved with {name}={value!r}; "
+                f"drop --{name} (the adapter's settings are used) or train a new adapter without --adapter."
+            )
+    args.method, args.budget = method, float(own["budget"])
+    args.preset = own.get("preset") or args.preset
+    if method == "sam":  # the selection's own, for the run's records
+        args.score, args.scope = own["score"], own["scope"]
+    return method
+
+
+def default_train_output(method: str, task: str, preset: str = "s4", score: str = "sam", scope: str = "global") -> str:
+    """`outputs/<method>[-<variant>]-<task>`: the variant names a non-default preset (or SAM score and scope), so runs
+    of different presets do not replace each other's outputs; the main job (S4) keeps `outputs/designspace-<task>`."""
+    if method == "designspace":
+        variant = [preset] if preset and preset != "s4" else []
+    else:
+        variant = [v for v, default in ((score, "sam"), (scope, "global")) if v and v != default]
+    return "outputs/" + "-".join([method, *variant, task])
+
+
+def _check_budget_count(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A parameter count larger than the whole base model is refused before loading it (its config is enough)."""
+    if not (math.isfinite(args.budget) and args.budget >= 1):
+        return
+    total = _parameter_count(args.model)
+    if total is not None and args.budget > total:
+        parser.error(
+            f"--budget {args.budget:g} is a parameter count larger than the whole base model ({total:,} parameters); "
+            "pass a count below that or a fraction < 1."
+        )
+
+
+def _parameter_count(model: str) -> int | None:
+    """Parameters of the sequence-classification model of `model`'s config, built on the meta device (no weights
+    are read); None when the config cannot be read here (the model load reports it)."""
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        config = AutoConfig.from_pretrained(model, num_labels=2)
+        with torch.device("meta"):
+            built = AutoModelForSequenceClassification.from_config(config)
+        return sum(p.numel() for p in built.parameters())
+    except Exception:  # noqa: BLE001 - an unusual config: leave the check to the run itself
+        logger.debug("could not count the parameters of %s from its config", model, exc_info=True)
+        return None
+
+
 def _validate_training(parser: argparse.ArgumentParser, args: argparse.Namespace, method: str, default_out: str):
     _check_data(parser, args)
     args.model = _check_model(parser, args.model)
     if args.output_dir is not None:
         _check_output(parser, args, args.output_dir)
     if getattr(args, "adapter", None):
-        config = _check_adapter_dir(parser, args.adapter, "--adapter")
-        method = {"DESIGNSPACE": "designspace", "SAMTUNING": "sam"}.get(config.get("peft_type"))
-        if method is None:
-            parser.error(
-                f"--adapter {args.adapter!r} holds a {config.get('peft_type')} adapter; train takes "
-                "design-space and SAM adapters."
-            )
-        args.method, args.budget = method, float(config.get("budget", args.budget))
-        args.preset = config.get("preset") or args.preset
-        for key in ("score", "scope") if method == "sam" else ():  # the selection's own, for the run's records
-            if config.get(key) and hasattr(args, key):
-                setattr(args, key, config[key])
+        method = _take_adapter_settings(parser, args, _check_adapter_dir(parser, args.adapter, "--adapter"))
+    elif hasattr(args, "method"):
+        _check_options_apply(parser, args, args.method)
     _check_task(parser, args)  # imports trainer_ext and peft_designspace from here on (a few seconds)
     from trainer_ext.glue_train import settings_problems
 
+    if default_out == "train":
+        default_out = default_train_output(method, args.task, args.preset, args.score, args.scope)
     _check_output(parser, args, default_out.format(method=method, task=args.task))
     settings = _settings(args, method)
     for option, message in settings_problems(settings):
         parser.error(f"--{option} {message}")
+    _check_budget_count(parser, args)
     return settings
 
 
@@ -358,15 +485,21 @@ def _load_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dic
         parser.error(f"--data {err}")
 
 
-def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from trainer_ext.glue_train import RELOAD_ATOL, summary_line, train_glue
-
+def _atomic_output(args: argparse.Namespace):
     from ._files import atomic_output_dir
 
+    return atomic_output_dir(
+        args.output_dir, overwrite=args.overwrite, only_pack_outputs=True, protect=_protected_inputs(args)
+    )
+
+
+def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    settings = _validate_training(parser, args, args.method, "outputs/{method}-{task}")
+    settings = _validate_training(parser, args, args.method, "train")
     data = _load_data(parser, args)
-    with atomic_output_dir(settings.output_dir, overwrite=args.overwrite) as tmp:
+    from trainer_ext.glue_train import RELOAD_ATOL, summary_line, train_glue
+
+    with _atomic_output(args) as tmp:
         summary = train_glue(settings, data, write_dir=str(tmp))
     state = "OK" if summary["reload_ok"] else "MISMATCH"
     print(
@@ -379,13 +512,11 @@ def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from trainer_ext.glue_train import calibrate_glue
-
-    from ._files import atomic_output_dir
-
     settings = _validate_training(parser, args, "sam", "outputs/sam-calibration-{task}")
     data = _load_data(parser, args)
-    with atomic_output_dir(settings.output_dir, overwrite=args.overwrite) as tmp:
+    from trainer_ext.glue_train import calibrate_glue
+
+    with _atomic_output(args) as tmp:
         result = calibrate_glue(settings, data, write_dir=str(tmp))
     print(
         f"CALIBRATED selected={result['selected']:,} tensors={result['tensors']} batches={result['batches']} "
@@ -397,8 +528,6 @@ def cmd_calibrate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 def cmd_search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from ._files import atomic_output_dir
-
     _check_data(parser, args)
     args.model = _check_model(parser, args.model)
     _check_task(parser, args)
@@ -416,12 +545,14 @@ def cmd_search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
         return EXIT_UNAVAILABLE
     settings = _settings(args, "designspace")  # method only matters for the checks below
     problems = [p for p in glue_train.settings_problems(settings) if p[0] != "method"]
-    if not 0 < args.budget or (args.budget >= 1 and args.budget != int(args.budget)):
+    budget_ok = math.isfinite(args.budget) and args.budget > 0  # before int(): int(inf) raises OverflowError
+    if not budget_ok or (args.budget >= 1 and args.budget != int(args.budget)):
         problems.append(("budget", f"must be a fraction in (0, 1) or a whole count >= 1, got {args.budget}."))
     for option, message in problems:
         parser.error(f"--{option} {message}")
+    _check_budget_count(parser, args)
     data = _load_data(parser, args)
-    with atomic_output_dir(settings.output_dir, overwrite=args.overwrite) as tmp:
+    with _atomic_output(args) as tmp:
         result = glue_train.search_glue(settings, data, write_dir=str(tmp))
     metric = TASK_METRIC.get(args.task, "accuracy")
     print(
@@ -540,9 +671,40 @@ COMMANDS = {
 }
 
 
+def _given_options(argv: list[str], command: str) -> set[str]:
+    """The `dest` of every option written on the command line (abbreviations included), defaults left out."""
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices[command]
+    for action in sub._actions:
+        if action.option_strings:
+            action.default = argparse.SUPPRESS
+    try:
+        return set(vars(sub.parse_args(argv[argv.index(command) + 1 :])))
+    except (SystemExit, ValueError):  # cannot happen once the real parse passed; then nothing counts as given
+        return set()
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so temporary outputs are removed as on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `peft-designspace` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    try:
+        return _main(argv)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["explore"]:  # its options live with it (importing them eagerly would slow every --help)
         from trainer_ext.explore import explore_main
 
@@ -550,6 +712,11 @@ def main(argv: list[str] | None = None) -> int:
             return explore_main(argv[1:])
         except SystemExit as exit_:
             return int(exit_.code or 0)
+        except KeyboardInterrupt:
+            print(
+                "peft-designspace explore: interrupted; finished designs are kept (re-run to resume).", file=sys.stderr
+            )
+            return EXIT_INTERRUPTED
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -562,12 +729,14 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
     )
     sub = parser._subparsers._group_actions[0].choices[args.command]  # the subcommand's parser names its options
+    args.given_options = _given_options(argv, args.command)
     try:
         return COMMANDS[args.command](sub, args)
     except SystemExit as exit_:  # parser.error during validation
         return int(exit_.code or 0)
-    except KeyboardInterrupt:
-        print(f"peft-designspace {args.command}: interrupted; no partial output was kept.", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        how = "terminated (SIGTERM)" if isinstance(stop, _Terminated) else "interrupted"
+        print(f"peft-designspace {args.command}: {how}; no partial output was kept.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:
         if getattr(args, "debug", False):

@@ -5,8 +5,10 @@
 # Usage: bash scripts/main_job.sh [GLUE_DIR] [extra `peft-designspace train` options...]
 #   e.g. bash scripts/main_job.sh ../shared/data/glue/CoLA --preset lora;  bash scripts/main_job.sh --method sam
 #   GLUE_DIR defaults to ../shared/data/glue/SST-2 (relative to the repository root); a given path is taken relative
-#   to the current directory. Outputs go to <repo>/outputs/<method>-<task>/ unless --output_dir is given; a previous
-#   run's outputs there are replaced once the new run is complete.
+#   to the current directory, and so are the paths given to --output_dir, --adapter, --data and --model. Outputs go
+#   to <repo>/outputs/<method>[-<preset>]-<task>/ unless --output_dir is given (the preset is named unless it is s4);
+#   a previous run's outputs there are replaced once the new run is complete (`--overwrite`), but a folder that does
+#   not hold a previous output of the pack (and the current directory, the repository, the data) is never replaced.
 # Exit status: 0 success, 1 failed run (e.g. the reloaded adapter differs), 2 bad options (before any model loads).
 set -euo pipefail
 
@@ -25,6 +27,37 @@ if [ ! -d "$DATA_DIR" ]; then
 fi
 DATA_DIR="$(cd "$DATA_DIR" && pwd)"
 
+# Paths in the options are the caller's: make them absolute before `cd "$ROOT"` (a Hub model id stays as it is).
+CALLER_DIR="$(pwd)"
+absolute() {  # absolute <path> -> the path relative to the caller's directory, made absolute
+    case "$1" in
+        /*) printf '%s' "$1" ;;
+        "~"*) printf '%s' "$1" ;;
+        *) printf '%s/%s' "$CALLER_DIR" "$1" ;;
+    esac
+}
+ARGS=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --ou*=* | --ad*=*)  # --output_dir, --adapter (and the abbreviations argparse accepts)
+            ARGS+=("${1%%=*}=$(absolute "${1#*=}")") ;;
+        --da*=* | --mo*=*)  # --data/--data_dir, --model/--model_name_or_path: only when the path exists
+            if [ -e "${1#*=}" ]; then ARGS+=("${1%%=*}=$(absolute "${1#*=}")"); else ARGS+=("$1"); fi ;;
+        --ou* | --ad*)
+            ARGS+=("$1")
+            if [ $# -ge 2 ]; then ARGS+=("$(absolute "$2")"); shift; fi ;;
+        --da* | --mo*)
+            ARGS+=("$1")
+            if [ $# -ge 2 ]; then
+                if [ -e "$2" ]; then ARGS+=("$(absolute "$2")"); else ARGS+=("$2"); fi
+                shift
+            fi ;;
+        *)
+            ARGS+=("$1") ;;
+    esac
+    shift
+done
+
 bash "$ROOT/scripts/setup_env.sh"
 
 cd "$ROOT"
@@ -34,4 +67,4 @@ if [ -x "$ROOT/.venv/bin/peft-designspace" ]; then
 else  # the console script appears with the next `pip install -e .`; the module is the same program
     CLI=("$ROOT/.venv/bin/python" -m adapters_hub.cli)
 fi
-exec "${CLI[@]}" train --data "$DATA_DIR" --overwrite "$@"
+exec "${CLI[@]}" train --data "$DATA_DIR" --overwrite ${ARGS[@]+"${ARGS[@]}"}

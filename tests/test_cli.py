@@ -129,12 +129,12 @@ def test_train_report_export_end_to_end(tiny, tmp_path, capsys, monkeypatch):
     code, out, err = run(["train", *common, "--preset", "lora", "--budget", "0.05", "--max_steps", "3"], capsys)
     assert code == 0, err[-2000:]
     summary = next(line for line in out.splitlines() if line.startswith("SUMMARY"))
-    assert "method=designspace preset=lora" in summary and "adapter=outputs/designspace-SST-2/adapter" in summary
-    out_dir = tmp_path / "outputs" / "designspace-SST-2"
+    assert "method=designspace preset=lora" in summary and "adapter=outputs/designspace-lora-SST-2/adapter" in summary
+    out_dir = tmp_path / "outputs" / "designspace-lora-SST-2"
     assert json.loads((out_dir / "results.json").read_text())["reload_ok"] is True
-    assert sorted(os.listdir(tmp_path / "outputs")) == ["designspace-SST-2"]  # no temporary folder left
+    assert sorted(os.listdir(tmp_path / "outputs")) == ["designspace-lora-SST-2"]  # no temporary folder left
 
-    code, out, err = run(["train", *common, "--max_steps", "1"], capsys)  # exists: refused up front
+    code, out, err = run(["train", *common, "--preset", "lora", "--max_steps", "1"], capsys)  # exists: refused up front
     assert code == 2 and "--overwrite" in err
 
     code, out, _ = run(["report", str(out_dir / "adapter")], capsys)

@@ -33,6 +33,11 @@ class BudgetReportCallback(TrainerCallback):
     and `report.to_dict()` is written to `<args.output_dir>/budget_report.json` (through a temporary file and a
     rename, by the main process only). Models without a budget report are left alone.
 
+    Args:
+        filename (`str`, *optional*, defaults to `"budget_report.json"`): the file written in `args.output_dir`.
+        report_dir (`str`, *optional*): the folder named in the log message instead of `args.output_dir`, when that
+            is a temporary folder renamed at the end of the run (as `peft-designspace train` does).
+
     Attributes:
         report: the last report seen (`None` before training begins or when the model has none).
 
@@ -48,8 +53,9 @@ class BudgetReportCallback(TrainerCallback):
     ```
     """
 
-    def __init__(self, filename: str = REPORT_FILE) -> None:
+    def __init__(self, filename: str = REPORT_FILE, report_dir: str | None = None) -> None:
         self.filename = filename
+        self.report_dir = report_dir
         self.report: Any | None = None
 
     def on_train_begin(
@@ -71,7 +77,10 @@ class BudgetReportCallback(TrainerCallback):
         if args.output_dir:
             path = os.path.join(args.output_dir, self.filename)
             write_json_atomic(report.to_dict(), path)
-            logger.info("Budget report written to %s", path)
+            if self.report_dir is None:
+                logger.info("Budget report written to %s", path)
+            else:  # args.output_dir is a temporary folder that becomes `report_dir` when the run is complete
+                logger.info("Budget report saved; it goes to %s", os.path.join(self.report_dir, self.filename))
 
 
 __all__ = ["REPORT_FILE", "BudgetReportCallback", "write_json_atomic"]

