@@ -134,7 +134,8 @@ def test_train_report_export_end_to_end(tiny, tmp_path, capsys, monkeypatch):
     assert json.loads((out_dir / "results.json").read_text())["reload_ok"] is True
     assert sorted(os.listdir(tmp_path / "outputs")) == ["designspace-lora-SST-2"]  # no temporary folder left
 
-    code, out, err = run(["train", *common, "--preset", "lora", "--max_steps", "1"], capsys)  # exists: refused up front
+    code, out, err = run(["train", *common, "--preset", "lora", "--max_steps", "1"], capsys)
+    # exists: refused up front
     assert code == 2 and "--overwrite" in err
 
     code, out, _ = run(["report", str(out_dir / "adapter")], capsys)
