@@ -4,6 +4,12 @@
 with the card already on the Hub or with transformers' generic template (`library_name: transformers`), so no card
 written during `save_pretrained` reaches the Hub that way. `push_adapter` saves, writes the card with the live
 budget report and uploads the folder in one commit.
+
+Like transformers' `push_to_hub`, both functions keep the card already on the Hub: when the repository has a README.md
+at the target branch, that card (its metadata and its text, e.g. a license or notes added in the web editor) is the
+one updated, with only the pack's tags and section refreshed; the local folder's README.md is used only for a
+repository (or branch) that has no card yet. The commit names the commit the card was read from as its parent, so an
+edit made on the Hub in between makes the push fail instead of being overwritten.
 """
 
 from __future__ import annotations
@@ -14,8 +20,13 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .card import write_model_card
+from peft_designspace._io import write_text_atomic
+
+from ._files import MARKER
+from .card import load_card, write_model_card
 from .loading import CONFIG_NAME, WEIGHTS_NAME
+
+README = "README.md"
 
 if TYPE_CHECKING:
     from torch import nn
@@ -43,8 +54,11 @@ def push_adapter(
         adapter_name (`str`, *optional*): the adapter to upload, with its config, weights and budget report at the
             repository root (default: the active one); the model's other adapters are not uploaded.
 
+    The README.md already in the repository at `revision` is kept and updated (see the module docstring).
+
     Raises:
-        ValueError: if `adapter_name` is not an adapter of the model (checked before the repository is created).
+        ValueError: if `adapter_name` is not an adapter of the model (checked before the repository is created), or
+            if the README.md on the Hub has invalid YAML metadata (nothing is created or uploaded).
 
     Returns:
         `huggingface_hub.CommitInfo`: the commit (its `oid` pins this exact version).
@@ -73,14 +87,69 @@ def push_adapter(
         source = Path(saved) if name == "default" else Path(saved) / name
         _check_adapter_folder(source)
         for item in source.iterdir():
-            if item.is_file() and item.name != "README.md":
+            if item.is_file() and item.name != README:
                 shutil.copy2(item, folder)
-        write_model_card(folder, report=report, repo_id=repo_id, adapter_name=name)
         api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        if revision is not None and revision != "main":
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, commit_message=commit_message)
+        parent, _ = _use_hub_card(api, repo_id, revision, Path(folder))
+        write_model_card(folder, report=report, repo_id=repo_id, adapter_name=name)
+        return _upload(api, repo_id, folder, private, revision, commit_message, parent)
+
+
+def _use_hub_card(api: Any, repo_id: str, revision: str | None, folder: Path) -> tuple[str | None, bool]:
+    """Put the README.md that `repo_id` has at `revision` into `folder` (replacing a local one), if there is one.
+
+    A repository that does not exist yet, or has no README.md there, is not an error. A branch that does not exist
+    yet is created from `main` by the push, so `main`'s card is used for it.
+
+    Returns:
+        `tuple[str | None, bool]`: the commit the card was read from (the new commit's parent; `None` for a new
+        repository), and whether the Hub had a card (now in `folder`).
+
+    Raises:
+        ValueError: if the Hub's README.md has invalid YAML metadata.
+    """
+    from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    branch = revision or "main"
+    try:
+        commit = api.model_info(repo_id, revision=branch).sha
+    except RepositoryNotFoundError:
+        return None, False
+    except RevisionNotFoundError:
+        if branch == "main":
+            return None, False
+        branch = "main"  # a new branch starts from main's head
+        try:
+            commit = api.model_info(repo_id, revision=branch).sha
+        except RevisionNotFoundError:
+            return None, False
+    with tempfile.TemporaryDirectory() as cache:  # not the user's cache: this copy is only read once
+        try:
+            downloaded = api.hf_hub_download(repo_id, README, revision=commit, cache_dir=cache)
+        except RemoteEntryNotFoundError:
+            return commit, False
+        text = Path(downloaded).read_text(encoding="utf-8")
+    load_card(text, f"The {README} of the Hub repository {repo_id!r} (branch {branch!r}, commit {commit})")
+    write_text_atomic(folder / README, text)
+    return commit, True
+
+
+def _upload(
+    api: Any,
+    repo_id: str,
+    folder: str,
+    private: bool | None,
+    revision: str | None,
+    commit_message: str,
+    parent: str | None,
+) -> Any:
+    """Create the repository and branch if needed, then upload `folder` in one commit on top of `parent`."""
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    if revision is not None and revision != "main":
+        api.create_branch(repo_id, branch=revision, revision=parent, exist_ok=True)
+    return api.upload_folder(
+        repo_id=repo_id, folder_path=folder, revision=revision, commit_message=commit_message, parent_commit=parent
+    )
 
 
 def _check_adapter_folder(folder: Path) -> None:
@@ -114,9 +183,14 @@ def push_folder(
         repo_id (`str`): the target repository, `namespace/name`.
         token, private, revision, commit_message: as in [`push_adapter`].
 
+    The README.md already in the repository at `revision` is kept and updated (see the module docstring); the
+    folder's own README.md is used when the repository has none there.
+
     Raises:
         FileNotFoundError: if the folder, its `adapter_config.json` or its `adapter_model.safetensors` is missing
             (checked before the repository is created).
+        ValueError: if the README.md used (the Hub's, else the folder's) has invalid YAML metadata (nothing is
+            created or uploaded).
 
     Returns:
         `huggingface_hub.CommitInfo`
@@ -131,10 +205,12 @@ def push_folder(
 
     _check_adapter_folder(Path(adapter_dir))
     with tempfile.TemporaryDirectory() as folder:
-        shutil.copytree(adapter_dir, folder, dirs_exist_ok=True)
-        write_model_card(folder, repo_id=repo_id)
+        # the pack's output marker (an export folder holds one) is local bookkeeping, not part of the adapter
+        shutil.copytree(adapter_dir, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER))
         api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        if revision is not None and revision != "main":
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, commit_message=commit_message)
+        parent, from_hub = _use_hub_card(api, repo_id, revision, Path(folder))
+        local = Path(adapter_dir) / README
+        if not from_hub and local.is_file():  # checked here so that the error names the user's file, not the copy
+            load_card(local.read_text(encoding="utf-8"), local)
+        write_model_card(folder, repo_id=repo_id)
+        return _upload(api, repo_id, folder, private, revision, commit_message, parent)

@@ -183,6 +183,11 @@ def fetch_adapter_files(path_or_repo: str | os.PathLike, **hub_kwargs: Any) -> P
         if not (local / WEIGHTS_NAME).is_file():
             raise _missing_weights_error(str(local), has_pickle=(local / PICKLE_WEIGHTS_NAME).is_file())
         return local
+    if subfolder and Path(path_or_repo).is_dir():
+        raise AdapterLoadError(
+            f"The local folder {str(path_or_repo)!r} has no subfolder {str(subfolder)!r} ({str(local)!r} is not a "
+            "folder). Check `subfolder=`; it is a path inside the folder."
+        )
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HFValidationError, RemoteEntryNotFoundError
 
@@ -234,6 +239,29 @@ def _missing_weights_error(where: str, *, has_pickle: bool) -> AdapterLoadError:
         "`from safetensors.torch import save_file; save_file(torch.load('adapter_model.bin', weights_only=True), "
         "'adapter_model.safetensors')`, or load it with PEFT and `save_pretrained` again (safetensors by default)."
     )
+
+
+PICKLE_BASE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+SAFE_BASE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+def _base_pickle_weights(name: str, extra: dict[str, Any]) -> str | None:
+    """The pickle weights file of a base model that has no safetensors weights, else `None`.
+
+    A local folder is looked at directly; a Hub repository is asked at the same revision with the same token (best
+    effort: when the Hub cannot be asked, e.g. offline, `None`, and transformers' own error applies).
+    """
+    subfolder = extra.get("subfolder") or ""
+    local = Path(name) / subfolder
+    if Path(name).is_dir():
+        if any((local / safe).is_file() for safe in SAFE_BASE_WEIGHTS):
+            return None
+        return next((str(local / f) for f in PICKLE_BASE_WEIGHTS if (local / f).is_file()), None)
+    kwargs = {"revision": extra.get("revision"), "token": extra.get("token"), "subfolder": subfolder or None}
+    kwargs["local_files_only"] = extra.get("local_files_only")
+    if any(_hub_has_file(name, safe, kwargs) for safe in SAFE_BASE_WEIGHTS):
+        return None
+    return next((f for f in PICKLE_BASE_WEIGHTS if _hub_has_file(name, f, kwargs)), None)
 
 
 # checks ------------------------------------------------------------------------------------------------------------
@@ -442,7 +470,8 @@ def load_adapter(
         adapter_name (`str`, *optional*, defaults to `"default"`): name of the loaded adapter.
         is_trainable (`bool`, *optional*, defaults to `False`): load for further training.
         base_model_kwargs (`dict`, *optional*): passed to the Auto class's `from_pretrained` (e.g. `dtype`); `token`,
-            `cache_dir` and `local_files_only` given for the adapter are used too unless set here.
+            `cache_dir` and `local_files_only` given for the adapter are used too unless set here. The base model is
+            loaded with `use_safetensors=True` (pickle weights are never loaded; `use_safetensors=False` is refused).
         **kwargs: Hub arguments for the adapter (`revision`, `token`, `cache_dir`, `force_download`,
             `local_files_only`, `subfolder`); anything else goes to `PeftModel.from_pretrained`.
 
@@ -450,7 +479,9 @@ def load_adapter(
         `peft.PeftModel`: the base model with the adapter, in eval mode unless `is_trainable`.
 
     Raises:
-        AdapterLoadError: files or repository missing, Hub unreachable, base model not loadable.
+        AdapterLoadError: files or repository missing, Hub unreachable, base model not loadable (also when it has
+            only pickle `pytorch_model.bin` weights).
+        ValueError: `base_model_kwargs` sets `use_safetensors=False`.
         AdapterVersionError: method not installed, or written by a newer pack with unknown settings.
         CorruptedAdapterError: truncated or invalid weights file.
         BaseModelMismatchError: the adapter does not fit the base model (both named, with the first bad tensor).
@@ -488,11 +519,29 @@ def load_adapter(
             )
         auto_cls = _auto_class(raw.get("task_type"), raw.get("auto_mapping"))
         extra = dict(base_model_kwargs or {})
+        if extra.get("use_safetensors", True) is not True:
+            raise ValueError(
+                f"base_model_kwargs['use_safetensors']={extra['use_safetensors']!r} is not allowed: the base model is "
+                "loaded from safetensors weights only (a pickle file can run arbitrary code). Leave it out, or build "
+                "the base model yourself and pass it as `base_model=`."
+            )
+        extra["use_safetensors"] = True  # never unpickle a pytorch_model.bin
         if raw.get("revision") and "revision" not in extra:
             extra["revision"] = raw["revision"]
         for key in BASE_FORWARDED_KWARGS:  # a private or cached base needs the same credentials / cache
             if key in hub_kwargs and key not in extra:
                 extra[key] = hub_kwargs[key]
+        # checked first: for a Hub repository without safetensors weights, transformers would otherwise ask an
+        # outside conversion service (with the token) to convert it
+        pickle_only = _base_pickle_weights(name, extra)
+        if pickle_only is not None:
+            raise AdapterLoadError(
+                f"The base model {name!r} recorded in the adapter has only pickle weights ({pickle_only!r}), no "
+                "safetensors file; only safetensors weights are loaded (a pickle file can run arbitrary code). "
+                "Convert it once, from a source you trust (load it with transformers and `save_pretrained` it "
+                "again, which writes safetensors by default), then load the converted model yourself and pass it "
+                "as `base_model=`."
+            )
         try:
             base_model = auto_cls.from_pretrained(name, **extra)
         except Exception as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,22 +130,63 @@ def heatmap_text(structure: Structure) -> str:
 
 
 def plot_heatmap(structure: Structure, path: str | os.PathLike) -> Path:
-    """Write the grid as an image (format from the suffix: .png, .pdf, .svg); needs matplotlib."""
+    """Write the grid as an image (format from the suffix: .png, .pdf, .svg); needs matplotlib.
+
+    The image is written to a temporary file in the same folder and renamed into place, so a failed write (e.g. a
+    full disk) leaves a previous image at `path` untouched and no partial file behind.
+
+    Args:
+        structure (`Structure`): the grid, from `adapter_structure`.
+        path (`str` or `os.PathLike`): the image to write (its folder must exist).
+
+    Returns:
+        `Path`: the image written.
+
+    Raises:
+        FileNotFoundError: if the folder of `path` does not exist.
+
+    Example:
+
+    ```py
+    >>> plot_heatmap(adapter_structure("./adapter"), "structure.png")  # doctest: +SKIP
+    PosixPath('structure.png')
+    ```
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Cannot write the image {str(path)!r}: its folder {str(folder)!r} does not exist.")
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(structure.columns), 0.8 + 0.35 * len(structure.rows)))
-    image = ax.imshow(structure.cells, aspect="auto", cmap="viridis")
-    ax.set_xticks(range(len(structure.columns)), _short(structure.columns), rotation=45, ha="right")
-    ax.set_yticks(range(len(structure.rows)), structure.rows)
-    ax.set_title(structure.title)
-    fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    try:
+        image = ax.imshow(structure.cells, aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(structure.columns)), _short(structure.columns), rotation=45, ha="right")
+        ax.set_yticks(range(len(structure.rows)), structure.rows)
+        ax.set_title(structure.title)
+        fig.colorbar(image, ax=ax)
+        fig.tight_layout()
+        # the format named explicitly: from the suffix of `path` (matplotlib's default without one), not of the copy
+        image_format = path.suffix[1:].lower() or plt.rcParams["savefig.format"]
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        try:
+            os.close(fd)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # the usual permissions, not mkstemp's private ones
+            fig.savefig(tmp, format=image_format)
+            with open(tmp, "rb") as written:
+                os.fsync(written.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    finally:
+        plt.close(fig)
+    return path
 
 
 def _short(columns: list[str]) -> list[str]:

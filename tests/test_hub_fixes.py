@@ -153,7 +153,10 @@ def test_base_model_kwargs_win_over_the_adapters_hub_arguments(tmp_path, monkeyp
     monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", classmethod(spy))
     load_adapter(tmp_path / "adapter", token=READ, cache_dir=str(tmp_path / "c"), force_download=True)
     load_adapter(tmp_path / "adapter", token=READ, base_model_kwargs={"token": WRITE})
-    assert seen == [{"token": READ, "cache_dir": str(tmp_path / "c")}, {"token": WRITE}]
+    assert seen == [
+        {"token": READ, "cache_dir": str(tmp_path / "c"), "use_safetensors": True},
+        {"token": WRITE, "use_safetensors": True},
+    ]
 
 
 # 5. nested subfolder -------------------------------------------------------------------------------------------------
