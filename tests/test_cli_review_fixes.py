@@ -4,55 +4,19 @@
 import importlib.util
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import transformers
-from tiny_models import make_model
+from test_cli import run  # the fixtures `tiny` and `no_model_loads` are in conftest.py
 
 from adapters_hub._files import atomic_output_dir, check_output_dir
 from adapters_hub.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = ".peft-designspace-output"  # adapters_hub._files.MARKER
-WORDS = ["good", "bad", "film", "great", "awful", "fine", "dull", "the", "a", "is", "movie", "plot"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A saved tiny BERT (word-level tokenizer) and a tiny SST-2 folder."""
-    root = tmp_path_factory.mktemp("tiny")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz"]
-    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    transformers.BertTokenizer(str(root / "vocab.txt")).save_pretrained(root / "model")
-    make_model("bert", "SEQ_CLS", layers=4).save_pretrained(root / "model")
-    rng = random.Random(0)
-    (root / "SST-2").mkdir()
-    for split, n in (("train", 48), ("dev", 8)):
-        lines = ["sentence\tlabel"]
-        for i in range(n):
-            word = rng.choice(["good", "great", "fine"] if i % 2 else ["bad", "awful", "dull"])
-            lines.append(f"the {rng.choice(['film', 'movie', 'plot'])} is {word}\t{i % 2}")
-        (root / "SST-2" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
-    return root
-
-
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the options were validated")
-
-    for name in ("AutoModelForSequenceClassification", "AutoTokenizer", "AutoModel"):
-        monkeypatch.setattr(getattr(transformers, name), "from_pretrained", refuse)
-
-
-def run(argv, capsys):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def glue_copy(tiny, tmp_path, name="SST-2", train_text=None, dev=True):
