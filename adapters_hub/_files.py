@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 MARKER = ".peft-designspace-output"
+EXPORT_INFO = "peft_designspace_export.json"  # adapters_hub.export.INFO_NAME: every export folder holds it
 # what earlier versions of the pack wrote at the top of an output folder, before the marker existed
 KNOWN_OUTPUT_NAMES = (
     "adapter",
@@ -35,7 +36,6 @@ KNOWN_OUTPUT_NAMES = (
     "s3pet_structure.json",
     "s3pet_structure*.png",
     "s3pet_search_trajectory.png",
-    "export_info.json",
 )
 _SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,7 +43,7 @@ _SOURCE_ROOT = Path(__file__).resolve().parent.parent
 def is_pack_output(path: str | os.PathLike) -> bool:
     """Whether the folder `path` holds an output of the pack: its marker, or only names the pack writes."""
     path = Path(path)
-    if (path / MARKER).is_file():
+    if (path / MARKER).is_file() or (path / EXPORT_INFO).is_file():  # an export written before the marker existed
         return True
     names = [p.name for p in path.iterdir()]
     return bool(names) and all(any(fnmatch.fnmatchcase(n, pattern) for pattern in KNOWN_OUTPUT_NAMES) for n in names)

@@ -40,9 +40,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._files import atomic_output_dir
+from ._files import EXPORT_INFO, atomic_output_dir
 
-INFO_NAME = "peft_designspace_export.json"
+INFO_NAME = EXPORT_INFO
 
 
 class ExportError(ValueError):

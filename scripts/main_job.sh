@@ -37,13 +37,20 @@ absolute() {  # absolute <path> -> the path relative to the caller's directory, 
     esac
 }
 ARGS=()
+OUT_DIR=""
 while [ $# -gt 0 ]; do
     case "$1" in
-        --ou*=* | --ad*=*)  # --output_dir, --adapter (and the abbreviations argparse accepts)
+        --ou*=*)  # --output_dir (and the abbreviations argparse accepts)
+            OUT_DIR="$(absolute "${1#*=}")"
+            ARGS+=("${1%%=*}=$OUT_DIR") ;;
+        --ad*=*)  # --adapter
             ARGS+=("${1%%=*}=$(absolute "${1#*=}")") ;;
         --da*=* | --mo*=*)  # --data/--data_dir, --model/--model_name_or_path: only when the path exists
             if [ -e "${1#*=}" ]; then ARGS+=("${1%%=*}=$(absolute "${1#*=}")"); else ARGS+=("$1"); fi ;;
-        --ou* | --ad*)
+        --ou*)
+            ARGS+=("$1")
+            if [ $# -ge 2 ]; then OUT_DIR="$(absolute "$2")"; ARGS+=("$OUT_DIR"); shift; fi ;;
+        --ad*)
             ARGS+=("$1")
             if [ $# -ge 2 ]; then ARGS+=("$(absolute "$2")"); shift; fi ;;
         --da* | --mo*)
@@ -57,6 +64,17 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+
+# The command line refuses its own current directory and its parents as output; after `cd "$ROOT"` that is the
+# repository, so the caller's directory is checked here.
+if [ -n "$OUT_DIR" ]; then
+    OUT_REAL="$(realpath -m "$OUT_DIR")"
+    case "$(pwd -P)/" in
+        "${OUT_REAL%/}"/*)
+            echo "error: --output_dir $OUT_DIR is the current directory or one of its parents; it is never used as an output folder, choose a new subfolder." >&2
+            exit 2 ;;
+    esac
+fi
 
 bash "$ROOT/scripts/setup_env.sh"
 

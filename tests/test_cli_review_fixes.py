@@ -369,3 +369,37 @@ def test_help_texts_are_current_and_do_not_repeat_defaults():
     for name, sub in parser._subparsers._group_actions[0].choices.items():
         if name != "explore":
             assert "(default: None)" not in sub.format_help(), name
+
+
+def test_an_export_written_before_the_marker_is_replaced_with_overwrite(tmp_path):
+    from adapters_hub._files import EXPORT_INFO
+
+    old = tmp_path / "export"
+    old.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors", "README.md", EXPORT_INFO):
+        (old / name).write_text("{}\n")
+    assert check_output_dir(old, overwrite=True, only_pack_outputs=True) == old
+    (old / EXPORT_INFO).unlink()  # a user's own adapter folder: not replaced
+    with pytest.raises(FileExistsError, match="does not hold a previous output"):
+        check_output_dir(old, overwrite=True, only_pack_outputs=True)
+
+
+def test_main_job_refuses_the_callers_directory_as_output(tmp_path):
+    caller = tmp_path / "inside"
+    caller.mkdir()
+    for target in (".", ".."):
+        result = subprocess.run(
+            [
+                "bash",
+                str(ROOT / "scripts" / "main_job.sh"),
+                str(ROOT.parent / "shared/data/glue/SST-2"),
+                "--output_dir",
+                target,
+            ],
+            cwd=caller,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "is the current directory or one of its parents" in result.stderr

@@ -121,7 +121,7 @@ def _unwrap_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer
 def check_adam_optimizer(optimizer: torch.optim.Optimizer) -> None:
     """Raise unless `optimizer` is a torch `Adam` / `AdamW` whose step `adam_virtual_step` can replay."""
     inner = _unwrap_optimizer(optimizer)
-    if not isinstance(inner, torch.optim.Adam):
+    if not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):  # AdamW subclasses Adam only from torch 2.6
         raise ValueError(
             f"`virtual_step='adam'` replays the weights' Adam or AdamW step, but their optimizer is "
             f"{type(inner).__name__}; use a torch Adam/AdamW optimizer (`optim='adamw_torch'` or "
