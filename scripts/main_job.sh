@@ -6,7 +6,8 @@
 #   e.g. bash scripts/main_job.sh ../shared/data/glue/CoLA --preset lora;  bash scripts/main_job.sh --method sam
 #   GLUE_DIR defaults to ../shared/data/glue/SST-2 (relative to the repository root); a given path is taken relative
 #   to the current directory, and so are the paths given to --output_dir, --adapter, --data and --model. Outputs go
-#   to <repo>/outputs/<method>[-<preset>]-<task>/ unless --output_dir is given (the preset is named unless it is s4);
+#   to <repo>/outputs/<method>[-<variant>]-<task>/ unless --output_dir is given (the variant names a preset other
+#   than s4, or a SAM score/scope other than the default: outputs/sam-fisher-SST-2);
 #   a previous run's outputs there are replaced once the new run is complete (`--overwrite`), but a folder that does
 #   not hold a previous output of the pack (and the current directory, the repository, the data) is never replaced.
 # Exit status: 0 success, 1 failed run (e.g. the reloaded adapter differs), 2 bad options (before any model loads).

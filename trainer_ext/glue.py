@@ -79,42 +79,66 @@ def normalize_task(task: str) -> str:
 
 
 def _read_split(path: str, task: str) -> list[dict]:
-    spec = TASKS[task]
-    columns: list[str] = spec["columns"]
-    labels: dict[str, int] = spec["labels"]
+    """The rows of one TSV file; every problem is a `ValueError` that names the file and the line.
+
+    UTF-8 with or without a byte-order mark; blank lines are skipped (also before the header); a field longer than
+    the `csv` module's limit is reported, not raised as `csv.Error`.
+    """
     rows: list[dict] = []
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        for line_no, cells in enumerate(reader, start=1):
-            if not cells:
-                continue
-            if line_no == 1 and spec["header"] is not None:
-                if cells != spec["header"]:
-                    raise ValueError(
-                        f"{path}: expected the {task} header row {spec['header']}, got {cells}. "
-                        "Is this the right task folder?"
-                    )
-                continue
-            if len(cells) != len(columns):
-                raise ValueError(
-                    f"{path}, line {line_no}: expected {len(columns)} tab-separated columns for {task} "
-                    f"({', '.join(columns)}), got {len(cells)}."
-                )
-            row = dict(zip(columns, cells))
-            raw_label = row["label"]
-            if raw_label not in labels:
-                raise ValueError(
-                    f"{path}, line {line_no}: unknown {task} label {raw_label!r}; expected one of {sorted(labels)}."
-                )
-            row["label"] = labels[raw_label]
-            if task == "CoLA":
-                del row["original_label"]
-            elif task == "RTE":
-                row["idx"] = int(row["idx"]) if row["idx"].isdigit() else row["idx"]
-            rows.append(row)
+    line_no = 0
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            header_seen = TASKS[task]["header"] is None
+            for cells in reader:
+                line_no = reader.line_num
+                if not cells:
+                    continue
+                if not header_seen:
+                    _check_header(path, task, cells, line_no)
+                    header_seen = True
+                    continue
+                rows.append(_parse_row(path, task, cells, line_no))
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); save it as UTF-8."
+        ) from None
+    except csv.Error as err:
+        raise ValueError(f"{path}, line {line_no + 1}: {err}.") from None
     if not rows:
         raise ValueError(f"{path}: no data rows found.")
     return rows
+
+
+def _check_header(path: str, task: str, cells: list[str], line_no: int) -> None:
+    header = TASKS[task]["header"]
+    if cells != header:
+        raise ValueError(
+            f"{path}, line {line_no}: expected the {task} header row {header}, got {cells}. Is this the right task "
+            "folder?"
+        )
+
+
+def _parse_row(path: str, task: str, cells: list[str], line_no: int) -> dict:
+    columns: list[str] = TASKS[task]["columns"]
+    labels: dict[str, int] = TASKS[task]["labels"]
+    if len(cells) != len(columns):
+        raise ValueError(
+            f"{path}, line {line_no}: expected {len(columns)} tab-separated columns for {task} "
+            f"({', '.join(columns)}), got {len(cells)}."
+        )
+    row = dict(zip(columns, cells))
+    raw_label = row["label"]
+    if raw_label not in labels:
+        raise ValueError(
+            f"{path}, line {line_no}: unknown {task} label {raw_label!r}; expected one of {sorted(labels)}."
+        )
+    row["label"] = labels[raw_label]
+    if task == "CoLA":
+        del row["original_label"]
+    elif task == "RTE":
+        row["idx"] = int(row["idx"]) if row["idx"].isdigit() else row["idx"]
+    return row
 
 
 def load_glue_folder(path: str | os.PathLike, task: str | None = None) -> dict[str, list[dict]]:

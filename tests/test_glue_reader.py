@@ -1,0 +1,51 @@
+"""The offline GLUE TSV reader: every bad file is one `ValueError` naming the file and the line."""
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from trainer_ext.glue import load_glue_folder
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+
+
+def _folder(tmp_path, train: bytes, dev: bytes = b"sentence\tlabel\nfine\t1\n", name="SST-2") -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "train.tsv").write_bytes(train)
+    (folder / "dev.tsv").write_bytes(dev)
+    return folder
+
+
+def test_a_byte_order_mark_and_blank_lines_before_the_header_are_accepted(tmp_path):
+    folder = _folder(tmp_path, b"\xef\xbb\xbf\nsentence\tlabel\r\ngood film\t1\r\n\r\nbad plot\t0\r\n")
+    rows = load_glue_folder(folder)["train"]
+    assert rows == [{"sentence": "good film", "label": 1}, {"sentence": "bad plot", "label": 0}]
+
+
+def test_a_field_over_the_csv_limit_names_the_file_and_line(tmp_path):
+    long = b"x" * (csv.field_size_limit() + 10)
+    folder = _folder(tmp_path, b"sentence\tlabel\ngood\t1\n" + long + b"\t1\n")
+    with pytest.raises(ValueError, match=r"train\.tsv, line 3: field larger than field limit"):
+        load_glue_folder(folder)
+
+
+def test_text_that_is_not_utf8_names_the_file(tmp_path):
+    folder = _folder(tmp_path, b"sentence\tlabel\ncaf\xe9\t1\n")
+    with pytest.raises(ValueError, match=r"train\.tsv: not UTF-8 text \(byte 0xe9 at offset \d+\); save it as UTF-8"):
+        load_glue_folder(folder)
+
+
+def test_a_wrong_header_names_its_line(tmp_path):
+    folder = _folder(tmp_path, b"\n\ntext\tlabel\ngood\t1\n")
+    with pytest.raises(ValueError, match=r"train\.tsv, line 3: expected the SST-2 header row"):
+        load_glue_folder(folder)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/glue beside the project")
+@pytest.mark.parametrize("task", ["SST-2", "RTE", "CoLA"])
+def test_the_shared_glue_folders_still_load(task):
+    data = load_glue_folder(SHARED / task)
+    assert len(data["train"]) > 100 and len(data["dev"]) > 100
+    assert {row["label"] for row in data["train"]} == {0, 1}
