@@ -9,6 +9,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+# read once, at import: reading the umask means setting it, which would race with other threads at every write
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write `text` (UTF-8) to `path` through a temporary file in the same folder, then rename it into place.
@@ -27,10 +31,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:  # closes the descriptor whatever fails below
+            os.chmod(tmp, 0o666 & ~_UMASK)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
