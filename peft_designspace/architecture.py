@@ -28,24 +28,60 @@ from ._config import check_layer_stacks
 
 # Full-match patterns, relative to one layer. The first role list that matches wins for each module.
 ROLE_PATTERNS: dict[str, tuple[str, ...]] = {
-    "attention": (r"attention\.self", r"layer\.0\.SelfAttention", r"attn", r"self_attn"),
-    "query": (r"attention\.self\.query", r"layer\.0\.SelfAttention\.q", r"attn\.c_attn", r"self_attn\.q_proj"),
-    "key": (r"attention\.self\.key", r"layer\.0\.SelfAttention\.k", r"attn\.c_attn", r"self_attn\.k_proj"),
-    "value": (r"attention\.self\.value", r"layer\.0\.SelfAttention\.v", r"attn\.c_attn", r"self_attn\.v_proj"),
+    # names relative to a layer, matched in full. Fused projections (GPT-2's `c_attn`, `query_key_value`, `qkv_proj`,
+    # `Wqkv`) serve as query, key and value at once; gated FFNs' fused `gate_up_proj` as the FFN input.
+    "attention": (r"attention\.self", r"layer\.0\.SelfAttention", r"attn", r"self_attn", r"self_attention"),
+    "query": (
+        r"attention\.self\.query(_proj)?",  # BERT family; DeBERTa-v2
+        r"layer\.0\.SelfAttention\.q",
+        r"attn\.c_attn",
+        r"self_attn\.(q_proj|qkv_proj)",  # Llama family; Phi3
+        r"attention\.q_lin",  # DistilBERT
+        r"(self_attention|attention)\.query_key_value",  # Falcon, Bloom, GPT-NeoX
+        r"attn\.Wqkv",  # ModernBERT
+    ),
+    "key": (
+        r"attention\.self\.key(_proj)?",
+        r"layer\.0\.SelfAttention\.k",
+        r"attn\.c_attn",
+        r"self_attn\.(k_proj|qkv_proj)",
+        r"attention\.k_lin",
+        r"(self_attention|attention)\.query_key_value",
+        r"attn\.Wqkv",
+    ),
+    "value": (
+        r"attention\.self\.value(_proj)?",
+        r"layer\.0\.SelfAttention\.v",
+        r"attn\.c_attn",
+        r"self_attn\.(v_proj|qkv_proj)",
+        r"attention\.v_lin",
+        r"(self_attention|attention)\.query_key_value",
+        r"attn\.Wqkv",
+    ),
     "attn_out": (
         r"attention\.output\.dense",
         r"layer\.0\.SelfAttention\.o",
         r"attn\.c_proj",
-        r"self_attn\.(o_proj|out_proj)",
+        r"self_attn\.(o_proj|out_proj|dense)",  # ...; Phi
+        r"attention\.out_lin",
+        r"(self_attention|attention)\.dense",
+        r"attn\.Wo",
     ),
     "ffn_in": (
         r"intermediate\.dense",
         r"layer\.\d\.DenseReluDense\.wi(_0|_1)?",
         r"mlp\.c_fc",
-        r"mlp\.(gate_proj|up_proj)",
+        r"mlp\.(gate_proj|up_proj|gate_up_proj|fc1|dense_h_to_4h|Wi)",
         r"fc1",
+        r"ffn\.lin1",
     ),
-    "ffn_out": (r"output\.dense", r"layer\.\d\.DenseReluDense\.wo", r"mlp\.c_proj", r"mlp\.down_proj", r"fc2"),
+    "ffn_out": (
+        r"output\.dense",
+        r"layer\.\d\.DenseReluDense\.wo",
+        r"mlp\.(c_proj|down_proj|fc2|dense_4h_to_h|Wo)",
+        r"fc2",
+        r"ffn\.lin2",
+    ),
 }
 PROJECTION_ROLES = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
 STACK_NAME = re.compile(r"(^|.*\.)(layer|layers|h|block|blocks)$")

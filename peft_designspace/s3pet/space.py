@@ -16,10 +16,12 @@ attention and FFN block), `"l"` (S3PET-L: LoRA on every projection), or a list o
 roles (GPT-2's fused `c_attn`) gets one candidate per type, so the entries must not give it two LoRA ranks.
 """
 
+import warnings
 from dataclasses import asdict, dataclass
 
 from torch import nn
 
+from .._warnings import DesignSpaceWarning
 from ..architecture import PROJECTION_ROLES, resolve_architecture
 from ..modules import lra_parameters
 
@@ -145,12 +147,39 @@ def enumerate_candidates(
                             f"The search space gives {path!r} LoRA candidates of rank {kept.rank} (role "
                             f"{kept.role!r}) and rank {candidate.rank} (role {role!r}); a module takes one rank."
                         )
+    _warn_unrecognised_projections(arch, entries)
     candidates = sorted(found.values(), key=lambda c: (*rank[c.path], TYPES.index(c.type)))
     if not candidates:
         raise ValueError(
             f"The search space {space!r} has no candidate in {type(model).__name__}: no module matched its roles."
         )
     return candidates
+
+
+def _warn_unrecognised_projections(arch, entries: list[dict]) -> None:
+    """Warn when layers that hold linear modules lack a projection role the space asks for.
+
+    The roles come from module names (`architecture.ROLE_PATTERNS`). A family whose names are not known there (or an
+    FFN made of mixture-of-experts weights, which are not linear modules) would otherwise get a search space without
+    those projections, silently.
+    """
+    wanted = [r for r in PROJECTION_ROLES if any(r in entry["roles"] for entry in entries)]
+    missing: dict[str, list[str]] = {}
+    for layer in arch.layers:
+        for role in wanted:
+            if layer.linears and not layer.modules_for(role):
+                missing.setdefault(role, []).append(layer.path)
+    if missing:
+        first = next(layer for layer in arch.layers if layer.path in next(iter(missing.values())))
+        listed = "; ".join(f"{role}: {len(paths)} of {len(arch.layers)} layers" for role, paths in missing.items())
+        warnings.warn(
+            f"S3PET found no module for some projection roles ({listed}), so those layers get no such candidates "
+            f"(linear modules of {first.path!r}: {first.linears}). Mixture-of-experts weights are not linear modules "
+            "and are never candidates; other projection names can be added to "
+            "`peft_designspace.architecture.ROLE_PATTERNS`.",
+            DesignSpaceWarning,
+            stacklevel=3,
+        )
 
 
 def _candidate(entry: dict, role: str, path: str, layer: int, features: tuple[int, int], reduction: int) -> Candidate:
