@@ -297,9 +297,16 @@ def test_docstring_examples_run(obj, globs, monkeypatch, tmp_path):
 
 # S4 and all configs: an unknown architecture's roles, modules_to_save ------------------------------------------------
 @pytest.mark.filterwarnings("ignore:The realised count:peft_designspace.DesignSpaceWarning")  # BitFit's fixed size
-def test_s4_on_layers_without_known_roles_says_only_bitfit_fits():
+def test_s4_on_layers_without_known_roles_says_only_bitfit_fits(monkeypatch):
     import transformers
 
+    from peft_designspace import architecture
+
+    # DistilBERT's names (`q_lin`, `ffn.lin1`, ...) are known now: hide every name but BERT's, as for a new family
+    bert_only = {
+        role: tuple(p for p in patterns if "lin" not in p) for role, patterns in architecture.ROLE_PATTERNS.items()
+    }
+    monkeypatch.setattr(architecture, "ROLE_PATTERNS", bert_only)
     config = transformers.DistilBertConfig(vocab_size=64, dim=32, n_layers=4, n_heads=4, hidden_dim=64)
     base = transformers.DistilBertForSequenceClassification(config)
     with pytest.raises(
