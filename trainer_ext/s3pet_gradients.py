@@ -244,7 +244,8 @@ def darts_alpha_gradients(
     ]
     with torch.no_grad():
         stepped = virtual_step(weights, g_w, xi)
-    virtual = {n: stepped[n].detach().clone().requires_grad_() for n in weights}
+    # a weight the step leaves as it is comes back as itself: only that one is copied, to get a leaf of its own
+    virtual = {n: (stepped[n].clone() if stepped[n] is p else stepped[n]).requires_grad_() for n, p in weights.items()}
     with same_draws():
         search_loss = loss_fn(search_inputs, virtual) * loss_scale
     grads = [

@@ -36,7 +36,6 @@ from peft_designspace._config import _check_type, _fail
 from .s3pet_gradients import (
     adam_virtual_step,
     alpha_only_gradients,
-    check_adam_optimizer,
     darts_alpha_gradients,
     sgd_virtual_step,
 )
@@ -356,8 +355,6 @@ class S3PETSearchTrainer(Trainer):
         model = self.accelerator.unwrap_model(model)
         if self._logged_structure is None:  # this run's first α step
             _check_checkpointing(model, self.second_order)
-            if self.second_order and self.virtual_step == "adam":
-                check_adam_optimizer(self.optimizer)
             self._logged_structure = self._greedy_keys()  # the structure before any α step, for the logs
         model.train()
         grads = self._arch_gradients(model, train_inputs, self._loss_scale())

@@ -158,9 +158,8 @@ class SAMTuningModel(WrapperTunerMixin, BaseTuner):
             counts = split_budget(sizes, budget_count(config, sum(sizes)))
         self._sam_counts = dict(zip(keys, counts))
         self._sam_paths = {t.path for t in targets}
-        self._sam_transposed = sorted(f"{t.path}.weight" for t in targets if t.transposed)
         if config.transposed_indices is None:  # a new adapter (or one saved before the field): the live layout
-            config.transposed_indices = list(self._sam_transposed)
+            config.transposed_indices = sorted(f"{t.path}.weight" for t in targets if t.transposed)
         if not config.init_weights and config.nnz_pattern is None:
             config.nnz_pattern = dict(self._sam_counts)  # a random selection is drawn right away
             # seeded by `seed` and the adapter name, so two test adapters differ
@@ -266,11 +265,11 @@ class SAMTuningModel(WrapperTunerMixin, BaseTuner):
             pattern[f"{base_path}.{part}"] = tensor.numel()
         if pattern:
             config.nnz_pattern = pattern
-        _match_index_layout(model, config, adapter_name, mapped)
+        _match_index_layout(modules, config, adapter_name, mapped)
         return mapped
 
 
-def _match_index_layout(model: nn.Module, config: SAMTuningConfig, adapter_name: str, state_dict: dict) -> None:
+def _match_index_layout(modules: dict, config: SAMTuningConfig, adapter_name: str, state_dict: dict) -> None:
     """Re-express saved weight indices in the live layers' storage order, in place.
 
     Flat indices count in storage order: (in, out) for GPT-2's `Conv1D`, (out, in) for `nn.Linear` and for the
@@ -281,7 +280,6 @@ def _match_index_layout(model: nn.Module, config: SAMTuningConfig, adapter_name:
     describes the live layout, which the next save writes.
     """
     saved = set(config.transposed_indices or [])
-    modules = dict(model.named_modules())
     live = set()
     for path, module in modules.items():
         if isinstance(module, SAMTuningLayer) and module.kind == "linear" and module.transposed:
