@@ -48,11 +48,25 @@ class Structure:
 
 
 def read_config(adapter_dir: str | os.PathLike) -> dict:
-    """The adapter's `adapter_config.json`, with a clear error when the folder holds none."""
+    """The adapter's `adapter_config.json`, with a clear error when the folder holds none or it is not a JSON object.
+
+    Raises:
+        FileNotFoundError: the folder holds no `adapter_config.json`.
+        ValueError: the file is not valid JSON, or holds something other than an object of adapter settings.
+    """
     path = Path(adapter_dir) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{adapter_dir} holds no {CONFIG_NAME}; is it a folder written by save_pretrained?")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({err}); save the adapter again.") from None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{str(path)!r} holds a JSON {type(config).__name__}, expected an object of adapter settings; save the "
+            "adapter again."
+        )
+    return config
 
 
 def adapter_structure(adapter_dir: str | os.PathLike) -> Structure:
