@@ -107,14 +107,28 @@ def check_output_dir(
                 f"{path} is not empty and does not hold a previous output of peft-designspace (no {MARKER} file), "
                 "so it is not replaced even with overwrite; choose a new folder or empty this one yourself."
             )
-    parent = path.absolute().parent
+    check_creatable(path.absolute().parent, path)
+    return path
+
+
+def check_creatable(folder: str | os.PathLike, path: str | os.PathLike | None = None) -> None:
+    """Check that `folder` can be written into: its nearest existing ancestor (or itself) is a writable folder.
+
+    `path` is what will be written there, named in the message (defaults to `folder`). Missing folders are not
+    created here.
+
+    Raises:
+        NotADirectoryError: if the nearest existing ancestor is a file.
+        PermissionError: if it is a folder that is not writable.
+    """
+    path = Path(folder if path is None else path)
+    parent = Path(folder).absolute()
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
         raise NotADirectoryError(f"{parent} is a file, so {path} cannot be created; choose another output path.")
     if not os.access(parent, os.W_OK):
         raise PermissionError(f"{parent} is not writable, so {path} cannot be created; choose another output path.")
-    return path
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:

@@ -363,3 +363,20 @@ def test_explore_help_shows_defaults_and_takes_q(capsys):
     assert "(default: 8)" in help_text and "(default: 0.005)" in help_text
     assert "-q, --quiet" in help_text
     assert "(default: MiniLM-L6). (default" not in help_text
+
+
+@pytest.mark.parametrize(
+    ("output", "match"),
+    [("FILE", "exists and is not a folder"), ("FILE/sub/out", "is a file, so")],
+)
+def test_output_dir_that_cannot_be_created_exits_2_before_anything_is_written(tmp_path, capsys, output, match):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.tsv").write_text("sentence\tlabel\n")
+    (tmp_path / "file").write_text("not a folder")
+    output = output.replace("FILE", str(tmp_path / "file"))
+    with pytest.raises(SystemExit) as exit_info:
+        explore_main(["--data_dir", str(tmp_path / "data"), "--output_dir", output, "--quiet"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--output_dir" in err and match in err
+    assert (tmp_path / "file").read_text() == "not a folder"

@@ -110,16 +110,14 @@ def check_model_and_output(args: argparse.Namespace) -> None:
             f"--model_name_or_path {model!r} is {what}; expected a local transformers model folder with "
             "config.json (explore runs offline), or leave it unset for the packaged MiniLM-L6."
         )
-    out = os.path.abspath(args.output_dir)
-    if os.path.exists(out) and not os.path.isdir(out):
+    from adapters_hub._files import check_creatable
+
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise ValueError(f"--output_dir {args.output_dir!r} exists and is not a folder; choose a folder path.")
-    parent = out
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ValueError(f"--output_dir {args.output_dir!r}: {parent!r} is a file, so the folder cannot be created.")
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"--output_dir {args.output_dir!r}: {parent!r} is not writable.")
+    try:
+        check_creatable(args.output_dir)  # the exploration writes into the folder itself (it resumes from it)
+    except OSError as err:
+        raise ValueError(f"--output_dir {err}") from None
 
 
 def check_task_and_data(args: argparse.Namespace) -> None:
