@@ -171,6 +171,10 @@ SEARCH_BAD = [
     (["--learning_rate", "-1"], "--learning_rate"),
     (["--max_length", "0"], "--max_length"),
     (["--max_eval_samples", "0"], "--max_eval_samples"),
+    (["--budget", "2.5"], "--budget must be a whole number"),
+    (["--arch_learning_rate", "nan"], "--arch_learning_rate must be > 0"),
+    (["--search_steps", "0"], "--search_steps must be a positive int"),
+    (["--max_length", "513"], "--max_length must be in [1, 512]"),
     (["--task", "mnli"], "--task 'mnli'"),  # the option exists and names what is allowed
 ]
 

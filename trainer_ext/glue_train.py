@@ -87,32 +87,54 @@ def build_peft_config(settings: GlueTrainSettings) -> Any:
     return DesignSpaceConfig(preset=settings.preset, budget=budget, task_type="SEQ_CLS", **settings.method_options)
 
 
+def count_problem(value: int | None, optional: bool = False) -> str | None:
+    """Why `value` is not a positive int (or, with `optional`, unset), or None."""
+    if optional and value is None:
+        return None
+    if value is None or value < 1:
+        return f"must be a positive int{' (or unset)' if optional else ''}, got {value}."
+    return None
+
+
+def learning_rate_problem(value: float) -> str | None:
+    """Why `value` is not a usable learning rate (finite and > 0), or None."""
+    return None if math.isfinite(value) and value > 0 else f"must be > 0, got {value}."
+
+
+def max_length_problem(value: int) -> str | None:
+    """Why `value` is not a truncation length the MiniLM backbone takes (1 to 512 tokens), or None."""
+    if value < 1 or value > 512:
+        return f"must be in [1, 512] (the backbone's position limit), got {value}."
+    return None
+
+
+def budget_problem(value: float) -> str | None:
+    """Why `value` is not a budget: a fraction of the backbone in (0, 1) or a whole parameter count >= 1; or None."""
+    if not (math.isfinite(value) and value > 0):
+        return f"must be > 0 (a fraction < 1 or a parameter count >= 1), got {value}."
+    if value >= 1 and value != int(value):
+        return f"must be a whole number when >= 1 (a parameter count), got {value}."
+    return None
+
+
 def settings_problems(settings: GlueTrainSettings) -> list[tuple[str, str]]:
     """`(option, message)` for every bad setting, found without loading a model or data."""
-    problems = []
-    positive = ("calibration_batches", "max_steps", "max_train_samples", "max_length", "batch_size", "logging_steps")
-    for name in positive:
-        value = getattr(settings, name)
-        if value < 1:
-            problems.append((name, f"must be a positive int, got {value}."))
-    for name in ("num_threads", "max_eval_samples"):
-        value = getattr(settings, name)
-        if value is not None and value < 1:
-            problems.append((name, f"must be a positive int (or unset), got {value}."))
-    if settings.max_length > 512:
-        problems.append(("max_length", f"must be <= 512 (the backbone's position limit), got {settings.max_length}."))
-    if not (math.isfinite(settings.learning_rate) and settings.learning_rate > 0):
-        problems.append(("learning_rate", f"must be > 0, got {settings.learning_rate}."))
+    checks = {
+        **{n: count_problem(getattr(settings, n)) for n in ("calibration_batches", "max_steps", "max_train_samples")},
+        **{n: count_problem(getattr(settings, n)) for n in ("batch_size", "logging_steps")},
+        **{n: count_problem(getattr(settings, n), optional=True) for n in ("num_threads", "max_eval_samples")},
+        "max_length": max_length_problem(settings.max_length),
+        "learning_rate": learning_rate_problem(settings.learning_rate),
+    }
+    problems = [(name, message) for name, message in checks.items() if message]
     if not 0 <= settings.warmup_ratio < 1:
         problems.append(("warmup_ratio", f"must be in [0, 1), got {settings.warmup_ratio}."))
     if settings.method not in METHODS:
         problems.append(("method", f"{settings.method!r} is unknown; choose one of {', '.join(METHODS)}."))
         return problems
-    if not (math.isfinite(settings.budget) and settings.budget > 0):
-        problems.append(("budget", f"must be > 0 (a fraction < 1 or a parameter count >= 1), got {settings.budget}."))
-        return problems
-    if settings.budget >= 1 and settings.budget != int(settings.budget):
-        problems.append(("budget", f"must be a whole number when >= 1 (a parameter count), got {settings.budget}."))
+    budget = budget_problem(settings.budget)
+    if budget:
+        problems.append(("budget", budget))
         return problems
     from peft_designspace.designspace import PRESETS
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import random
 import sys
@@ -71,26 +70,31 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     """Check every option and read the data before any model loads (`parser.error`: exit 2 naming the option).
 
     Returns the data rows, `{"train": [...], "dev": [...]}`."""
-    from trainer_ext.glue_train import check_example_paths, load_glue_data
+    from trainer_ext.glue_train import (
+        budget_problem,
+        check_example_paths,
+        count_problem,
+        learning_rate_problem,
+        load_glue_data,
+        max_length_problem,
+    )
 
-    if not (math.isfinite(args.budget) and args.budget > 0) or (args.budget >= 1 and args.budget != int(args.budget)):
-        parser.error(f"--budget must be a fraction in (0, 1) or a whole parameter count >= 1, got {args.budget}.")
-    for name in ("learning_rate", "arch_learning_rate"):
-        value = getattr(args, name)
-        if not (math.isfinite(value) and value > 0):
-            parser.error(f"--{name} must be a finite number > 0, got {value}.")
-    if not 1 <= args.max_length <= 512:
-        parser.error(f"--max_length must be in [1, 512] (the backbone's position limit), got {args.max_length}.")
-    for name in ("max_eval_samples", "num_threads"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f"--{name} must be a positive int (or unset), got {getattr(args, name)}.")
+    checks = {
+        "budget": budget_problem(args.budget),
+        "learning_rate": learning_rate_problem(args.learning_rate),
+        "arch_learning_rate": learning_rate_problem(args.arch_learning_rate),
+        "max_length": max_length_problem(args.max_length),
+        **{n: count_problem(getattr(args, n), optional=True) for n in ("max_eval_samples", "num_threads")},
+        **{n: count_problem(getattr(args, n)) for n in ("search_steps", "retrain_steps", "eval_steps")},
+        **{n: count_problem(getattr(args, n)) for n in ("max_train_samples", "batch_size")},
+    }
+    for name, problem in checks.items():
+        if problem:
+            parser.error(f"--{name} {problem}")
     if args.space not in ("m", "l"):
         parser.error(f"--space must be 'm' or 'l', got {args.space!r}.")
     if args.strategy not in ("greedy", "knapsack"):
         parser.error(f"--strategy must be 'greedy' or 'knapsack', got {args.strategy!r}.")
-    for name in ("search_steps", "retrain_steps", "eval_steps", "max_train_samples", "batch_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be a positive int, got {getattr(args, name)}.")
     check_example_paths(parser, args)
     try:
         return load_glue_data(args.data_dir, args.task)
