@@ -3,6 +3,7 @@
 import math
 import numbers
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from ._version import __version__
@@ -50,6 +51,21 @@ def check_budget(budget: Any, of: str) -> float | int:
     if budget >= 1 and not isinstance(budget, numbers.Integral) and budget != int(budget):
         _fail("budget", budget, "a whole number when >= 1 (an absolute parameter count)")
     return int(budget) if budget >= 1 else float(budget)
+
+
+def floor_of_fraction(fraction: float, total: int) -> int:
+    """`⌊fraction · total⌋` for the fraction as written (its shortest decimal form), not its binary float product.
+
+    `0.29 * 100` is `28.999…` in floating point; this gives 29, the count a user who wrote 0.29 expects.
+
+    Example:
+
+    ```py
+    >>> int(0.29 * 100), floor_of_fraction(0.29, 100)
+    (28, 29)
+    ```
+    """
+    return math.floor(Fraction(repr(float(fraction))) * total)
 
 
 def check_module_names(name: str, value: Any, regex: bool = False) -> None:

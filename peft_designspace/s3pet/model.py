@@ -6,7 +6,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
-from .._config import check_budget
+from .._config import check_budget, floor_of_fraction
 from .._tuner import WrapperTunerMixin
 from ..architecture import is_linear, is_norm, linear_features
 from ..designspace.model import count_base_parameters
@@ -41,7 +41,7 @@ def resolve_search_budget(budget: float | int, base_params: int, candidates: lis
             to search).
     """
     budget = check_budget(budget, "the base model")
-    count = int(budget * base_params) if budget < 1 else budget
+    count = floor_of_fraction(budget, base_params) if budget < 1 else budget
     sizes = [c.size for c in candidates]
     if count < min(sizes):
         smallest = candidates[sizes.index(min(sizes))]

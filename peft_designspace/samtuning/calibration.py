@@ -138,11 +138,17 @@ def calibrate_sam(
             f"The SAM adapter {name!r} already has a selection (calibrated or loaded); pass `force=True` to choose "
             "again (its trained values are reset to zero)."
         )
-    if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0):
+    if max_grad_norm is not None and (
+        isinstance(max_grad_norm, bool) or not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0)
+    ):
         raise ValueError(f"`max_grad_norm` must be a positive number or None, got {max_grad_norm!r}.")
     needs_data = config.score in DATA_SCORES
     if needs_data and data is None:
         raise ValueError(f"`score={config.score!r}` needs calibration data: pass batches as `data`.")
+    if isinstance(data, Mapping):
+        raise TypeError(
+            "`data` is one batch (a dict); pass an iterable of batches, such as a DataLoader or a list of dicts."
+        )
     if needs_data:
         _check_num_batches(data, num_batches)
     layers = tuner.sam_layers(name)

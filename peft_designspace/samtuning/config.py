@@ -145,6 +145,8 @@ class SAMTuningConfig(PackConfigMixin, PeftConfig):
                 "which targets every linear layer of the transformer blocks",
             )
         _check_type("seed", self.seed, int, "an int")
+        if not -(2**63) <= self.seed < 2**64:
+            _fail("seed", self.seed, "an int in [-2**63, 2**64) (a torch generator seed)")
         _check_positive_int("hutchinson_probes", self.hutchinson_probes, optional=False)
         if self.target_parameters is not None:
             _fail("target_parameters", self.target_parameters, "None: SAM targets module weights")

@@ -9,6 +9,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
 from torch import nn
 
+from .._config import floor_of_fraction
 from .._tuner import WrapperTunerMixin
 from .._warnings import DesignSpaceWarning
 from ..architecture import linear_features, resolve_architecture
@@ -91,7 +92,7 @@ def find_targets(model: nn.Module, config: SAMTuningConfig) -> list[SAMTarget]:
 def budget_count(config: SAMTuningConfig, total: int) -> int:
     """The number of entries `config.budget` selects out of `total` targeted entries (with clear errors)."""
     if config.budget < 1:
-        count = int(config.budget * total)
+        count = floor_of_fraction(config.budget, total)  # ⌊p·m⌋ of the budget as written (0.29 of 100 is 29)
         if count < 1:
             raise ValueError(
                 f"`budget` {config.budget!r} selects no entry out of the {total:,} targeted parameters; use at least "
@@ -138,7 +139,13 @@ class SAMTuningModel(WrapperTunerMixin, BaseTuner):
         if not targets:
             raise ValueError(
                 f"No module of {type(model).__name__} matched `target_modules`={config.target_modules!r} "
-                f"(exclude_modules={config.exclude_modules!r}); SAM targets linear, embedding and norm modules."
+                f"(exclude_modules={config.exclude_modules!r}); SAM targets linear, embedding and norm modules"
+                + (
+                    f", never those of `modules_to_save`={list(config.modules_to_save)} (such as the task head, which "
+                    "is trained in full outside the budget)."
+                    if config.modules_to_save
+                    else "."
+                )
             )
         keys = [f"{t.path}.{part}" for t in targets for part in t.parts]
         sizes = [n for t in targets for n in t.parts.values()]
