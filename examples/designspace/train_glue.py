@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--budget",
         type=float,
         default=0.005,
-        help="Trainable parameters of the method: fraction of the base model when < 1, absolute count when >= 1.",
+        help="Trainable parameters of the method: a fraction (< 1) of the base model (designspace) or of the "
+        "targeted weights (sam), or an absolute count (>= 1).",
     )
     parser.add_argument("--max_steps", type=int, default=300, help="Optimizer steps.")
     parser.add_argument(
