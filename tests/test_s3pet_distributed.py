@@ -40,7 +40,7 @@ WORKER = textwrap.dedent(
     torch.set_num_threads(1)
     s3pet_model.sample_gates = fixed_gates
     dist.init_process_group("gloo", init_method={init!r}, rank=rank, world_size=2)
-    results = {{str(f): run_search({output_dir!r} + f"{{f}}-{{rank}}", 2, f) for f in {settings!r}}}
+    results = {{f: run_search({output_dir!r} + f"{{f}}-{{rank}}", 2, f) for f in {settings!r}}}
     with open({out!r} + str(rank), "w") as f:
         json.dump(results, f)
     dist.destroy_process_group()
@@ -70,14 +70,21 @@ class _RecordingTrainer(S3PETSearchTrainer):
         return optimizer
 
 
-def run_search(output_dir: str, world: int, find_unused: bool | None = None) -> dict:
-    """Two search steps on this process's share of 16 rows; what each α step saw and the state after the search."""
-    base = make_model("bert", "SEQ_CLS", layers=2)
-    for module in base.modules():  # no dropout: the two set-ups draw different masks
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    # non-zero deltas, so that α's gradient is not zero at the first step
-    model = get_peft_model(base, S3PETConfig(budget=300, task_type="SEQ_CLS", init_weights=False))
+def run_search(output_dir: str, world: int, setting: str = "None") -> dict:
+    """Two search steps on this process's share of 16 rows; what each α step saw and the state after the search.
+
+    `setting`: Trainer's `ddp_find_unused_parameters` (`"None"`, `"False"`), or `"model_init"`: False, with the model
+    built by `model_init` at `train()` (not the one given at construction)."""
+
+    def build():
+        base = make_model("bert", "SEQ_CLS", layers=2)
+        for module in base.modules():  # no dropout: the two set-ups draw different masks
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        # non-zero deltas, so that α's gradient is not zero at the first step
+        return get_peft_model(base, S3PETConfig(budget=300, task_type="SEQ_CLS", init_weights=False))
+
+    find_unused = None if setting == "None" else False
     args = TrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=GLOBAL_BATCH // world,
@@ -92,9 +99,14 @@ def run_search(output_dir: str, world: int, find_unused: bool | None = None) -> 
         ddp_find_unused_parameters=find_unused,
         average_tokens_across_devices=False,  # else Trainer scales a mean loss by the world size
     )
-    trainer = _RecordingTrainer(model=model, args=args, train_dataset=_dataset("bert", "SEQ_CLS", n=16))
+    data = _dataset("bert", "SEQ_CLS", n=16)
+    if setting == "model_init":
+        trainer = _RecordingTrainer(model_init=build, args=args, train_dataset=data)
+    else:
+        trainer = _RecordingTrainer(model=build(), args=args, train_dataset=data)
     trainer.search_rows, trainer.alpha_grads = [], []
     trainer.train()
+    model = trainer.model
     return {
         "search_rows": trainer.search_rows,
         "alpha_grads": trainer.alpha_grads,
@@ -117,8 +129,9 @@ def _close(a, b, **tolerances) -> None:
     torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b), **tolerances)
 
 
-# find_unused_parameters: Trainer's default for a PeftModel (None → True), and False (DDP must then ignore α)
-SETTINGS = (None, False)
+# find_unused_parameters: Trainer's default for a PeftModel (None → True), and False (DDP must then ignore α), also
+# for a model that `model_init` builds at `train()`
+SETTINGS = ("None", "False", "model_init")
 
 
 @pytest.fixture(scope="module")
@@ -161,10 +174,10 @@ def runs(tmp_path_factory):
     return ranks, single
 
 
-@pytest.mark.parametrize("find_unused", SETTINGS)
-def test_ranks_average_alpha_gradients_like_one_process_on_all_rows(runs, find_unused):
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_ranks_average_alpha_gradients_like_one_process_on_all_rows(runs, setting):
     ranks, single = runs
-    rank0, rank1 = (r[str(find_unused)] for r in ranks)
+    rank0, rank1 = (r[setting] for r in ranks)
     # each rank searched other rows
     for rows0, rows1 in zip(rank0["search_rows"], rank1["search_rows"]):
         assert len(rows0) == len(rows1) == GLOBAL_BATCH // 2 and not set(map(tuple, rows0)) & set(map(tuple, rows1))

@@ -271,8 +271,11 @@ def test_search_figures_join_the_training_logs(tmp_path):
     assert norms[0] == 0 < norms[-1]  # zero-initialised deltas: α has no gradient until the weights move
     for entry in logs:
         assert entry["s3pet_shift_residual"] < 1e-6 and isinstance(entry["s3pet_shift"], float)
-    # α's own schedule: linear decay from 0.1 to 0 over the 4 steps
-    assert [entry["alpha_learning_rate"] for entry in logs] == pytest.approx([0.075, 0.05, 0.025, 0.0])
+    # α's own schedule: linear decay from 0.1 to 0 over the 4 steps, logged as the rate each step used, in step
+    # with Trainer's `learning_rate` of the weights
+    assert [entry["alpha_learning_rate"] for entry in logs] == pytest.approx([0.1, 0.075, 0.05, 0.025])
+    weights = [e["learning_rate"] / logs[0]["learning_rate"] for e in logs]
+    assert [e["alpha_learning_rate"] / 0.1 for e in logs] == pytest.approx(weights)
     changes = [entry["s3pet_structure_changes"] for entry in logs]
     assert all(isinstance(c, int) and c >= 0 for c in changes) and sum(changes) > 0, changes
 

@@ -158,12 +158,7 @@ class S3PETSearchTrainer(Trainer):
         )
         super().__init__(*args, **kwargs)
         self._tuner()  # fail early on a model that is not in S3PET search mode
-        # DDP must leave α alone: α gets no gradient in the weight step (which DDP would wait for without
-        # `find_unused_parameters`); its gradients are averaged by hand in `_arch_step`
-        alpha_ids = {id(a) for a in self._alphas()}
-        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            self.model, [n for n, p in self.model.named_parameters() if id(p) in alpha_ids]
-        )
+        _leave_alpha_out_of_ddp(self.model)
         if search_dataset is None:
             if self.train_dataset is None:
                 raise ValueError("S3PETSearchTrainer needs a `train_dataset` (or `search_dataset`).")
@@ -215,6 +210,11 @@ class S3PETSearchTrainer(Trainer):
 
     def _alphas(self) -> list[torch.nn.Parameter]:
         return self._tuner().architecture_parameters()
+
+    def call_model_init(self, trial=None):
+        model = super().call_model_init(trial)
+        _leave_alpha_out_of_ddp(model)  # a model built by `model_init` (at `train()`) is wrapped by DDP too
+        return model
 
     # optimizers ---------------------------------------------------------------------------------------------------
     def create_optimizer(self, model=None):
@@ -374,11 +374,12 @@ class S3PETSearchTrainer(Trainer):
         scale = min(1.0, clip / (float(norm) + 1e-6)) if clip is not None and clip > 0 else 1.0
         for a, g in zip(self._alphas(), grads):
             a.grad = g.detach() * scale
+        lr = self.arch_optimizer.param_groups[0]["lr"]  # the rate of this step (the scheduler then moves on)
         self.arch_optimizer.step()
         self.arch_optimizer.zero_grad(set_to_none=True)
         self.arch_scheduler.step()
         last = self._tuner()._s3pet[self._tuner().active_adapters[0]].get("last", {})
-        self.search_log.append({"step": step, "alpha_grad_norm": float(norm), **last})
+        self.search_log.append({"step": step, "alpha_grad_norm": float(norm), "alpha_learning_rate": lr, **last})
         p, _, _ = self._tuner().keep_probabilities()
         self.p_history.append((step, p.detach().float().cpu()))
 
@@ -411,7 +412,7 @@ class S3PETSearchTrainer(Trainer):
         """Trainer's `log`, with the search's own figures added to the training logs (so every `report_to` gets them).
 
         - `alpha_grad_norm`: the mean α-gradient norm (before clipping) over the steps since the last log;
-        - `alpha_learning_rate`: α's current learning rate;
+        - `alpha_learning_rate`: the learning rate of the last α step (as `learning_rate` is the weights');
         - `s3pet_shift`, `s3pet_shift_residual`: the last budget shift `b` and the largest relative residual of its
           solve since the last log;
         - `s3pet_structure_changes`: how many candidates entered or left the structure (greedy rule, live α) since the
@@ -428,8 +429,8 @@ class S3PETSearchTrainer(Trainer):
                 logs["alpha_steps_skipped"] = len(skipped)
             if recent:
                 logs["alpha_grad_norm"] = sum(e["alpha_grad_norm"] for e in recent) / len(recent)
-            if self.arch_scheduler is not None:
-                logs["alpha_learning_rate"] = self.arch_scheduler.get_last_lr()[0]
+            if recent:  # the rate the last α step used, as Trainer's `learning_rate` is the weights' last one
+                logs["alpha_learning_rate"] = recent[-1]["alpha_learning_rate"]
             if recent and "shift" in recent[-1]:
                 logs["s3pet_shift"] = recent[-1]["shift"]
                 logs["s3pet_shift_residual"] = max(e.get("residual", 0.0) for e in recent)
@@ -602,3 +603,15 @@ def _layer_paths(tuner, adapter_name: str) -> list[tuple[str, Any]]:
     layers = tuner._layers_in_order(adapter_name)
     paths = {id(m): p for p, m in tuner.model.named_modules()}
     return [(paths[id(layer)], layer) for layer in layers]
+
+
+def _leave_alpha_out_of_ddp(model: torch.nn.Module) -> None:
+    """Tell DDP to leave `model`'s α alone: α gets no gradient in the weight step (which DDP would wait for without
+    `find_unused_parameters`); its gradients are averaged by hand in `_arch_step`."""
+    tuner = getattr(model, "base_model", None)
+    if not hasattr(tuner, "architecture_parameters"):
+        return  # not an S3PET model: `_tuner()` says so when the search needs it
+    alpha_ids = {id(a) for a in tuner.architecture_parameters()}
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        model, [n for n, p in model.named_parameters() if id(p) in alpha_ids]
+    )
