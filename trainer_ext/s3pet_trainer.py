@@ -316,9 +316,13 @@ class S3PETSearchTrainer(Trainer):
         return torch.func.functional_call(wrapper, {f"model.{n}": p for n, p in params.items()}, (inputs,))
 
     def _search_batches_per_step(self) -> int:
-        """Search batches per α step (per rank): as many as the weight step's micro-batches in first order, so both
-        streams see the same number of rows per step; one in second order, whose unrolled step is defined on the
-        one training batch at hand."""
+        """Search batches per α step (per rank): `gradient_accumulation_steps` in first order, as many as a full weight
+        step's micro-batches, so both streams see the same number of rows per step; one in second order, whose
+        unrolled step is defined on the one training batch at hand.
+
+        An epoch's last step may have fewer micro-batches (when the epoch's batch count is not a multiple of
+        `gradient_accumulation_steps`); its α step still takes the full count. A fixed count per step is what lets a
+        resumed run skip exactly the search batches already used."""
         return 1 if self.second_order else max(1, self.args.gradient_accumulation_steps)
 
     def _arch_gradients(self, model, train_inputs: dict, loss_scale: float = 1.0) -> list[torch.Tensor]:
