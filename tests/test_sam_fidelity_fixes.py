@@ -71,3 +71,66 @@ def test_seed_outside_torch_range_is_refused_naming_seed(seed):
 def test_targeting_the_head_says_it_is_in_modules_to_save():
     with pytest.raises(ValueError, match=r"never those of `modules_to_save`=\['classifier', 'score'\]"):
         get_peft_model(_bert(), SAMTuningConfig(budget=10, target_modules=["classifier"], task_type="SEQ_CLS"))
+
+
+# the loss the selection is scored with (a review of the Trainer integration, 2026-11-25): the callback scored with the
+# model's own `.loss` whatever the Trainer trained, and failed when the targets were under another key
+
+
+def _weighted_loss(outputs, labels, num_items_in_batch=None):
+    return torch.nn.functional.cross_entropy(outputs.logits, labels, weight=torch.tensor([1.0, 20.0]))
+
+
+def _calibration_setup():
+    from test_trainer_quantized import _dataset
+    from tiny_models import make_model
+    from transformers import default_data_collator
+
+    base = make_model("bert", "SEQ_CLS", layers=2)
+    for module in base.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    rows = _dataset("bert", "SEQ_CLS", n=8)
+    rows = [{**r, "labels": torch.tensor(i % 2)} for i, r in enumerate(rows)]
+    batches = [default_data_collator(rows[i : i + 2]) for i in range(0, 8, 2)]
+    return get_peft_model(base, SAMTuningConfig(budget=0.05, task_type="SEQ_CLS")), rows, batches
+
+
+def _selection(model) -> dict:
+    return {n: b.clone() for n, b in model.named_buffers() if "samtuning" in n}
+
+
+def test_calibration_scores_with_loss_fn_and_the_callback_with_the_trainers_loss(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from trainer_ext import SAMCalibrationCallback
+
+    def weighted(model, batch):
+        labels = batch.pop("labels")
+        return _weighted_loss(model(**batch), labels)
+
+    plain, _, batches = _calibration_setup()
+    calibrate_sam(plain, batches, show_progress=False)
+    direct, _, _ = _calibration_setup()
+    calibrate_sam(direct, batches, loss_fn=weighted, show_progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(_selection(plain).values(), _selection(direct).values()))
+
+    model, rows, _ = _calibration_setup()
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, learning_rate=0.0, report_to=[],
+        save_strategy="no", use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=rows, compute_loss_func=_weighted_loss)
+    trainer.add_callback(SAMCalibrationCallback.for_trainer(trainer, 4, dataloader=batches))
+    trainer.train()
+    for name, selected in _selection(direct).items():
+        assert torch.equal(_selection(model)[name], selected), name
+
+
+def test_calibration_without_loss_says_how_to_pass_one():
+    model, _, batches = _calibration_setup()
+    unlabeled = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
+    with pytest.raises(ValueError, match="or pass `loss_fn`"):
+        calibrate_sam(model, unlabeled, show_progress=False)
+    with pytest.raises(TypeError, match="`loss_fn` must return the loss as a one-element tensor"):
+        calibrate_sam(model, batches, loss_fn=lambda model, batch: model(**batch), show_progress=False)

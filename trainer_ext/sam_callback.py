@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -34,6 +34,10 @@ class SAMCalibrationCallback(TrainerCallback):
         dataloader (iterable of `dict`, *optional*):
             Calibration batches; defaults to Trainer's training dataloader.
         max_grad_norm (`float`, *optional*): per-batch gradient clipping before accumulation (see `calibrate_sam`).
+        loss_fn (`Callable[[model, batch], torch.Tensor]`, *optional*): the loss to score with (see `calibrate_sam`);
+            the model's own `.loss` when unset. A `Trainer` that trains another loss (`compute_loss_func`, label
+            smoothing, its own `compute_loss`, targets under another key) should score with it too; `for_trainer`
+            sets it to the trainer's `compute_loss`.
 
     Example:
 
@@ -44,10 +48,19 @@ class SAMCalibrationCallback(TrainerCallback):
     >>> callbacks = [SAMCalibrationCallback(32)]
     >>> trainer = Trainer(model=model, args=args, train_dataset=train, callbacks=callbacks)  # doctest: +SKIP
     >>> trainer.train()  # doctest: +SKIP
+    >>> # scoring with the loss the Trainer trains (e.g. with `compute_loss_func`):
+    >>> trainer = Trainer(model=model, args=args, train_dataset=train, compute_loss_func=my_loss)  # doctest: +SKIP
+    >>> trainer.add_callback(SAMCalibrationCallback.for_trainer(trainer, 32))  # doctest: +SKIP
     ```
     """
 
-    def __init__(self, num_batches: int = 64, dataloader: Any = None, max_grad_norm: float | None = None) -> None:
+    def __init__(
+        self,
+        num_batches: int = 64,
+        dataloader: Any = None,
+        max_grad_norm: float | None = None,
+        loss_fn: Callable[[Any, dict], Any] | None = None,
+    ) -> None:
         if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
             raise ValueError(f"`num_batches` must be a positive int, got {num_batches!r}.")
         ok = isinstance(max_grad_norm, (int, float)) and not isinstance(max_grad_norm, bool) and max_grad_norm > 0
@@ -57,9 +70,18 @@ class SAMCalibrationCallback(TrainerCallback):
             raise TypeError(
                 f"`dataloader` must be an iterable of batches (e.g. a DataLoader) or None, got {dataloader!r}."
             )
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"`loss_fn` must be a callable (model, batch) -> loss tensor, or None; got {loss_fn!r}.")
         self.num_batches = num_batches
         self.dataloader = dataloader
         self.max_grad_norm = max_grad_norm
+        self.loss_fn = loss_fn
+
+    @classmethod
+    def for_trainer(cls, trainer: Any, num_batches: int = 64, **kwargs: Any) -> SAMCalibrationCallback:
+        """A callback that scores with `trainer.compute_loss`, the loss the trainer trains; add it with
+        `trainer.add_callback(...)`. Other arguments as for the constructor."""
+        return cls(num_batches, loss_fn=lambda model, batch: trainer.compute_loss(model, batch), **kwargs)
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -101,6 +123,7 @@ class SAMCalibrationCallback(TrainerCallback):
                     num_batches,
                     adapter_name=name,
                     max_grad_norm=self.max_grad_norm,
+                    loss_fn=self.loss_fn,
                     show_progress=not args.disable_tqdm,
                 )
                 logger.info(

@@ -9,7 +9,7 @@ and 8-bit/4-bit backbones work unchanged. Norm parts (small vectors) use zero le
 import itertools
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from peft import PeftModel
@@ -86,6 +86,7 @@ def calibrate_sam(
     adapter_name: str | None = None,
     force: bool = False,
     max_grad_norm: float | None = None,
+    loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None,
     show_progress: bool = True,
 ) -> dict[str, int]:
     """Choose the entries a SAM adapter trains: score them on `data` at the current (pre-trained) weights, keep top-k.
@@ -108,6 +109,10 @@ def calibrate_sam(
             trained values are reset to zero).
         max_grad_norm (`float`, *optional*): clip each batch's gradient (over the targeted tensors) to this norm before
             accumulating, as the reference code does with 1.0.
+        loss_fn (`Callable[[model, batch], torch.Tensor]`, *optional*): the loss to score with, when it is not the
+            model's own `.loss` (a class-weighted loss, targets under another key, a `Trainer` with
+            `compute_loss_func` or its own `compute_loss`: pass `lambda model, batch: trainer.compute_loss(model,
+            batch)`). It gets a copy of each batch, moved to the model's device, and must call `model`.
         show_progress (`bool`, *optional*, defaults to `True`): show a progress bar.
 
     Returns:
@@ -138,6 +143,8 @@ def calibrate_sam(
             f"The SAM adapter {name!r} already has a selection (calibrated or loaded); pass `force=True` to choose "
             "again (its trained values are reset to zero)."
         )
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"`loss_fn` must be a callable (model, batch) -> loss tensor, or None; got {loss_fn!r}.")
     if max_grad_norm is not None and (
         isinstance(max_grad_norm, bool) or not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0)
     ):
@@ -164,7 +171,7 @@ def calibrate_sam(
     stats, batches = None, 0
     if needs_data:
         stats, batches = _accumulate(
-            model, tuner, name, config, data, num_batches, targets, max_grad_norm, show_progress
+            model, tuner, name, config, data, num_batches, targets, max_grad_norm, show_progress, loss_fn
         )
     scores = _scores(config, targets, stats, batches)
     check_scores(scores, [key for key, _, _ in targets])
@@ -235,7 +242,24 @@ def _hutchinson_step(loss, leaves, stats, config, generator) -> None:
                 stats[key].curv.addcmul_(z, hvp.detach())
 
 
-def _accumulate(model, tuner, name, config, data, num_batches, targets, max_grad_norm, show_progress):
+def _batch_loss(model, batch: dict, loss_fn) -> torch.Tensor:
+    """The calibration loss of one batch: `loss_fn(model, batch)`, or the model's own `.loss`."""
+    if loss_fn is not None:
+        loss = loss_fn(model, dict(batch))
+        if not (isinstance(loss, torch.Tensor) and loss.numel() == 1):
+            raise TypeError(f"`loss_fn` must return the loss as a one-element tensor, got {type(loss).__name__}.")
+        return loss.reshape(())
+    output = model(**batch)
+    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+    if loss is None:
+        raise ValueError(
+            "The model returned no `.loss` for a calibration batch: include the targets (`labels`) in each batch, "
+            "or pass `loss_fn` (e.g. `lambda model, batch: trainer.compute_loss(model, batch)`)."
+        )
+    return loss
+
+
+def _accumulate(model, tuner, name, config, data, num_batches, targets, max_grad_norm, show_progress, loss_fn):
     hutchinson = config.score == "sam" and config.curvature == "hutchinson"
     fisher = config.score == "fisher" or (config.score == "sam" and config.curvature == "fisher")
     per_batch = fisher or max_grad_norm is not None
@@ -259,13 +283,7 @@ def _accumulate(model, tuner, name, config, data, num_batches, targets, max_grad
             if not isinstance(batch, Mapping):
                 raise TypeError(f"Calibration batches must be dicts of model keyword arguments, got {type(batch)}.")
             with torch.enable_grad():
-                output = model(**_to_device(batch, device))
-                loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
-                if loss is None:
-                    raise ValueError(
-                        "The model returned no `.loss` for a calibration batch: include the targets (`labels`) "
-                        "in each batch."
-                    )
+                loss = _batch_loss(model, _to_device(batch, device), loss_fn)
                 if hutchinson:
                     _hutchinson_step(loss, leaves, stats, config, generator)
                 else:
