@@ -63,6 +63,7 @@ class WrapperTunerMixin:
         # into it, and written into the caller's object they would carry over to the next model it is used for
         # (a larger model silently took the first model's plan and budget).
         self.peft_config[adapter_name] = copy.deepcopy(self.peft_config[adapter_name])
+        _add_late_task_heads(self.peft_config[adapter_name])
         self._refuse_foreign_layers(model)
         # planned here rather than in `_pre_injection_hook`, which `PeftModel.add_adapter` does not call
         self._plan(model, self.peft_config[adapter_name], adapter_name)
@@ -154,3 +155,17 @@ class WrapperTunerMixin:
         return self._unload_and_optionally_merge(
             merge=True, progressbar=progressbar, safe_merge=False, adapter_names=adapter_names
         )
+
+
+# Heads that PEFT's task models add to `modules_to_save` only after the tuner is built, on the caller's config object
+# (`PeftModelForTokenClassification`, `PeftModelForQuestionAnswering`); our tuner holds a copy made before, so it adds
+# them itself (else PEFT iterates the copy's `modules_to_save=None` and fails). Sequence classification adds its heads
+# before the tuner is built.
+_LATE_TASK_HEADS = {"TOKEN_CLS": ("classifier", "score"), "QUESTION_ANS": ("qa_outputs",)}
+
+
+def _add_late_task_heads(config) -> None:
+    heads = _LATE_TASK_HEADS.get(getattr(config, "task_type", None) or "", ())
+    if heads and hasattr(config, "modules_to_save"):
+        names = list(config.modules_to_save or [])
+        config.modules_to_save = names + [h for h in heads if h not in names]
