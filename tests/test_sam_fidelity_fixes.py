@@ -134,3 +134,37 @@ def test_calibration_without_loss_says_how_to_pass_one():
         calibrate_sam(model, unlabeled, show_progress=False)
     with pytest.raises(TypeError, match="`loss_fn` must return the loss as a one-element tensor"):
         calibrate_sam(model, batches, loss_fn=lambda model, batch: model(**batch), show_progress=False)
+
+
+# a config reused from a calibrated adapter (a review of the PEFT API, 2026-11-25): it carries `nnz_pattern`, so the
+# adapter counted as calibrated while it held placeholder indices 0..nnz-1: calibration refused, the callback skipped
+# it and saving accepted it
+
+
+def test_reused_config_is_not_taken_for_a_selection(tmp_path):
+    from peft import PeftConfig, PeftModel
+    from tiny_models import make_inputs, make_model
+
+    batches = [make_inputs("llama", "CAUSAL_LM", seed=s) for s in range(2)]
+    model = get_peft_model(make_model("llama", "CAUSAL_LM"), SAMTuningConfig(budget=0.05, task_type="CAUSAL_LM"))
+    calibrate_sam(model, batches, show_progress=False)
+    assert model.peft_config["default"].calibrated
+    model.save_pretrained(tmp_path / "a")
+
+    config = PeftConfig.from_pretrained(tmp_path / "a")
+    assert config.nnz_pattern and not config.calibrated
+    fresh = get_peft_model(make_model("llama", "CAUSAL_LM"), config)
+    assert not fresh.peft_config["default"].calibrated
+    with pytest.raises(ValueError, match="was never calibrated"):
+        fresh.save_pretrained(tmp_path / "b")
+    calibrate_sam(fresh, batches, show_progress=False)  # no `force=True` needed: there was no selection
+    assert all(torch.equal(fresh.base_model.selection()[k], v) for k, v in model.base_model.selection().items())
+
+    loaded = PeftModel.from_pretrained(make_model("llama", "CAUSAL_LM"), tmp_path / "a")
+    assert loaded.peft_config["default"].calibrated  # the saved selection came with the weights
+    assert all(torch.equal(loaded.base_model.selection()[k], v) for k, v in model.base_model.selection().items())
+
+    model.add_adapter("b", model.peft_config["default"])
+    assert model.peft_config["default"].calibrated and not model.peft_config["b"].calibrated
+    calibrate_sam(model, batches, adapter_name="b", show_progress=False)
+    assert model.peft_config["b"].calibrated

@@ -183,6 +183,7 @@ def calibrate_sam(
     for (_, layer, part), flat in zip(targets, picked):
         layer.set_selection(name, part, flat)
     config.nnz_pattern = {key: int(flat.numel()) for (key, _, _), flat in zip(targets, picked)}
+    config.mark_selected()
     tuner._sam_last_calibration = {"batches": batches, "seconds": time.perf_counter() - started}
     return dict(config.nnz_pattern)
 

@@ -169,5 +169,16 @@ class SAMTuningConfig(PackConfigMixin, PeftConfig):
 
     @property
     def calibrated(self) -> bool:
-        """Whether the selection is known (calibrated, loaded, or drawn at random with `init_weights=False`)."""
-        return self.nnz_pattern is not None
+        """Whether the adapter this config belongs to holds its selection: calibrated, loaded from a saved adapter, or
+        drawn at random with `init_weights=False`.
+
+        `nnz_pattern` alone does not say so: a config read from a saved adapter (`PeftConfig.from_pretrained`) or
+        reused for another adapter carries the counts, but a model built from it holds placeholder indices until the
+        adapter's weights are loaded or `calibrate_sam` runs. The tuner marks the selection (`mark_selected`); the
+        mark is not saved and is cleared when the config is used for a new adapter.
+        """
+        return self.nnz_pattern is not None and getattr(self, "_selection_installed", False)
+
+    def mark_selected(self, installed: bool = True) -> None:
+        """Record whether the adapter's selection is in place (see `calibrated`); set by the tuner, not by users."""
+        self._selection_installed = installed

@@ -167,8 +167,10 @@ class SAMTuningModel(WrapperTunerMixin, BaseTuner):
         self._sam_paths = {t.path for t in targets}
         if config.transposed_indices is None:  # a new adapter (or one saved before the field): the live layout
             config.transposed_indices = sorted(f"{t.path}.weight" for t in targets if t.transposed)
+        # a new adapter holds placeholder indices, unless a random selection is drawn right away (`init_weights=False`)
+        config.mark_selected(not config.init_weights)
         if not config.init_weights and config.nnz_pattern is None:
-            config.nnz_pattern = dict(self._sam_counts)  # a random selection is drawn right away
+            config.nnz_pattern = dict(self._sam_counts)
             # seeded by `seed` and the adapter name, so two test adapters differ
             self._sam_generator = torch.Generator().manual_seed(config.seed + zlib.crc32(adapter_name.encode()))
         embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
@@ -272,6 +274,7 @@ class SAMTuningModel(WrapperTunerMixin, BaseTuner):
             pattern[f"{base_path}.{part}"] = tensor.numel()
         if pattern:
             config.nnz_pattern = pattern
+            config.mark_selected()  # the saved selection is what loads now
         _match_index_layout(modules, config, adapter_name, mapped)
         return mapped
 
