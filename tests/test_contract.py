@@ -5,6 +5,7 @@ import pytest
 import torch
 from peft import get_peft_model
 from tiny_models import make_inputs, make_model
+from transformers import StaticCache
 
 from peft_designspace import DesignSpaceConfig
 
@@ -160,3 +161,24 @@ def test_added_adapter_gets_its_own_plan_and_reloads(tmp_path):
     model.save_pretrained(tmp_path, selected_adapters=["other"])
     reloaded = PeftModel.from_pretrained(make_model("llama", "CAUSAL_LM"), tmp_path / "other", adapter_name="other")
     torch.testing.assert_close(common.outputs(reloaded, inputs), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("model_id", ["llama", "qwen2", "gpt2"])
+def test_prefix_static_cache_generates_as_the_dynamic_cache(model_id):
+    """Prefill into an empty static cache under sdpa: transformers passes no mask (sdpa's `is_causal`, aligned
+    top-left, over the whole cache length); the prefixed layers' own mask was aligned bottom-right, so the prompt
+    attended to later tokens and to empty cache slots (found by a review, 2026-11-25)."""
+    base = make_model(model_id, "CAUSAL_LM")
+    base.set_attn_implementation("sdpa")
+    config = DesignSpaceConfig(task_type="CAUSAL_LM", preset="prefix", budget=0.05, init_weights=False)
+    model = get_peft_model(base, config).eval()
+    ids = torch.randint(3, 100, (1, 6))
+    options = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+    with torch.no_grad():
+        dynamic = model.generate(input_ids=ids, **options)
+        static = model.generate(input_ids=ids, cache_implementation="static", **options)
+        logits = model(input_ids=ids).logits
+        cache = StaticCache(config=model.config, max_cache_len=16)
+        static_logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits
+    torch.testing.assert_close(static_logits, logits, atol=1e-5, rtol=0)
+    assert torch.equal(static, dynamic)

@@ -87,8 +87,11 @@ def _pad_mask(mask: torch.Tensor, prefix_len: int) -> torch.Tensor:
 
 
 def _causal_mask(q_len: int, k_len: int, prefix_len: int, device, as_bool: bool, dtype) -> torch.Tensor:
-    # bottom-right aligned: query i sees keys up to (k_len - q_len) + i, and every prefix position
-    rows = torch.arange(q_len, device=device)[:, None] + (k_len - q_len)
+    # What sdpa's `is_causal=True` does when the model passes no mask, plus the prefix: query i sees keys 0..i and
+    # every prefix position. Aligned top-left: transformers passes no mask only when that is right, for
+    # `k_len == q_len` and for the prefill of an empty static cache, whose `k_len` is the whole cache (the keys past
+    # the prompt are empty slots, which bottom-right alignment let the prompt attend to).
+    rows = torch.arange(q_len, device=device)[:, None]
     allowed = torch.arange(k_len, device=device)[None, :] <= rows
     allowed = torch.cat([torch.ones(q_len, prefix_len, dtype=torch.bool, device=device), allowed], dim=-1)
     allowed = allowed[None, None]
