@@ -182,3 +182,53 @@ def test_prefix_static_cache_generates_as_the_dynamic_cache(model_id):
         static_logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits
     torch.testing.assert_close(static_logits, logits, atol=1e-5, rtol=0)
     assert torch.equal(static, dynamic)
+
+
+@pytest.mark.parametrize("family", ["falcon", "bloom"])
+def test_refused_prefix_leaves_the_base_model_untouched(family):
+    """The prefix strategy is refused for attention outside transformers' AttentionInterface; the refusal came after
+    the first group's LoRA and adapters were injected, so the caller's model kept them (a retry then trained every
+    base parameter). Found by a review, 2026-11-25."""
+    import transformers as tf
+    from transformers import AutoModelForCausalLM
+
+    configs = {
+        "falcon": lambda: tf.FalconConfig(
+            vocab_size=128, hidden_size=32, num_hidden_layers=8, num_attention_heads=4, multi_query=True,
+            new_decoder_architecture=False,
+        ),
+        "bloom": lambda: tf.BloomConfig(vocab_size=128, hidden_size=32, n_layer=8, n_head=4),
+    }  # fmt: skip
+    base = AutoModelForCausalLM.from_config(configs[family]())
+    modules_before = [(n, type(m)) for n, m in base.named_modules()]
+    with pytest.raises(ValueError, match="AttentionInterface"):
+        get_peft_model(base, DesignSpaceConfig(preset="s4", budget=0.05, task_type="CAUSAL_LM"))
+    assert [(n, type(m)) for n, m in base.named_modules()] == modules_before
+
+
+def test_gpt2_reorder_and_upcast_attn_is_kept_in_prefixed_layers():
+    """GPT-2 with `reorder_and_upcast_attn=True` under eager computes its scores in float32 with its own method; the
+    prefixed layers' config no longer read "eager", so GPT-2 skipped it, also with the adapter disabled (bf16 logits
+    2e-3 off the base's). Found by a review, 2026-11-25."""
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    config = GPT2Config(n_embd=32, n_layer=4, n_head=4, n_positions=64, vocab_size=128, reorder_and_upcast_attn=True)
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(config).eval().to(torch.bfloat16)
+    base.set_attn_implementation("eager")
+    ids = torch.randint(3, 128, (2, 16))
+    with torch.no_grad():
+        reference = base(input_ids=ids).logits
+    calls = []
+    for module in base.modules():
+        if hasattr(module, "_upcast_and_reordered_attn"):
+            original = module._upcast_and_reordered_attn
+            module._upcast_and_reordered_attn = lambda *a, _f=original, **k: (calls.append(1), _f(*a, **k))[1]
+    model = get_peft_model(base, DesignSpaceConfig(preset="prefix", budget=0.5, task_type="CAUSAL_LM")).eval()
+    with torch.no_grad(), model.disable_adapter():
+        disabled = model(input_ids=ids).logits
+    assert torch.equal(disabled, reference) and len(calls) == 4
+    calls.clear()
+    with torch.no_grad():
+        model(input_ids=ids)
+    assert len(calls) == 4  # the prefixed layers too

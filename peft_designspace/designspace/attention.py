@@ -107,7 +107,7 @@ def prefix_attention(module, query, key, value, attention_mask, *args, **kwargs)
     holder = module._modules.get(HOLDER_NAME)
     pairs = holder.active_prefixes() if holder is not None else []
     if not pairs:
-        return function(module, query, key, value, attention_mask, *args, **kwargs)
+        return _attend(function, fallback, module, query, key, value, attention_mask, *args, **kwargs)
 
     batch = key.shape[0]
     prefix_key = torch.cat([k for k, _ in pairs], dim=1).to(key.dtype)
@@ -130,6 +130,17 @@ def prefix_attention(module, query, key, value, attention_mask, *args, **kwargs)
     position_bias = kwargs.get("position_bias")
     if position_bias is not None:
         kwargs["position_bias"] = torch.nn.functional.pad(position_bias, (prefix_len, 0))
+    return _attend(function, fallback, module, query, key, value, attention_mask, *args, **kwargs)
+
+
+def _attend(function, fallback: str, module, query, key, value, attention_mask, *args, **kwargs):
+    """`function(...)`, except where the model itself would not call the attention function: GPT-2 with
+    `reorder_and_upcast_attn=True` under eager computes the scores in float32 with its own method (the prefixed
+    layer's config no longer reads "eager", so GPT-2 would skip it)."""
+    if fallback == "eager" and getattr(module, "reorder_and_upcast_attn", False):
+        upcast = getattr(module, "_upcast_and_reordered_attn", None)
+        if upcast is not None:
+            return upcast(query, key, value, attention_mask)
     return function(module, query, key, value, attention_mask, *args, **kwargs)
 
 

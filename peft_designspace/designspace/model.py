@@ -67,6 +67,9 @@ class DesignSpaceModel(WrapperTunerMixin, BaseTuner):
                 f"The adapter's plan names modules that {type(model).__name__} lacks, e.g. {missing[:3]} "
                 f"({len(missing)} missing). The adapter was made for a different base model."
             )
+        for path, spec in targets.items():  # refused here, before any module of the model is replaced
+            if spec["kind"] == "attention":
+                prefix_attention.check_prefix_support(modules[path])
         self._designspace_targets = targets
 
     def _check_target_module_exists(self, peft_config: DesignSpaceConfig, key: str) -> bool:
