@@ -59,3 +59,23 @@ def test_checkpointing_keeps_the_gradients(model_id, task, method, reentrant):
         assert (checkpointed[name] is None) == (grad is None), name
         if grad is not None:
             torch.testing.assert_close(checkpointed[name], grad, atol=1e-7, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(("model_id", "task"), [("bert", "SEQ_CLS"), ("llama", "CAUSAL_LM")])
+def test_search_mode_refuses_reentrant_checkpointing_at_its_first_training_forward(model_id, task):
+    """Outside `S3PETSearchTrainer` (a plain loop, a plain Trainer) the search gave torch's "Trying to backward
+    through the graph a second time" in backward; the model itself now says why (found by a review, 2026-11-25)."""
+    base = make_model(model_id, task)
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    model = get_peft_model(base, S3PETConfig(budget=1200, task_type=task, init_weights=False))  # α gets a gradient
+    inputs = make_inputs(model_id, task)
+    model.eval()
+    with torch.no_grad():
+        model(**inputs)  # inference is fine
+    model.train()
+    with pytest.raises(ValueError, match=r"reentrant activation checkpointing .*'use_reentrant': False"):
+        model(**inputs)
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model(**inputs).loss.backward()
+    alphas = model.base_model.architecture_parameters()
+    assert any(a.grad is not None and a.grad.abs().sum() > 0 for a in alphas)

@@ -538,24 +538,13 @@ class _LossOf(torch.nn.Module):
 
 
 def _check_checkpointing(model: torch.nn.Module, second_order: bool) -> None:
-    """Raise if `model` checkpoints activations in a way the search cannot use.
-
-    Every layer reads its gates from one graph built per forward from α. The reentrant `torch.utils.checkpoint`
-    replays each layer inside the backward pass and backpropagates the replay on its own, so it would walk that shared
-    graph once per layer (an error), and `torch.autograd.grad` in α sees none of the replayed layers (α's gradient is
-    silently zero). The non-reentrant variant (transformers' default) records the replay in the outer graph and gives
-    exact first-order gradients. The second-order step cannot use either: its virtual weights are swapped in by
+    """Raise if `model` checkpoints activations in a way the search cannot use: reentrantly (see
+    `check_reentrant_checkpointing`), or at all for the second-order step, whose virtual weights are swapped in by
     `torch.func.functional_call` for the forward only, so a replay during the backward would see the real weights
-    (torch stops it with a `CheckpointError`).
-    """
-    checkpointed, reentrant = [], []
-    for path, module in model.named_modules():
-        function = getattr(module, "_gradient_checkpointing_func", None)
-        if getattr(module, "gradient_checkpointing", False) is True and callable(function):
-            checkpointed.append(path)
-            # a `functools.partial(checkpoint, ...)`; torch treats a missing `use_reentrant` as True
-            if (getattr(function, "keywords", None) or {}).get("use_reentrant", True) is not False:
-                reentrant.append(path)
+    (torch stops it with a `CheckpointError`)."""
+    from peft_designspace.s3pet.model import check_reentrant_checkpointing, checkpointed_modules
+
+    checkpointed, _ = checkpointed_modules(model)
     if checkpointed and second_order:
         raise ValueError(
             f"`second_order=True` cannot run under activation checkpointing (used by {checkpointed[0]!r} and "
@@ -563,16 +552,7 @@ def _check_checkpointing(model: torch.nn.Module, second_order: bool) -> None:
             "and the replay in the backward would use the real ones. Turn checkpointing off "
             "(`TrainingArguments(gradient_checkpointing=False)`) or use the first-order search."
         )
-    if reentrant:
-        raise ValueError(
-            f"S3PET search cannot run under reentrant activation checkpointing (`use_reentrant=True`, or no "
-            f"`use_reentrant`, which torch {torch.__version__} treats as True), used by {reentrant[0]!r} and "
-            f"{len(reentrant) - 1} more modules: the gates are shared by every layer, so α's gradient would be lost. "
-            "Use `TrainingArguments(gradient_checkpointing=True, gradient_checkpointing_kwargs={'use_reentrant': "
-            "False})` (transformers' default) or `model.gradient_checkpointing_enable(gradient_checkpointing_kwargs="
-            "{'use_reentrant': False})`; `peft.prepare_model_for_kbit_training` takes the same "
-            "`gradient_checkpointing_kwargs`."
-        )
+    check_reentrant_checkpointing(model)
 
 
 def _remove_stale_figures(folder: Path, names: list[str], reason: str) -> None:

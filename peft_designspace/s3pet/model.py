@@ -291,10 +291,14 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
 
     @torch.compiler.disable  # solved with Python floats: traced, it would recompile on every new shift
     def _refresh_gates(self) -> None:
+        checked = False
         for name in self.active_adapters:
             config = self.peft_config.get(name)
             if not isinstance(config, S3PETConfig) or not config.searching:
                 continue
+            if not checked and self.model.training and torch.is_grad_enabled():
+                check_reentrant_checkpointing(self.model)  # else torch's own error is all one gets, in backward
+                checked = True
             p, b, residual = self.keep_probabilities(name)
             z = sample_gates(p) if self.model.training else p
             self._s3pet[name]["last"] = {"shift": b, "residual": residual}
@@ -397,4 +401,41 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
         self._remove_gate_hooks()
         return super()._unload_and_optionally_merge(
             merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
+        )
+
+
+def checkpointed_modules(model: nn.Module) -> tuple[list[str], list[str]]:
+    """`(checkpointed, reentrant)`: paths of the modules of `model` that checkpoint their activations, and those of
+    them that use the reentrant `torch.utils.checkpoint` (a `use_reentrant` left unset counts: torch takes it as
+    True)."""
+    checkpointed, reentrant = [], []
+    for path, module in model.named_modules():
+        function = getattr(module, "_gradient_checkpointing_func", None)
+        if getattr(module, "gradient_checkpointing", False) is True and callable(function):
+            checkpointed.append(path)
+            # a `functools.partial(checkpoint, ...)`
+            if (getattr(function, "keywords", None) or {}).get("use_reentrant", True) is not False:
+                reentrant.append(path)
+    return checkpointed, reentrant
+
+
+def check_reentrant_checkpointing(model: nn.Module) -> None:
+    """Raise if `model` checkpoints activations reentrantly, which an S3PET search cannot train under.
+
+    Every layer reads its gates from one graph built per forward from α. The reentrant `torch.utils.checkpoint`
+    replays each layer inside the backward pass and backpropagates the replay on its own, so it would walk that shared
+    graph once per layer (torch: "Trying to backward through the graph a second time"), and `torch.autograd.grad` in
+    α sees none of the replayed layers (α's gradient is silently zero). The non-reentrant variant (transformers'
+    default) records the replay in the outer graph and gives exact gradients.
+    """
+    _, reentrant = checkpointed_modules(model)
+    if reentrant:
+        raise ValueError(
+            f"S3PET search cannot run under reentrant activation checkpointing (`use_reentrant=True`, or no "
+            f"`use_reentrant`, which torch {torch.__version__} treats as True), used by {reentrant[0]!r} and "
+            f"{len(reentrant) - 1} more modules: the gates are shared by every layer, so α's gradient would be lost. "
+            "Use `TrainingArguments(gradient_checkpointing=True, gradient_checkpointing_kwargs={'use_reentrant': "
+            "False})` (transformers' default) or `model.gradient_checkpointing_enable(gradient_checkpointing_kwargs="
+            "{'use_reentrant': False})`; `peft.prepare_model_for_kbit_training` takes the same "
+            "`gradient_checkpointing_kwargs`."
         )
