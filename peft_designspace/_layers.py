@@ -1,5 +1,6 @@
 """What the pack's wrappers of linear-like layers share: LoRA and bias deltas merged into the base layer."""
 
+import sys
 import warnings
 
 import torch
@@ -26,17 +27,55 @@ def base_weight(layer) -> torch.Tensor:
     (0.044 off for weights of scale 0.09); that layout is restored here too. What stays is bfloat16's rounding of
     `absmax` (4e-4 for those weights), a loss of the packing itself.
     """
-    weight = getattr(layer.get_base_layer(), "weight", None)
-    state = getattr(weight, "quant_state", None)
-    if state is not None and getattr(state, "packing_format_for_cpu", False):
-        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-
-        nested = state.original_nested
-        weight.data, state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
-        if not nested and state.absmax.dim() == 2:
-            state.absmax = state.absmax.T.reshape(-1).to(torch.float32)
-        weight.quant_state = state
+    unpack_for_cpu(getattr(layer.get_base_layer(), "weight", None))
     return layer.get_base_weight()
+
+
+def unpack_for_cpu(weight) -> None:
+    """Undo bitsandbytes' CPU packing of a 4-bit weight in place, with the `absmax` layout restored (see
+    `base_weight`); nothing for any other weight."""
+    state = getattr(weight, "quant_state", None)
+    if state is None or not getattr(state, "packing_format_for_cpu", False):
+        return
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    nested = state.original_nested
+    weight.data, state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
+    if not nested and state.absmax.dim() == 2:
+        state.absmax = state.absmax.T.reshape(-1).to(torch.float32)
+    weight.quant_state = state
+
+
+def guard_cpu_packing(model: nn.Module) -> None:
+    """Keep bitsandbytes' CPU packing of 4-bit weights (0.48 and later) from breaking training and saving.
+
+    A packed weight (after an eval-mode forward on an AVX512-BF16 CPU, e.g. the Trainer's evaluation) stays packed
+    when training resumes, and the packed kernel passes no gradient to its input: every adapter below such a layer
+    stopped learning (a `Trainer` run with an evaluation kept training 28 of 49 S4 tensors, and PEFT's LoRA none).
+    Saving (`state_dict`) unpacks it with bitsandbytes' own inverse, which leaves a non-nested `absmax` transposed and
+    so changed the live model (logits 0.08-0.27 off). Hooks on every 4-bit layer of `model` unpack it correctly
+    before a forward that trains or needs the input's gradient, and before `state_dict`; an inference forward
+    packs it again. Idempotent; nothing without bitsandbytes.
+    """
+    bnb = sys.modules.get("bitsandbytes")
+    linear4bit = getattr(getattr(bnb, "nn", None), "Linear4bit", None)
+    if linear4bit is None:
+        return
+    for module in model.modules():
+        if isinstance(module, linear4bit) and not getattr(module, "_designspace_packing_guard", False):
+            module.register_forward_pre_hook(_unpack_before_training_forward)
+            module.register_state_dict_pre_hook(_unpack_before_saving)
+            module._designspace_packing_guard = True
+
+
+def _unpack_before_training_forward(module: nn.Module, args: tuple) -> None:
+    x = args[0] if args else None
+    if module.training or (isinstance(x, torch.Tensor) and x.requires_grad):
+        unpack_for_cpu(module.weight)
+
+
+def _unpack_before_saving(module: nn.Module, prefix: str, keep_vars: bool) -> None:
+    unpack_for_cpu(module.weight)
 
 
 def check_finite_deltas(parts: dict[str, dict[str, torch.Tensor | None]]) -> None:

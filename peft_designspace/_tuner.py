@@ -6,7 +6,7 @@ import warnings
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from ._layers import check_finite_deltas, on_meta
+from ._layers import check_finite_deltas, guard_cpu_packing, on_meta
 from ._warnings import DesignSpaceWarning
 
 
@@ -68,6 +68,7 @@ class WrapperTunerMixin:
         # planned here rather than in `_pre_injection_hook`, which `PeftModel.add_adapter` does not call
         self._plan(model, self.peft_config[adapter_name], adapter_name)
         super().inject_adapter(model, adapter_name, **kwargs)
+        guard_cpu_packing(model)  # bitsandbytes' CPU packing of 4-bit weights breaks training and saving otherwise
 
     def _plan(self, model: nn.Module, config, adapter_name: str) -> None:
         raise NotImplementedError

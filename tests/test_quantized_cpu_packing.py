@@ -77,3 +77,91 @@ def test_merge_after_a_packed_forward_adds_the_delta(tmp_path):
     # requantizing to 4 bits costs one quantization step per weight, far below the 0.13 a packed read wrote
     error = (merged - (before + delta)).abs().max().item()
     assert error <= 0.25 * (before + delta).abs().max().item(), error
+
+
+@pytest.mark.parametrize("storage", [torch.uint8, torch.bfloat16, torch.float32])
+def test_4bit_weights_count_as_the_values_they_hold_whatever_the_storage(tmp_path, storage):
+    """`bnb_4bit_quant_storage=bfloat16` (QLoRA with FSDP) holds four values per element, float32 eight; the count
+    assumed two, so S4's and S3PET's budgets on such a base came out at a half or a quarter (found by a review,
+    2026-11-25). After the CPU packing the weight is uint8: the count must not move either."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from peft_designspace import S3PETConfig
+    from peft_designspace.designspace.model import count_base_parameters
+
+    full = _quantized(tmp_path, "llama", "CAUSAL_LM", 8, 128)  # writes tmp_path / "base"
+    expected = count_base_parameters(AutoModelForCausalLM.from_pretrained(tmp_path / "base"))
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32, bnb_4bit_quant_storage=storage,
+        llm_int8_skip_modules=["lm_head"],
+    )  # fmt: skip
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base", quantization_config=quant, dtype=torch.float32)
+    assert count_base_parameters(base) == expected == count_base_parameters(full)
+    model = get_peft_model(base, S3PETConfig(budget=0.01, task_type="CAUSAL_LM"))
+    assert model.base_model.search_budget() == int(0.01 * expected)
+    for module in base.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            _pack(module)
+    assert count_base_parameters(base) == expected
+
+
+# training and saving after a packed (inference) forward: a review of the quantized paths, 2026-11-25
+
+
+def _packed_llama(tmp_path, config):
+    from tiny_models import make_inputs
+
+    base = _quantized(tmp_path, "llama", "CAUSAL_LM", 4, 128)
+    model = get_peft_model(base, config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # non-zero adapters, so that every part has a gradient
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    return model, [m for m in base.modules() if isinstance(m, bnb.nn.Linear4bit)], make_inputs("llama", "CAUSAL_LM")
+
+
+def _gradients(model, inputs) -> dict:
+    model.train()
+    model.zero_grad()
+    model(**inputs).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        DesignSpaceConfig(preset="s4", budget=0.05, task_type="CAUSAL_LM"),
+        DesignSpaceConfig(preset="lora", budget=0.05, task_type="CAUSAL_LM"),
+    ],
+    ids=["s4", "lora-preset"],
+)
+def test_training_after_a_packed_forward_keeps_every_gradient(tmp_path, config):
+    """A weight packed by an inference forward stayed packed in training, and the packed kernel passes no gradient
+    to its input: every adapter part below it lost its gradient (28 of 49 S4 tensors in a Trainer run with an
+    evaluation)."""
+    model, layers, inputs = _packed_llama(tmp_path, config)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    reference = _gradients(model, inputs)
+    for module in layers:
+        _pack(module)
+    after = _gradients(model, inputs)
+    assert after.keys() == reference.keys() and len(after) == sum(p.requires_grad for p in model.parameters())
+    for name, grad in reference.items():  # what may differ: bfloat16 rounding of absmax, a loss of the packing
+        assert (after[name] - grad).norm() <= 0.02 * grad.norm(), name
+    assert not any(module.weight.quant_state.packing_format_for_cpu for module in layers)
+
+
+def test_saving_after_a_packed_forward_leaves_the_live_base_as_it_was(tmp_path):
+    """`state_dict` unpacked a packed weight with bitsandbytes' own inverse, which leaves a non-nested `absmax`
+    transposed: saving an adapter changed the live model (logits 0.08-0.27 off)."""
+    model, layers, _ = _packed_llama(tmp_path, DesignSpaceConfig(preset="lora", budget=0.05, task_type="CAUSAL_LM"))
+    before = [_dequantized(module) for module in layers]
+    for module in layers:
+        _pack(module)
+    model.save_pretrained(tmp_path / "adapter")
+    for module, weight in zip(layers, before):
+        after = _dequantized(module)
+        assert (after - weight).abs().max().item() <= 4e-3 * weight.abs().max().item()  # bfloat16 absmax

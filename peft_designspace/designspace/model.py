@@ -1,5 +1,8 @@
 """The design-space tuner: plans the layout, injects the tuner layers, merges what can be merged, reports budgets."""
 
+import math
+
+import torch
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
@@ -17,15 +20,24 @@ ADAPTER_PREFIXES = ("designspace_", "samtuning_", "s3pet_")  # parameters of the
 def count_base_parameters(model: nn.Module) -> int:
     """Parameters of the base model, leaving out adapter parts and `modules_to_save` copies.
 
-    bitsandbytes 4-bit weights pack two values per byte; they are counted as the values they hold.
+    bitsandbytes 4-bit weights pack two values per byte, in elements of `bnb_4bit_quant_storage` (uint8 by default,
+    bfloat16 for QLoRA with FSDP: four values per element); they are counted as the values they hold.
     """
     total = 0
     for name, param in model.named_parameters():
         if any(prefix in name for prefix in ADAPTER_PREFIXES) or ".modules_to_save." in name:
             continue
-        factor = 2 if type(param).__name__ == "Params4bit" else 1
-        total += param.numel() * factor
+        total += _values_held(param)
     return total
+
+
+def _values_held(param: torch.Tensor) -> int:
+    if type(param).__name__ != "Params4bit":
+        return param.numel()
+    shape = getattr(getattr(param, "quant_state", None), "shape", None)
+    if shape is not None:  # the weight's own shape, whatever the storage and packing
+        return math.prod(shape)
+    return param.numel() * param.element_size() * 2  # not quantized yet: two 4-bit values per byte
 
 
 class DesignSpaceModel(WrapperTunerMixin, BaseTuner):
