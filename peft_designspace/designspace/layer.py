@@ -138,6 +138,7 @@ class Norm(nn.Module, DesignSpaceLayer):
         self.base_layer = base_layer
         self.designspace_bias = nn.ParameterDict()
         self.merged_adapters: list[str] = []
+        self.folded_biases: list[str] = []  # merged adapters whose bias delta went into the norm's own bias
         self._disable_adapters = False
         self.size = base_layer.weight.numel()
         self.update_layer(adapter_name, **parts)
@@ -158,10 +159,11 @@ class Norm(nn.Module, DesignSpaceLayer):
         names = check_adapters_to_merge(self, adapter_names)
         if safe_merge:
             check_finite_deltas(self._safe_merge_parts(names))
-        for name in names:
+        for name in names:  # every merged adapter is recorded, as in the linear layers (PEFT's model status)
             if name in self.designspace_bias and not self.unmergeable_parts([name]):
                 self.base_layer.bias.data += self.designspace_bias[name].detach().to(self.base_layer.bias.dtype)
-                self.merged_adapters.append(name)
+                self.folded_biases.append(name)
+            self.merged_adapters.append(name)
 
     def _safe_merge_parts(self, names: list[str]) -> dict[str, dict[str, torch.Tensor | None]]:
         mergeable = [n for n in names if n in self.designspace_bias and not self.unmergeable_parts([n])]
@@ -170,7 +172,9 @@ class Norm(nn.Module, DesignSpaceLayer):
     def unmerge(self) -> None:
         while self.merged_adapters:
             name = self.merged_adapters.pop()
-            self.base_layer.bias.data -= self.designspace_bias[name].detach().to(self.base_layer.bias.dtype)
+            if name in self.folded_biases:
+                self.folded_biases.remove(name)
+                self.base_layer.bias.data -= self.designspace_bias[name].detach().to(self.base_layer.bias.dtype)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.disable_adapters and self.merged:
@@ -179,7 +183,7 @@ class Norm(nn.Module, DesignSpaceLayer):
         if self.disable_adapters:
             return result
         for name in self.active_adapters:
-            if name in self.designspace_bias and name not in self.merged_adapters:
+            if name in self.designspace_bias and name not in self.folded_biases:  # not merged, or merged apart
                 result = result + self.designspace_bias[name].to(result.dtype)
         return result
 
@@ -253,10 +257,13 @@ class PrefixHolder(nn.Module, DesignSpaceLayer):
         return [f"prefix[{n}]" for n in adapter_names if n in self.designspace_prefix_kv]
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """Prefixes cannot be merged; they stay active (see `DesignSpaceModel.merge_and_unload`)."""
+        """Prefixes cannot be merged; they stay active (see `DesignSpaceModel.merge_and_unload`). The adapters are
+        recorded as merged all the same, as the linear layers record theirs, so that PEFT's model status is regular."""
+        self.merged_adapters.extend(check_adapters_to_merge(self, adapter_names))
 
     def unmerge(self) -> None:
-        """Nothing to undo: prefixes are never merged."""
+        """Nothing to undo but the record: prefixes are never merged."""
+        self.merged_adapters.clear()
 
     def forward(self, *args, **kwargs):  # pragma: no cover - never called, only holds parameters
         raise RuntimeError("PrefixHolder is a parameter container; the attention function reads it.")
