@@ -420,9 +420,9 @@ def check_base_model(base: nn.Module, config: Any, saved_shapes: dict[str, list[
         return  # the real load reports anything else
     except Exception:
         return  # best effort: e.g. a quantized or custom model that cannot be rebuilt on meta
-    for twin_adapter in expected.peft_config.values():  # the twin is read for its shapes only: a SAM twin holds no
-        if hasattr(twin_adapter, "mark_selected"):  # selection, and its state dict would be refused as uncalibrated
-            twin_adapter.mark_selected()
+    for module in expected.modules():  # the twin is read for its shapes only: a SAM twin holds placeholder indices,
+        if isinstance(getattr(module, "placeholders", None), set):  # and its state dict would be refused as such
+            module.placeholders.clear()
     expected_shapes = {k: list(v.shape) for k, v in get_peft_model_state_dict(expected).items()}
     for key, shape in saved_shapes.items():
         want = expected_shapes.get(key)

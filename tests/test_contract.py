@@ -261,3 +261,8 @@ def test_merge_adapter_leaves_a_regular_model_status(kwargs):
     model.unmerge_adapter()
     assert model.get_model_status().merged_adapters == []
     torch.testing.assert_close(common.outputs(model, inputs), before, atol=1e-5, rtol=0)
+    model.merge_adapter()
+    with model.disable_adapter():  # every layer unmerges in a forward with the adapters disabled
+        common.outputs(model, inputs)
+    assert model.get_model_status().merged_adapters == []
+    torch.testing.assert_close(common.outputs(model, inputs), before, atol=1e-5, rtol=0)

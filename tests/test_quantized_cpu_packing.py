@@ -165,3 +165,12 @@ def test_saving_after_a_packed_forward_leaves_the_live_base_as_it_was(tmp_path):
     for module, weight in zip(layers, before):
         after = _dequantized(module)
         assert (after - weight).abs().max().item() <= 4e-3 * weight.abs().max().item()  # bfloat16 absmax
+
+
+def test_a_4bit_weight_not_quantized_yet_counts_its_values():
+    from peft_designspace.designspace.model import count_base_parameters
+
+    layer = torch.nn.Module()
+    layer.weight = bnb.nn.Params4bit(torch.randn(16, 16), requires_grad=False)  # quantized on its move to a device
+    assert not layer.weight.bnb_quantized
+    assert count_base_parameters(layer) == 256

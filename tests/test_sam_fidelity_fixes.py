@@ -65,7 +65,8 @@ def test_calibrate_names_one_batch_dict_passed_as_data():
 def test_seed_outside_torch_range_is_refused_naming_seed(seed):
     with pytest.raises(ValueError, match="seed"):
         SAMTuningConfig(budget=10, seed=seed)
-    SAMTuningConfig(budget=10, seed=2**64 - 1)
+    config = SAMTuningConfig(budget=10, seed=2**64 - 1, init_weights=False, task_type="SEQ_CLS")
+    get_peft_model(_bert(), config)  # the random draw adds the adapter's name to the seed: no overflow
 
 
 def test_targeting_the_head_says_it_is_in_modules_to_save():
@@ -145,26 +146,55 @@ def test_reused_config_is_not_taken_for_a_selection(tmp_path):
     from peft import PeftConfig, PeftModel
     from tiny_models import make_inputs, make_model
 
+    from peft_designspace.samtuning import has_selection
+
     batches = [make_inputs("llama", "CAUSAL_LM", seed=s) for s in range(2)]
     model = get_peft_model(make_model("llama", "CAUSAL_LM"), SAMTuningConfig(budget=0.05, task_type="CAUSAL_LM"))
+    assert not has_selection(model)
     calibrate_sam(model, batches, show_progress=False)
-    assert model.peft_config["default"].calibrated
+    assert has_selection(model)
     model.save_pretrained(tmp_path / "a")
 
     config = PeftConfig.from_pretrained(tmp_path / "a")
-    assert config.nnz_pattern and not config.calibrated
+    assert config.nnz_pattern and config.calibrated  # the counts are known ...
     fresh = get_peft_model(make_model("llama", "CAUSAL_LM"), config)
-    assert not fresh.peft_config["default"].calibrated
+    assert not has_selection(fresh)  # ... but not the selection
     with pytest.raises(ValueError, match="was never calibrated"):
         fresh.save_pretrained(tmp_path / "b")
     calibrate_sam(fresh, batches, show_progress=False)  # no `force=True` needed: there was no selection
     assert all(torch.equal(fresh.base_model.selection()[k], v) for k, v in model.base_model.selection().items())
 
     loaded = PeftModel.from_pretrained(make_model("llama", "CAUSAL_LM"), tmp_path / "a")
-    assert loaded.peft_config["default"].calibrated  # the saved selection came with the weights
+    assert has_selection(loaded)  # the saved selection came with the weights
     assert all(torch.equal(loaded.base_model.selection()[k], v) for k, v in model.base_model.selection().items())
 
     model.add_adapter("b", model.peft_config["default"])
-    assert model.peft_config["default"].calibrated and not model.peft_config["b"].calibrated
+    assert has_selection(model, "default") and not has_selection(model, "b")
     calibrate_sam(model, batches, adapter_name="b", show_progress=False)
-    assert model.peft_config["b"].calibrated
+    assert has_selection(model, "b")
+
+
+def test_a_selection_loaded_by_any_loader_counts_and_a_partial_one_does_not(tmp_path):
+    """Loading marks the layers whose indices arrive (PEFT, transformers' `load_adapter`, `load_state_dict`), not
+    the whole adapter: a load that brings some tensors' indices leaves the others placeholders."""
+    from peft import PeftConfig
+    from tiny_models import make_inputs, make_model
+
+    from peft_designspace.samtuning import has_selection
+
+    model = get_peft_model(make_model("llama", "CAUSAL_LM"), SAMTuningConfig(budget=0.05, task_type="CAUSAL_LM"))
+    calibrate_sam(model, [make_inputs("llama", "CAUSAL_LM")], show_progress=False)
+    model.save_pretrained(tmp_path / "a")
+    state = {k: v.clone() for k, v in model.state_dict().items() if "samtuning_" in k}
+
+    fresh = get_peft_model(make_model("llama", "CAUSAL_LM"), PeftConfig.from_pretrained(tmp_path / "a"))
+    fresh.load_state_dict(state, strict=False)
+    assert has_selection(fresh)
+    partial = get_peft_model(make_model("llama", "CAUSAL_LM"), PeftConfig.from_pretrained(tmp_path / "a"))
+    first = next(k for k in state if "samtuning_weight_indices" in k)
+    partial.load_state_dict({first: state[first]}, strict=False)
+    assert not has_selection(partial)
+
+    plain = make_model("llama", "CAUSAL_LM")
+    plain.load_adapter(str(tmp_path / "a"))  # transformers' own integration
+    assert has_selection(plain)

@@ -87,11 +87,12 @@ class SAMCalibrationCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         from peft_designspace import SAMTuningConfig, calibrate_sam
+        from peft_designspace.samtuning import has_selection
 
         wrapped = kwargs.get("model")
         model = _unwrap(wrapped)
         configs = getattr(model, "peft_config", {})
-        pending = [n for n, c in configs.items() if isinstance(c, SAMTuningConfig) and not c.calibrated]
+        pending = [n for n, c in configs.items() if isinstance(c, SAMTuningConfig) and not has_selection(model, n)]
         if not pending:
             return
         optimizer = kwargs.get("optimizer")

@@ -250,6 +250,8 @@ class PrefixHolder(nn.Module, DesignSpaceLayer):
     def active_prefixes(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """`(key, value)` pairs of the active adapters, each ``(kv_heads, P, head_dim)``; empty when disabled."""
         if self.disable_adapters:
+            if self.merged:  # as the linear and norm layers unmerge in a forward with the adapters disabled
+                self.unmerge()
             return []
         return [self.designspace_prefix_kv[n]() for n in self.active_adapters if n in self.designspace_prefix_kv]
 

@@ -32,12 +32,12 @@ def count_base_parameters(model: nn.Module) -> int:
 
 
 def _values_held(param: torch.Tensor) -> int:
-    if type(param).__name__ != "Params4bit":
-        return param.numel()
+    if type(param).__name__ != "Params4bit" or not getattr(param, "bnb_quantized", True):
+        return param.numel()  # a 4-bit weight not quantized yet still holds its values as they are
     shape = getattr(getattr(param, "quant_state", None), "shape", None)
     if shape is not None:  # the weight's own shape, whatever the storage and packing
         return math.prod(shape)
-    return param.numel() * param.element_size() * 2  # not quantized yet: two 4-bit values per byte
+    return param.numel() * param.element_size() * 2  # two 4-bit values per byte of storage
 
 
 class DesignSpaceModel(WrapperTunerMixin, BaseTuner):

@@ -297,7 +297,7 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
             if not isinstance(config, S3PETConfig) or not config.searching:
                 continue
             if not checked and self.model.training and torch.is_grad_enabled():
-                check_reentrant_checkpointing(self.model)  # else torch's own error is all one gets, in backward
+                self._check_checkpointing(name)  # else torch's own error is all one gets, in backward
                 checked = True
             p, b, residual = self.keep_probabilities(name)
             z = sample_gates(p) if self.model.training else p
@@ -308,6 +308,18 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
                 types = layer.part_types[name]
                 layer.gates[name] = dict(zip(types, parts[start : start + len(types)]))
                 start += len(types)
+
+    def _check_checkpointing(self, adapter_name: str) -> None:
+        """`check_reentrant_checkpointing` for a training forward whose α is trained (a frozen α trains fine)."""
+        if not any(a.requires_grad for a in self.architecture_parameters(adapter_name)):
+            return
+        # the modules that can checkpoint are found once (a walk of the whole model costs ms per forward); whether
+        # they checkpoint, and how, is read at every training forward
+        if getattr(self, "_checkpointable", None) is None:
+            self._checkpointable = [
+                (p, m) for p, m in self.model.named_modules() if hasattr(m, "gradient_checkpointing")
+            ]
+        check_reentrant_checkpointing(self.model, self._checkpointable)
 
     def derive_structure(
         self, adapter_name: str | None = None, strategy: str = "greedy", alpha: list[torch.Tensor] | None = None
@@ -404,12 +416,12 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
         )
 
 
-def checkpointed_modules(model: nn.Module) -> tuple[list[str], list[str]]:
-    """`(checkpointed, reentrant)`: paths of the modules of `model` that checkpoint their activations, and those of
-    them that use the reentrant `torch.utils.checkpoint` (a `use_reentrant` left unset counts: torch takes it as
-    True)."""
+def checkpointed_modules(model: nn.Module, modules: list | None = None) -> tuple[list[str], list[str]]:
+    """`(checkpointed, reentrant)`: paths of the modules of `model` (or of the `(path, module)` pairs `modules`) that
+    checkpoint their activations, and those of them that use the reentrant `torch.utils.checkpoint` (a
+    `use_reentrant` left unset counts: torch takes it as True)."""
     checkpointed, reentrant = [], []
-    for path, module in model.named_modules():
+    for path, module in model.named_modules() if modules is None else modules:
         function = getattr(module, "_gradient_checkpointing_func", None)
         if getattr(module, "gradient_checkpointing", False) is True and callable(function):
             checkpointed.append(path)
@@ -419,7 +431,7 @@ def checkpointed_modules(model: nn.Module) -> tuple[list[str], list[str]]:
     return checkpointed, reentrant
 
 
-def check_reentrant_checkpointing(model: nn.Module) -> None:
+def check_reentrant_checkpointing(model: nn.Module, modules: list | None = None) -> None:
     """Raise if `model` checkpoints activations reentrantly, which an S3PET search cannot train under.
 
     Every layer reads its gates from one graph built per forward from α. The reentrant `torch.utils.checkpoint`
@@ -428,7 +440,7 @@ def check_reentrant_checkpointing(model: nn.Module) -> None:
     α sees none of the replayed layers (α's gradient is silently zero). The non-reentrant variant (transformers'
     default) records the replay in the outer graph and gives exact gradients.
     """
-    _, reentrant = checkpointed_modules(model)
+    _, reentrant = checkpointed_modules(model, modules)
     if reentrant:
         raise ValueError(
             f"S3PET search cannot run under reentrant activation checkpointing (`use_reentrant=True`, or no "

@@ -3,6 +3,6 @@
 from .calibration import calibrate_sam
 from .config import SAMTuningConfig
 from .layer import SAMTuningLayer
-from .model import SAMTuningModel
+from .model import SAMTuningModel, has_selection
 
-__all__ = ["SAMTuningConfig", "SAMTuningLayer", "SAMTuningModel", "calibrate_sam"]
+__all__ = ["SAMTuningConfig", "SAMTuningLayer", "SAMTuningModel", "calibrate_sam", "has_selection"]

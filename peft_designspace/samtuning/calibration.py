@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .config import SAMTuningConfig
 from .layer import SAMTuningLayer, probe_forward
-from .model import SAMTuningModel
+from .model import SAMTuningModel, has_selection
 from .selection import check_scores, select_top_k
 
 DATA_SCORES = ("sam", "fisher")
@@ -138,7 +138,7 @@ def calibrate_sam(
     if name not in tuner.peft_config:
         raise ValueError(f"`adapter_name` must be one of {sorted(tuner.peft_config)}, got {name!r}.")
     config: SAMTuningConfig = tuner.peft_config[name]
-    if config.calibrated and not force:
+    if has_selection(model, name) and not force:
         raise ValueError(
             f"The SAM adapter {name!r} already has a selection (calibrated or loaded); pass `force=True` to choose "
             "again (its trained values are reset to zero)."
@@ -183,7 +183,6 @@ def calibrate_sam(
     for (_, layer, part), flat in zip(targets, picked):
         layer.set_selection(name, part, flat)
     config.nnz_pattern = {key: int(flat.numel()) for (key, _, _), flat in zip(targets, picked)}
-    config.mark_selected()
     tuner._sam_last_calibration = {"batches": batches, "seconds": time.perf_counter() - started}
     return dict(config.nnz_pattern)
 

@@ -169,16 +169,10 @@ class SAMTuningConfig(PackConfigMixin, PeftConfig):
 
     @property
     def calibrated(self) -> bool:
-        """Whether the adapter this config belongs to holds its selection: calibrated, loaded from a saved adapter, or
-        drawn at random with `init_weights=False`.
+        """Whether the selection's counts are known (`nnz_pattern`: written by calibration, loading or a random draw).
 
-        `nnz_pattern` alone does not say so: a config read from a saved adapter (`PeftConfig.from_pretrained`) or
-        reused for another adapter carries the counts, but a model built from it holds placeholder indices until the
-        adapter's weights are loaded or `calibrate_sam` runs. The tuner marks the selection (`mark_selected`); the
-        mark is not saved and is cleared when the config is used for a new adapter.
+        A config read from a saved adapter (`PeftConfig.from_pretrained`) or reused for another adapter carries the
+        counts too, but a model built from it holds placeholder indices until the adapter's weights are loaded or
+        `calibrate_sam` runs: whether a model's adapter holds its selection is `has_selection(model, adapter_name)`.
         """
-        return self.nnz_pattern is not None and getattr(self, "_selection_installed", False)
-
-    def mark_selected(self, installed: bool = True) -> None:
-        """Record whether the adapter's selection is in place (see `calibrated`); set by the tuner, not by users."""
-        self._selection_installed = installed
+        return self.nnz_pattern is not None

@@ -78,6 +78,8 @@ class SAMTuningLayer(nn.Module, BaseTunerLayer):
         self.transposed = type(base_layer).__name__ == "Conv1D"  # GPT-2 stores (in, out)
         self.tied = False  # set by the model when the weight is shared with another module (tied embeddings)
         self.probe = None  # set by `calibrate_sam` while it runs
+        self.placeholders: set[str] = set()  # adapters whose indices are placeholders, not a selection
+        self.register_load_state_dict_pre_hook(_selection_loaded)
         self.update_layer(adapter_name, **kwargs)
 
     # shapes ------------------------------------------------------------------------------------------------------
@@ -124,6 +126,10 @@ class SAMTuningLayer(nn.Module, BaseTunerLayer):
                 values = torch.randn(nnz, generator=generator) * 0.1
             getattr(self, f"samtuning_{part}_values")[adapter_name] = nn.Parameter(values)
             getattr(self, f"samtuning_{part}_indices")[adapter_name] = flat
+        if init_weights:
+            self.placeholders.add(adapter_name)
+        else:
+            self.placeholders.discard(adapter_name)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters)
 
@@ -139,6 +145,21 @@ class SAMTuningLayer(nn.Module, BaseTunerLayer):
             values.data = torch.zeros(flat.numel(), dtype=values.dtype, device=values.device)
         indices[adapter_name] = flat.to(device=values.device, dtype=torch.int32).contiguous()
         self._patterns.pop((adapter_name, part), None)
+        self.placeholders.discard(adapter_name)
+
+    def holds_placeholder(self, adapter_name: str) -> bool:
+        """Whether the adapter's weight indices here are still the placeholders `update_layer` made (0, 1, ...).
+
+        Placeholders are marked when made and unmarked by calibration and by `load_state_dict` (PEFT's loaders use
+        it). transformers' `load_adapter` sets the tensors another way, so a marked layer whose indices no longer
+        read 0, 1, ... counts as loaded too. A layer without entries holds nothing either way.
+        """
+        if adapter_name not in self.placeholders:
+            return False
+        flat = self.samtuning_weight_indices[adapter_name]
+        if flat.numel() == 0:
+            return False
+        return torch.equal(flat, torch.arange(flat.numel(), dtype=flat.dtype, device=flat.device))
 
     def pattern(self, adapter_name: str, part: str) -> SparsePattern:
         """The (cached) CSR structures of one part; rebuilt when its index buffer changes."""
@@ -322,3 +343,11 @@ def probe_forward(anchor: torch.Tensor, sinks: dict[str, object], leaves: dict[s
         return GradProbe.apply(out, x, anchor, sink)
 
     return probe
+
+
+def _selection_loaded(module: SAMTuningLayer, state_dict: dict, prefix: str, *args) -> None:
+    """`load_state_dict` pre-hook: the adapters whose weight indices are being loaded hold a selection from then on
+    (any loader: PEFT's, transformers' `load_adapter`, a plain `load_state_dict`)."""
+    for name in list(module.placeholders):
+        if f"{prefix}samtuning_weight_indices.{name}" in state_dict:
+            module.placeholders.discard(name)

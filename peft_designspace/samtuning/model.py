@@ -167,12 +167,12 @@ class SAMTuningModel(WrapperTunerMixin, BaseTuner):
         self._sam_paths = {t.path for t in targets}
         if config.transposed_indices is None:  # a new adapter (or one saved before the field): the live layout
             config.transposed_indices = sorted(f"{t.path}.weight" for t in targets if t.transposed)
-        # a new adapter holds placeholder indices, unless a random selection is drawn right away (`init_weights=False`)
-        config.mark_selected(not config.init_weights)
         if not config.init_weights and config.nnz_pattern is None:
-            config.nnz_pattern = dict(self._sam_counts)
+            config.nnz_pattern = dict(self._sam_counts)  # a random selection is drawn right away
             # seeded by `seed` and the adapter name, so two test adapters differ
-            self._sam_generator = torch.Generator().manual_seed(config.seed + zlib.crc32(adapter_name.encode()))
+            # (modulo 2**64: a torch seed's range, which `seed` near its top would leave)
+            seed = (config.seed + zlib.crc32(adapter_name.encode())) % 2**64
+            self._sam_generator = torch.Generator().manual_seed(seed)
         embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
         output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         self._sam_tied = embedding is not None and getattr(output, "weight", None) is getattr(embedding, "weight", 0)
@@ -237,7 +237,7 @@ class SAMTuningModel(WrapperTunerMixin, BaseTuner):
     # saving and loading -------------------------------------------------------------------------------------------
     @classmethod
     def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
-        if not config.calibrated:
+        if not has_selection(model, adapter_name):
             raise ValueError(
                 f"The SAM adapter {adapter_name!r} was never calibrated, so it would save an adapter that trains "
                 "nothing. Call `peft_designspace.calibrate_sam(model, batches)` before training (or pass "
@@ -274,9 +274,34 @@ class SAMTuningModel(WrapperTunerMixin, BaseTuner):
             pattern[f"{base_path}.{part}"] = tensor.numel()
         if pattern:
             config.nnz_pattern = pattern
-            config.mark_selected()  # the saved selection is what loads now
         _match_index_layout(modules, config, adapter_name, mapped)
         return mapped
+
+
+def has_selection(model: nn.Module, adapter_name: str = "default") -> bool:
+    """Whether SAM adapter `adapter_name` of `model` holds its selection in every layer: calibrated, loaded with its
+    weights (by PEFT, transformers' `load_adapter` or `load_state_dict`), or drawn at random (`init_weights=False`).
+
+    A new adapter holds placeholder indices until then, also one built from a config that carries the counts
+    (`nnz_pattern`) of a saved or another adapter; saving it is refused, and `calibrate_sam` calibrates it.
+
+    Example:
+
+    ```py
+    >>> import peft_designspace
+    >>> from peft import get_peft_model
+    >>> from transformers import BertConfig, BertForSequenceClassification
+    >>> base = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    ...                                                 intermediate_size=64, vocab_size=100))
+    >>> model = get_peft_model(base, peft_designspace.SAMTuningConfig(budget=50, task_type="SEQ_CLS"))
+    >>> has_selection(model)
+    False
+    ```
+    """
+    layers = [
+        m for m in model.modules() if isinstance(m, SAMTuningLayer) and adapter_name in m.samtuning_weight_values
+    ]
+    return bool(layers) and not any(layer.holds_placeholder(adapter_name) for layer in layers)
 
 
 def _match_index_layout(modules: dict, config: SAMTuningConfig, adapter_name: str, state_dict: dict) -> None:
