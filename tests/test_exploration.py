@@ -380,3 +380,34 @@ def test_output_dir_that_cannot_be_created_exits_2_before_anything_is_written(tm
     err = capsys.readouterr().err
     assert "--output_dir" in err and match in err
     assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_result_keys_agree_whether_the_task_is_given_or_inferred_from_the_folder(tmp_path):
+    """The command line fills the task in from the folder name; the stored results of docs/exploration were keyed
+    by `run_exploration` with `task=None`, so `--report_only` found none of them (a review, 2026-11-25)."""
+    from common import ROOT
+
+    from trainer_ext.explore_eval import ExploreSettings, result_key
+
+    stored = next((ROOT / "docs" / "exploration" / "steps40" / "results").glob("*.json"))
+    design = json.loads(stored.read_text())["design"]
+    folder = str(tmp_path / "SST-2")
+    inferred = result_key(design, ExploreSettings(data_dir=folder))
+    assert result_key(design, ExploreSettings(data_dir=folder, task="SST-2")) == inferred
+    assert result_key(design, ExploreSettings(data_dir=folder, task="sst2")) == inferred
+    assert result_key(design, ExploreSettings(data_dir=folder, task="RTE")) != inferred  # another task is apart
+    assert result_key(design, ExploreSettings(data_dir=str(tmp_path / "mine"), task="SST-2")) != inferred
+
+
+def test_shipped_exploration_results_are_found_by_the_documented_command():
+    """`docs/exploration/steps40` was made by `run_exploration` (task unset); its documented command fills the task."""
+    from common import ROOT
+
+    from trainer_ext.explore_eval import ExploreSettings, result_key
+
+    results = sorted((ROOT / "docs" / "exploration" / "steps40" / "results").glob("*.json"))
+    assert results
+    stored = json.loads(results[0].read_text())
+    settings = {k: v for k, v in stored["settings"].items() if k in ExploreSettings.__dataclass_fields__}
+    settings["task"] = "SST-2"  # what the command line passes
+    assert result_key(stored["design"], ExploreSettings(**settings)) == stored["key"]

@@ -76,11 +76,32 @@ class ExploreSettings:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}.")
 
     def fingerprint(self) -> dict:
-        """Everything that changes a design's result; part of every result's key."""
+        """Everything that changes a design's result; part of every result's key.
+
+        The task is left out (`None`) when it is the one the data folder's name gives, as `load_glue_folder` infers
+        it: the same run then keys alike from Python (`task=None`) and from the command line (which fills the task
+        in), and the results stored before this rule (keyed with `task=None`) are found again.
+        """
         data = asdict(self)
         data["data_dir"] = os.path.normpath(self.data_dir)
         data["model_name_or_path"] = self.model_name_or_path or DEFAULT_BACKBONE
+        data["task"] = self._task_unless_inferred()
         return data
+
+    def _task_unless_inferred(self) -> str | None:
+        from .glue import normalize_task
+
+        if self.task is None:
+            return None
+        try:
+            task = normalize_task(self.task)
+        except ValueError:
+            return self.task  # refused when the data is read
+        try:
+            inferred = normalize_task(os.path.basename(os.path.normpath(os.path.abspath(self.data_dir))))
+        except ValueError:
+            return task
+        return None if task == inferred else task
 
     def model_path(self) -> str:
         if self.model_name_or_path:
