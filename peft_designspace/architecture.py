@@ -27,37 +27,27 @@ from torch import nn
 from ._config import check_layer_stacks
 
 # Full-match patterns, relative to one layer. The first role list that matches wins for each module.
+# Fused projections (GPT-2's `c_attn`, `query_key_value`, `qkv_proj`, `Wqkv`) serve as query, key and value at once.
+_FUSED_QKV = (r"attn\.c_attn", r"(self_attention|attention)\.query_key_value", r"attn\.Wqkv")
+
+
+def _qkv_patterns(name: str, short: str) -> tuple[str, ...]:
+    """The patterns of one of query, key, value (`short`: its letter)."""
+    return (
+        rf"attention\.self\.{name}(_proj)?",  # BERT family; DeBERTa-v2
+        rf"layer\.0\.SelfAttention\.{short}",  # T5
+        rf"self_attn\.({short}_proj|qkv_proj)",  # Llama family; Phi3
+        rf"attention\.{short}_lin",  # DistilBERT
+        *_FUSED_QKV,  # GPT-2; Falcon, Bloom, GPT-NeoX; ModernBERT
+    )
+
+
 ROLE_PATTERNS: dict[str, tuple[str, ...]] = {
-    # names relative to a layer, matched in full. Fused projections (GPT-2's `c_attn`, `query_key_value`, `qkv_proj`,
-    # `Wqkv`) serve as query, key and value at once; gated FFNs' fused `gate_up_proj` as the FFN input.
+    # names relative to a layer, matched in full; gated FFNs' fused `gate_up_proj` serves as the FFN input
     "attention": (r"attention\.self", r"layer\.0\.SelfAttention", r"attn", r"self_attn", r"self_attention"),
-    "query": (
-        r"attention\.self\.query(_proj)?",  # BERT family; DeBERTa-v2
-        r"layer\.0\.SelfAttention\.q",
-        r"attn\.c_attn",
-        r"self_attn\.(q_proj|qkv_proj)",  # Llama family; Phi3
-        r"attention\.q_lin",  # DistilBERT
-        r"(self_attention|attention)\.query_key_value",  # Falcon, Bloom, GPT-NeoX
-        r"attn\.Wqkv",  # ModernBERT
-    ),
-    "key": (
-        r"attention\.self\.key(_proj)?",
-        r"layer\.0\.SelfAttention\.k",
-        r"attn\.c_attn",
-        r"self_attn\.(k_proj|qkv_proj)",
-        r"attention\.k_lin",
-        r"(self_attention|attention)\.query_key_value",
-        r"attn\.Wqkv",
-    ),
-    "value": (
-        r"attention\.self\.value(_proj)?",
-        r"layer\.0\.SelfAttention\.v",
-        r"attn\.c_attn",
-        r"self_attn\.(v_proj|qkv_proj)",
-        r"attention\.v_lin",
-        r"(self_attention|attention)\.query_key_value",
-        r"attn\.Wqkv",
-    ),
+    "query": _qkv_patterns("query", "q"),
+    "key": _qkv_patterns("key", "k"),
+    "value": _qkv_patterns("value", "v"),
     "attn_out": (
         r"attention\.output\.dense",
         r"layer\.0\.SelfAttention\.o",

@@ -538,21 +538,22 @@ class _LossOf(torch.nn.Module):
 
 
 def _check_checkpointing(model: torch.nn.Module, second_order: bool) -> None:
-    """Raise if `model` checkpoints activations in a way the search cannot use: reentrantly (see
-    `check_reentrant_checkpointing`), or at all for the second-order step, whose virtual weights are swapped in by
+    """Raise if `model` checkpoints activations and the search is second-order: its virtual weights are swapped in by
     `torch.func.functional_call` for the forward only, so a replay during the backward would see the real weights
-    (torch stops it with a `CheckpointError`)."""
-    from peft_designspace.s3pet.model import check_reentrant_checkpointing, checkpointed_modules
+    (torch stops it with a `CheckpointError`). Reentrant checkpointing, which no search can use, is refused by the
+    model itself at every training forward that trains α (`S3PETModel._check_checkpointing`)."""
+    if not second_order:
+        return
+    from peft_designspace.s3pet.model import checkpointed_modules
 
     checkpointed, _ = checkpointed_modules(model)
-    if checkpointed and second_order:
+    if checkpointed:
         raise ValueError(
             f"`second_order=True` cannot run under activation checkpointing (used by {checkpointed[0]!r} and "
             f"{len(checkpointed) - 1} more modules): the virtual step's weights are swapped in for the forward only, "
             "and the replay in the backward would use the real ones. Turn checkpointing off "
             "(`TrainingArguments(gradient_checkpointing=False)`) or use the first-order search."
         )
-    check_reentrant_checkpointing(model)
 
 
 def _remove_stale_figures(folder: Path, names: list[str], reason: str) -> None:

@@ -138,7 +138,6 @@ class Norm(nn.Module, DesignSpaceLayer):
         self.base_layer = base_layer
         self.designspace_bias = nn.ParameterDict()
         self.merged_adapters: list[str] = []
-        self.folded_biases: list[str] = []  # merged adapters whose bias delta went into the norm's own bias
         self._disable_adapters = False
         self.size = base_layer.weight.numel()
         self.update_layer(adapter_name, **parts)
@@ -160,20 +159,21 @@ class Norm(nn.Module, DesignSpaceLayer):
         if safe_merge:
             check_finite_deltas(self._safe_merge_parts(names))
         for name in names:  # every merged adapter is recorded, as in the linear layers (PEFT's model status)
-            if name in self.designspace_bias and not self.unmergeable_parts([name]):
+            if self._folds(name):
                 self.base_layer.bias.data += self.designspace_bias[name].detach().to(self.base_layer.bias.dtype)
-                self.folded_biases.append(name)
             self.merged_adapters.append(name)
 
+    def _folds(self, name: str) -> bool:
+        """Whether merging adapter `name` adds its bias delta into the norm's own bias (else it stays apart)."""
+        return name in self.designspace_bias and getattr(self.base_layer, "bias", None) is not None
+
     def _safe_merge_parts(self, names: list[str]) -> dict[str, dict[str, torch.Tensor | None]]:
-        mergeable = [n for n in names if n in self.designspace_bias and not self.unmergeable_parts([n])]
-        return {n: {"bias": self.designspace_bias[n].detach()} for n in mergeable}
+        return {n: {"bias": self.designspace_bias[n].detach()} for n in names if self._folds(n)}
 
     def unmerge(self) -> None:
         while self.merged_adapters:
             name = self.merged_adapters.pop()
-            if name in self.folded_biases:
-                self.folded_biases.remove(name)
+            if self._folds(name):
                 self.base_layer.bias.data -= self.designspace_bias[name].detach().to(self.base_layer.bias.dtype)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -183,7 +183,7 @@ class Norm(nn.Module, DesignSpaceLayer):
         if self.disable_adapters:
             return result
         for name in self.active_adapters:
-            if name in self.designspace_bias and name not in self.folded_biases:  # not merged, or merged apart
+            if name in self.designspace_bias and not (name in self.merged_adapters and self._folds(name)):
                 result = result + self.designspace_bias[name].to(result.dtype)
         return result
 

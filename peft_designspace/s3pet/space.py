@@ -164,14 +164,14 @@ def _warn_unrecognised_projections(arch, entries: list[dict]) -> None:
     those projections, silently.
     """
     wanted = [r for r in PROJECTION_ROLES if any(r in entry["roles"] for entry in entries)]
-    missing: dict[str, list[str]] = {}
+    missing: dict[str, list] = {}  # role -> the layers without it
     for layer in arch.layers:
         for role in wanted:
             if layer.linears and not layer.modules_for(role):
-                missing.setdefault(role, []).append(layer.path)
+                missing.setdefault(role, []).append(layer)
     if missing:
-        first = next(layer for layer in arch.layers if layer.path in next(iter(missing.values())))
-        listed = "; ".join(f"{role}: {len(paths)} of {len(arch.layers)} layers" for role, paths in missing.items())
+        first = next(iter(missing.values()))[0]
+        listed = "; ".join(f"{role}: {len(layers)} of {len(arch.layers)} layers" for role, layers in missing.items())
         warnings.warn(
             f"S3PET found no module for some projection roles ({listed}), so those layers get no such candidates "
             f"(linear modules of {first.path!r}: {first.linears}). Mixture-of-experts weights are not linear modules "
