@@ -122,7 +122,7 @@ def check_model_and_output(args: argparse.Namespace) -> None:
 
 def check_task_and_data(args: argparse.Namespace) -> None:
     """Resolve `args.task` and read the GLUE folder once (ValueError naming the option if either is bad)."""
-    from .glue import TASKS, load_glue_folder, normalize_task
+    from .glue import TASKS, folder_name, load_glue_folder, normalize_task, task_of_folder
 
     if args.task is not None:
         try:
@@ -130,14 +130,12 @@ def check_task_and_data(args: argparse.Namespace) -> None:
         except ValueError:
             raise ValueError(f"--task {args.task!r} is not supported; choose one of {', '.join(TASKS)}.") from None
     else:
-        name = os.path.basename(os.path.normpath(os.path.abspath(args.data_dir)))
-        try:
-            args.task = normalize_task(name)
-        except ValueError:
+        args.task = task_of_folder(args.data_dir)
+        if args.task is None:
             raise ValueError(
-                f"--data_dir {args.data_dir!r}: cannot infer the GLUE task from the folder name {name!r}; pass "
-                f"--task ({', '.join(TASKS)})."
-            ) from None
+                f"--data_dir {args.data_dir!r}: cannot infer the GLUE task from the folder name "
+                f"{folder_name(args.data_dir)!r}; pass --task ({', '.join(TASKS)})."
+            )
     try:
         load_glue_folder(args.data_dir, task=args.task)
     except (ValueError, FileNotFoundError) as err:

@@ -89,7 +89,7 @@ class ExploreSettings:
         return data
 
     def _task_unless_inferred(self) -> str | None:
-        from .glue import normalize_task
+        from .glue import normalize_task, task_of_folder
 
         if self.task is None:
             return None
@@ -97,11 +97,7 @@ class ExploreSettings:
             task = normalize_task(self.task)
         except ValueError:
             return self.task  # refused when the data is read
-        try:
-            inferred = normalize_task(os.path.basename(os.path.normpath(os.path.abspath(self.data_dir))))
-        except ValueError:
-            return task
-        return None if task == inferred else task
+        return None if task == task_of_folder(self.data_dir) else task
 
     def model_path(self) -> str:
         if self.model_name_or_path:

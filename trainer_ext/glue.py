@@ -141,6 +141,19 @@ def _parse_row(path: str, task: str, cells: list[str], line_no: int) -> dict:
     return row
 
 
+def folder_name(path: str | os.PathLike) -> str:
+    """The last component of `path`'s absolute form (`data/SST-2/` -> `SST-2`): what names a GLUE folder's task."""
+    return os.path.basename(os.path.abspath(path))
+
+
+def task_of_folder(path: str | os.PathLike) -> str | None:
+    """The GLUE task that the name of the folder `path` gives (`.../sst2` -> `SST-2`), or `None`."""
+    try:
+        return normalize_task(folder_name(path))
+    except ValueError:
+        return None
+
+
 def load_glue_folder(path: str | os.PathLike, task: str | None = None) -> dict[str, list[dict]]:
     """Read `train.tsv` and `dev.tsv` of a GLUE task folder.
 
@@ -178,14 +191,12 @@ def load_glue_folder(path: str | os.PathLike, task: str | None = None) -> dict[s
             f"{' and '.join(s + '.tsv' for s in SPLITS)} (e.g. ../shared/data/glue/SST-2)."
         )
     if task is None:
-        name = os.path.basename(os.path.normpath(os.path.abspath(folder)))
-        try:
-            task = normalize_task(name)
-        except ValueError:
+        task = task_of_folder(folder)
+        if task is None:
             raise ValueError(
-                f"Cannot infer the GLUE task from the folder name {name!r} of {folder!r}: supported tasks are "
-                f"{', '.join(TASKS)}. Pass `task=` explicitly."
-            ) from None
+                f"Cannot infer the GLUE task from the folder name {folder_name(folder)!r} of {folder!r}: supported "
+                f"tasks are {', '.join(TASKS)}. Pass `task=` explicitly."
+            )
     else:
         task = normalize_task(task)
     missing = [s + ".tsv" for s in SPLITS if not os.path.isfile(os.path.join(folder, s + ".tsv"))]

@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .glue import SPLITS, TASKS, glue_metric, load_glue_folder, normalize_task, tokenize_glue
+from .glue import SPLITS, TASKS, folder_name, glue_metric, load_glue_folder, normalize_task, tokenize_glue
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def infer_task(source: str, task: str | None) -> str:
     """The canonical GLUE task of `task`, or of a folder name / Hub dataset name (`nyu-mll/glue:sst2` -> SST-2)."""
     if task:
         return normalize_task(task)
-    name = os.path.basename(os.path.abspath(source)) if os.path.isdir(source) else source.replace(":", "/")
+    name = folder_name(source) if os.path.isdir(source) else source.replace(":", "/")
     for part in reversed(name.split("/")):
         try:
             return normalize_task(part)
