@@ -63,15 +63,13 @@ class SAMCalibrationCallback(TrainerCallback):
     ) -> None:
         if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
             raise ValueError(f"`num_batches` must be a positive int, got {num_batches!r}.")
-        ok = isinstance(max_grad_norm, (int, float)) and not isinstance(max_grad_norm, bool) and max_grad_norm > 0
-        if max_grad_norm is not None and not ok:  # as `calibrate_sam` checks it (inf: never clip)
-            raise ValueError(f"`max_grad_norm` must be a positive number or None, got {max_grad_norm!r}.")
+        from peft_designspace.samtuning.calibration import check_calibration_options
+
+        check_calibration_options(max_grad_norm, loss_fn)
         if dataloader is not None and not isinstance(dataloader, Iterable):
             raise TypeError(
                 f"`dataloader` must be an iterable of batches (e.g. a DataLoader) or None, got {dataloader!r}."
             )
-        if loss_fn is not None and not callable(loss_fn):
-            raise TypeError(f"`loss_fn` must be a callable (model, batch) -> loss tensor, or None; got {loss_fn!r}.")
         self.num_batches = num_batches
         self.dataloader = dataloader
         self.max_grad_norm = max_grad_norm

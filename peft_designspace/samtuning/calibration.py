@@ -143,12 +143,7 @@ def calibrate_sam(
             f"The SAM adapter {name!r} already has a selection (calibrated or loaded); pass `force=True` to choose "
             "again (its trained values are reset to zero)."
         )
-    if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(f"`loss_fn` must be a callable (model, batch) -> loss tensor, or None; got {loss_fn!r}.")
-    if max_grad_norm is not None and (
-        isinstance(max_grad_norm, bool) or not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0)
-    ):
-        raise ValueError(f"`max_grad_norm` must be a positive number or None, got {max_grad_norm!r}.")
+    check_calibration_options(max_grad_norm, loss_fn)
     needs_data = config.score in DATA_SCORES
     if needs_data and data is None:
         raise ValueError(f"`score={config.score!r}` needs calibration data: pass batches as `data`.")
@@ -240,6 +235,19 @@ def _hutchinson_step(loss, leaves, stats, config, generator) -> None:
         for (key, _), z, hvp in zip(used, zs, hvps):
             if hvp is not None:
                 stats[key].curv.addcmul_(z, hvp.detach())
+
+
+def check_calibration_options(max_grad_norm: float | None, loss_fn: Callable | None) -> None:
+    """Raise unless `max_grad_norm` is a positive number (inf: never clip) or None, and `loss_fn` a callable or None.
+
+    Shared by `calibrate_sam` and `trainer_ext.SAMCalibrationCallback`, which checks them when it is built.
+    """
+    if max_grad_norm is not None and (
+        isinstance(max_grad_norm, bool) or not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0)
+    ):
+        raise ValueError(f"`max_grad_norm` must be a positive number or None, got {max_grad_norm!r}.")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"`loss_fn` must be a callable (model, batch) -> loss tensor, or None; got {loss_fn!r}.")
 
 
 def _batch_loss(model, batch: dict, loss_fn) -> torch.Tensor:

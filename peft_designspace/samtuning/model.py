@@ -202,11 +202,7 @@ class SAMTuningModel(WrapperTunerMixin, BaseTuner):
     # selections ---------------------------------------------------------------------------------------------------
     def sam_layers(self, adapter_name: str) -> list[tuple[str, SAMTuningLayer]]:
         """`(module path, layer)` of every layer holding `adapter_name`, in module order."""
-        return [
-            (path, m)
-            for path, m in self.model.named_modules()
-            if isinstance(m, SAMTuningLayer) and adapter_name in m.samtuning_weight_values
-        ]
+        return sam_layers_of(self.model, adapter_name)
 
     def selection(self, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
         """`"<module path>.<part>"` -> sorted int64 flat indices of the selected entries of one adapter."""
@@ -298,10 +294,18 @@ def has_selection(model: nn.Module, adapter_name: str = "default") -> bool:
     False
     ```
     """
-    layers = [
-        m for m in model.modules() if isinstance(m, SAMTuningLayer) and adapter_name in m.samtuning_weight_values
-    ]
+    layers = [layer for _, layer in sam_layers_of(model, adapter_name)]
     return bool(layers) and not any(layer.holds_placeholder(adapter_name) for layer in layers)
+
+
+def sam_layers_of(model: nn.Module, adapter_name: str) -> list[tuple[str, SAMTuningLayer]]:
+    """`(module path, layer)` of every SAM layer of `model` (a PeftModel or a model with an injected adapter) that
+    holds `adapter_name`, in module order."""
+    return [
+        (path, m)
+        for path, m in model.named_modules()
+        if isinstance(m, SAMTuningLayer) and adapter_name in m.samtuning_weight_values
+    ]
 
 
 def _match_index_layout(modules: dict, config: SAMTuningConfig, adapter_name: str, state_dict: dict) -> None:
