@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from peft_designspace._io import atomic_path
 
 from .loading import CONFIG_NAME, WEIGHTS_NAME
 
@@ -185,19 +186,8 @@ def plot_heatmap(structure: Structure, path: str | os.PathLike) -> Path:
         fig.tight_layout()
         # the format named explicitly: from the suffix of `path` (matplotlib's default without one), not of the copy
         image_format = path.suffix[1:].lower() or plt.rcParams["savefig.format"]
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        try:
-            os.close(fd)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # the usual permissions, not mkstemp's private ones
+        with atomic_path(path, make_parents=False) as tmp:
             fig.savefig(tmp, format=image_format)
-            with open(tmp, "rb") as written:
-                os.fsync(written.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
     finally:
         plt.close(fig)
     return path

@@ -3,9 +3,11 @@
 A reader never sees a half-written file, and an interrupted write leaves the previous file untouched.
 """
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,49 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, make_parents: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; when the block ends without error, the file there replaces `path`.
+
+    The block writes the whole file at the yielded path (by any means: `open`, `torch.save`, `fig.savefig`). It is
+    flushed to disk and gets the usual permissions (`0o666` less the umask), not the private ones `mkstemp` creates,
+    then renamed into place. If the block raises (or is interrupted), the temporary file is removed and a previous
+    file at `path` is left untouched.
+
+    Args:
+        path (`str` or `os.PathLike`): the file to write.
+        make_parents (`bool`, *optional*, defaults to `True`): create missing folders above `path`; with `False` a
+            missing folder raises `FileNotFoundError`.
+
+    Example:
+
+    ```py
+    >>> from peft_designspace._io import atomic_path
+    >>> with atomic_path("/tmp/numbers.txt") as tmp:
+    ...     _ = tmp.write_text("1 2 3\\n")
+    >>> open("/tmp/numbers.txt").read()
+    '1 2 3\\n'
+    ```
+    """
+    path = Path(path).expanduser().absolute()
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
+    try:
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        yield tmp
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write `text` (UTF-8) to `path` through a temporary file in the same folder, then rename it into place.
-
-    The file gets the usual permissions (`0o666` less the umask), not the private ones `mkstemp` creates.
 
     Example:
 
@@ -28,18 +69,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     ```
     """
     path = Path(path).expanduser().absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:  # closes the descriptor whatever fails below
-            os.chmod(tmp, 0o666 & ~_UMASK)
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 

@@ -32,6 +32,7 @@ from torch.utils.data import Subset
 from transformers import Trainer
 
 from peft_designspace._config import _check_type, _fail
+from peft_designspace._io import atomic_path
 
 from .s3pet_gradients import (
     adam_virtual_step,
@@ -249,9 +250,8 @@ class S3PETSearchTrainer(Trainer):
         super()._save_optimizer_and_scheduler(output_dir)
         if self.arch_optimizer is not None and self.args.should_save:
             state = {"optimizer": self.arch_optimizer.state_dict(), "scheduler": self.arch_scheduler.state_dict()}
-            tmp = os.path.join(output_dir, f".{ARCH_FILE}.tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, os.path.join(output_dir, ARCH_FILE))
+            with atomic_path(os.path.join(output_dir, ARCH_FILE)) as tmp:
+                torch.save(state, tmp)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)

@@ -5,6 +5,7 @@ import os
 import re
 from pathlib import Path
 
+from .._io import atomic_path
 from .space import TYPES, candidate_key
 
 
@@ -149,16 +150,13 @@ def plot_trajectory(
 
 
 def _save(fig, path: str | os.PathLike, dpi: int) -> Path:
-    """Write `fig` as a PNG at `path` through a temporary file, then rename it (no half-written file); close it."""
+    """Write `fig` as a PNG at `path` atomically (`_io.atomic_path`: no half-written file), then close it."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=dpi)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
     finally:
         plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
