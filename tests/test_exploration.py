@@ -219,6 +219,29 @@ def test_stage_of_an_untuned_group_is_skipped(model, tmp_path):
     )
     assert result.stages[0].best == "lora"
     assert "not tuned" in result.stages[1].notes[0]
+    # the outcome shows no strategies for the groups the design does not tune (they change nothing)
+    assert result.best_design["group_strategies"] == [["lora"], None, None, None]
+    assert json.load(open(tmp_path / "best_design.json"))["design"] == result.best_design
+    reloaded = DesignSpaceConfig.from_pretrained(str(tmp_path / "best_config"))
+    assert (reloaded.tunable_groups, reloaded.group_strategies[0]) == ([0], ["lora"])
+
+
+def test_a_strategy_stage_before_the_tunable_groups_stage_samples_designs_that_tune_the_group(model, tmp_path):
+    space = small_space(tunable_groups=[[0], [1], [0, 1]], group_strategies=[[["adapter"], ["lora"]]] * 4)
+    seen = []
+
+    def error(design):
+        seen.append(design)
+        return 0.1 if design["group_strategies"][0] == ["lora"] else 0.2
+
+    kwargs = {"space": space, "num_samples": 4, "evaluator": error, "model": model, "progress": False}
+    settings = ExploreSettings(data_dir="unused", budget=BUDGET)
+    result = run_exploration(settings, str(tmp_path), stages=[Stage("group_strategies", 0)], **kwargs)
+    assert len(seen) >= 4 and all(0 in d["tunable_groups"] for d in seen)
+    assert result.stages[0].best == "lora"
+    # the refined space keeps every tunable set for a later tunable-groups stage
+    assert result.final_space.group_strategies[0] == [["lora"]]
+    assert result.final_space.tunable_groups == [[0], [1], [0, 1]]
 
 
 # real training: two designs, interrupted and resumed -----------------------------------------------------------------

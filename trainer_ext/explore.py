@@ -34,7 +34,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from peft_designspace.designspace.budget import InfeasibleBudgetError
@@ -43,6 +43,7 @@ from peft_designspace.designspace.space import (
     DesignSampler,
     DesignSpace,
     _label,
+    canonical_design,
     design_config,
     tunable_label,
 )
@@ -195,9 +196,12 @@ def run_exploration(
             outcomes.append(_skipped(stage, f"Only one candidate ({label}); kept without sampling.", values[0]))
             continue
         samples, notes = {}, []
+        # a group's strategies are compared on designs that tune the group (also when a custom order puts the stage
+        # before the tunable-groups stage); the refined space keeps its other tunable sets
+        stage_space = space if stage.group is None else _tuning(space, stage.group)
         for value in values:
             label = _value_label(stage, value)
-            constrained = space.constrain(stage.component, value, stage.group)
+            constrained = stage_space.constrain(stage.component, value, stage.group)
             try:
                 samples[label] = (
                     value,
@@ -251,14 +255,28 @@ def run_exploration(
     )
 
 
+def _tuning(space: DesignSpace, group: int) -> DesignSpace:
+    """`space` with only the tunable-group sets that include `group`."""
+    return replace(space, tunable_groups=[t for t in space.tunable_groups if group in t])
+
+
 def _skipped(stage: Stage, note: str, value: Any = None) -> StageOutcome:
     label = _value_label(stage, value) if value is not None else "-"
     return StageOutcome(stage.name, stage.title, {}, {}, label, value, None, [note])
 
 
+def _shown(result: dict) -> dict:
+    """A stored result with its design in canonical form: the strategies of groups it does not tune are `None`.
+
+    The sampler draws strategies for every group, but those of untuned groups change nothing (result keys ignore
+    them too), so `best_design.json` and `ExplorationResult.best_design` do not show them.
+    """
+    return {**result, "design": canonical_design(result["design"])}
+
+
 def _finish_partial(settings, start_space, space, outcomes, all_results, report_path, stopped):
     in_space = [r for r in all_results.values() if _in_space(r["design"], space)]
-    best = min(in_space, key=lambda r: (r["error"], r["key"])) if in_space else None
+    best = _shown(min(in_space, key=lambda r: (r["error"], r["key"]))) if in_space else None
     result = ExplorationResult(
         outcomes,
         space,
@@ -292,7 +310,7 @@ def _finish(settings, output_dir, start_space, space, outcomes, all_results, eva
         evaluated += sum(not r["cached"] for r in results.values())
         all_results.update(results)
         in_space = list(results.values())
-    best = min(in_space, key=lambda r: (r["error"], r["key"]))
+    best = _shown(min(in_space, key=lambda r: (r["error"], r["key"])))
     config = design_config(best["design"], settings.budget, task_type="SEQ_CLS", **settings.config_kwargs)
     os.makedirs(output_dir, exist_ok=True)
     config.save_pretrained(os.path.join(output_dir, "best_config"))
