@@ -1,10 +1,12 @@
 """What the pack's wrappers of linear-like layers share: LoRA and bias deltas merged into the base layer."""
 
+import contextlib
 import sys
 import warnings
+from collections.abc import Iterator
 
 import torch
-from peft.tuners.tuners_utils import check_adapters_to_merge
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from peft.utils.quantization_utils import resolve_quantization_backend
 from torch import nn
 
@@ -76,6 +78,44 @@ def _unpack_before_training_forward(module: nn.Module, args: tuple) -> None:
 
 def _unpack_before_saving(module: nn.Module, prefix: str, keep_vars: bool) -> None:
     unpack_for_cpu(module.weight)
+
+
+@contextlib.contextmanager
+def keeping_requires_grad(module: nn.Module, adapter_name: str) -> Iterator[None]:
+    """Restore the `requires_grad` flags of `adapter_name`'s tensors held directly in `nn.ParameterDict`s of `module`.
+
+    PEFT's `cast_adapter_dtype` and `_move_adapter_to_device_of_base_layer` write a cast or moved copy back into the
+    dict, which wraps it in a new `nn.Parameter` with `requires_grad=True`: a frozen adapter (inference mode, an
+    inactive adapter) would come out trainable on a half-precision base or after a `low_cpu_mem_usage` load. Tensors
+    inside submodules (LoRA, adapters) are not affected: PEFT rebuilds those with their own flag.
+
+    Example:
+
+    ```py
+    >>> holder = nn.ParameterDict({"a": nn.Parameter(torch.zeros(2), requires_grad=False)})
+    >>> with keeping_requires_grad(holder, "a"):
+    ...     holder["a"] = holder["a"].to(torch.float64)
+    >>> holder["a"].requires_grad
+    False
+    ```
+    """
+    dicts = [d for d in module.modules() if isinstance(d, nn.ParameterDict) and adapter_name in d]
+    flags = [d[adapter_name].requires_grad for d in dicts]
+    yield
+    for holder, flag in zip(dicts, flags):
+        if adapter_name in holder:
+            holder[adapter_name].requires_grad_(flag)
+
+
+class PackTunerLayer(BaseTunerLayer):
+    """Common base of the pack's tuner layers: what PEFT's helpers expect of a tuner layer besides `BaseTunerLayer`."""
+
+    # read, and set per instance, by `peft.helpers.disable_input_dtype_casting` (honoured by `_cast_input_dtype`)
+    cast_input_dtype_enabled = True
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
+        with keeping_requires_grad(self, adapter_name):
+            super()._move_adapter_to_device_of_base_layer(adapter_name, device)
 
 
 def check_finite_deltas(parts: dict[str, dict[str, torch.Tensor | None]]) -> None:

@@ -6,7 +6,7 @@ import warnings
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from ._layers import check_finite_deltas, guard_cpu_packing, on_meta
+from ._layers import check_finite_deltas, guard_cpu_packing, keeping_requires_grad, on_meta
 from ._warnings import DesignSpaceWarning
 
 
@@ -45,6 +45,11 @@ class WrapperTunerMixin:
                     # them when it loads the adapter's weights (`assign=True`)
                     if name.startswith(self.prefix) and not on_meta(module):
                         module.to(weight.device)
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        # PEFT re-wraps the cast tensors of parameter dicts as trainable parameters; frozen ones stay frozen
+        with keeping_requires_grad(self.model, adapter_name):
+            super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype)
 
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:

@@ -15,14 +15,14 @@ layer without a bias (merging one would create a bias the model's config does no
 """
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 
-from .._layers import LinearDeltaMixin, check_finite_deltas, on_meta
+from .._layers import LinearDeltaMixin, PackTunerLayer, check_finite_deltas, on_meta
 from ..modules import Bottleneck, LowRank, PrefixKV
 
 
-class DesignSpaceLayer(BaseTunerLayer):
+class DesignSpaceLayer(PackTunerLayer):
     """Common base of the method's tuner layers (used by PEFT to find them)."""
 
     adapter_layer_names: tuple[str, ...] = ()

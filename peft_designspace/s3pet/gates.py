@@ -96,14 +96,20 @@ def keep_probabilities(
         ValueError: for a `beta` that is not a finite positive number, or a budget outside `(0, Σ sizes)`.
     """
     b, residual = solve_shift(alpha, sizes, budget, beta)
-    # α − b in float64: with large |α| a float32 difference would miss the budget the solve met (2.5e-4 at α ≈ 1e4)
-    p = torch.sigmoid((alpha.double() - b) / beta).to(alpha.dtype).clamp(EPS, 1 - EPS)
+    # α − b in float64: with large |α| a float32 difference would miss the budget the solve met (2.5e-4 at α ≈ 1e4).
+    # p is at least float32 (also for an α cast to bfloat16 or float16 with the model): in half precision the clamp's
+    # 1 − 1e-7 rounds to 1, and the gates' log(1 − p) becomes infinite for any confident candidate
+    p = torch.sigmoid((alpha.double() - b) / beta).to(torch.promote_types(alpha.dtype, torch.float32))
+    p = p.clamp(EPS, 1 - EPS)
     p = p / p.sum() * p.sum().detach()
     return p, b, residual
 
 
 def sample_gates(p: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Binary-concrete gates `σ(logit p + logit u)` with `u ~ U(0, 1)` (differentiable in `p`)."""
+    """Binary-concrete gates `σ(logit p + logit u)` with `u ~ U(0, 1)` (differentiable in `p`), in `p`'s dtype.
+
+    `p` should be float32 or wider, as `keep_probabilities` returns it: in half precision `1 − 1e-7` is 1.
+    """
     u = torch.rand(p.shape, generator=generator, dtype=torch.float64).clamp(EPS, 1 - EPS).to(p.device, p.dtype)
     logit_p = torch.log(p) - torch.log1p(-p)
     return torch.sigmoid(logit_p + torch.log(u) - torch.log1p(-u))

@@ -22,17 +22,17 @@ agree with the plain formulas to rounding (`tests/test_s3pet_numerics.py`).
 
 import torch
 import torch.nn.functional as F
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 from torch.func import functional_call
 
-from .._layers import LinearDeltaMixin, check_finite_deltas
+from .._layers import LinearDeltaMixin, PackTunerLayer, check_finite_deltas
 from ..modules import LowRank, LowRankAdapter
 from .fused import FrozenLinearWithDeltas
 from .space import TYPES
 
 
-class S3PETLayer(BaseTunerLayer):
+class S3PETLayer(PackTunerLayer):
     """Common base of the S3PET layers: gates and the order of the parts of each adapter."""
 
     adapter_layer_names: tuple[str, ...] = ()

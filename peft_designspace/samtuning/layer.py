@@ -16,12 +16,12 @@ import warnings
 
 import torch
 from peft.tuners._buffer_dict import BufferDict
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.tuners.tuners_utils import check_adapters_to_merge
 from peft.utils.quantization_utils import resolve_quantization_backend
 from torch import nn
 from torch.func import functional_call
 
-from .._layers import base_weight, check_finite_deltas
+from .._layers import PackTunerLayer, base_weight, check_finite_deltas
 from ..architecture import is_linear, is_norm, linear_features
 from .ops import (
     GradProbe,
@@ -46,7 +46,7 @@ def module_kind(module: nn.Module) -> str | None:
     return None
 
 
-class SAMTuningLayer(nn.Module, BaseTunerLayer):
+class SAMTuningLayer(nn.Module, PackTunerLayer):
     """Wraps a linear-like, embedding or norm module with one sparse delta per adapter on its weight (and bias).
 
     Args:
