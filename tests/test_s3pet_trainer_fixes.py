@@ -42,6 +42,7 @@ _TRAINER = {
     "arch_max_grad_norm",
     "second_order",
     "structure_strategy",
+    "compute_metrics",
 }
 
 
@@ -61,6 +62,7 @@ def test_best_checkpoint_alpha_is_read_from_a_named_adapters_subfolder(tmp_path)
         greater_is_better=False,
     )
     trainer.train()
+    trainer._best = None  # as after a resume from a checkpoint of an earlier version: the checkpoint's α is read
     best = trainer.state.best_model_checkpoint
     assert best is not None and (tmp_path / "checkpoint-2" / "search" / "adapter_model.safetensors").is_file()
     saved = _live_alphas(trainer)  # the best checkpoint is the last step's
@@ -83,6 +85,60 @@ def test_a_missing_best_checkpoint_file_warns_and_falls_back_to_the_live_alpha(t
         structure = trainer.derive_structure(save=False)
     assert structure["from_checkpoint"] is None
     assert structure["modules"] == trainer._tuner().derive_structure(strategy="greedy")["modules"]
+
+
+# 1b. the best evaluation's α whatever the saving schedule (a review of the T5 journey, 2026-11-25) ------------------
+class _ScriptedMetric:
+    """`compute_metrics` returning `score` values in turn; `alphas` records α at each evaluation, by step."""
+
+    def __init__(self, scores: list[float]):
+        self.scores, self.trainer, self.alphas = list(scores), None, {}
+
+    def __call__(self, _prediction) -> dict:
+        self.alphas[self.trainer.state.global_step] = [a.detach().clone() for a in self.trainer._alphas()]
+        return {"score": self.scores.pop(0)}
+
+
+def _scripted_trainer(tmp_path, scores, **kwargs):
+    metric = _ScriptedMetric(scores)
+    options = {"eval_strategy": "steps", "eval_steps": 2, "metric_for_best_model": "score", **kwargs}
+    metric.trainer = _trainer(tmp_path, compute_metrics=metric, **options)
+    return metric.trainer, metric
+
+
+@pytest.mark.parametrize(
+    ("save_steps", "scores", "best"), [(4, [0.1, 0.5, 0.9, 0.2], 6), (3, [0.1, 0.9, 0.5, 0.2], 4)]
+)
+def test_structure_comes_from_the_best_evaluation_when_its_step_was_not_saved(tmp_path, save_steps, scores, best):
+    # evaluations at steps 2, 4, 6, 8; the best at a step that `save_steps` does not save: Trainer's best checkpoint
+    # then names an older checkpoint (checkpoint-4, 0.5) or none at all
+    trainer, metric = _scripted_trainer(tmp_path, scores, max_steps=8, save_steps=save_steps)
+    trainer.train()
+    structure = trainer.derive_structure(save=False)
+    assert (structure["from_step"], structure["from_checkpoint"]) == (best, None)
+    for got, want in zip(trainer._best_alphas(), metric.alphas[best]):
+        torch.testing.assert_close(got, want.float())
+    expected = trainer._tuner().derive_structure(strategy="greedy", alpha=metric.alphas[best])
+    assert structure["modules"] == expected["modules"]
+
+
+def test_a_resumed_search_keeps_the_best_evaluation_of_the_run_it_resumes(tmp_path):
+    trainer, metric = _scripted_trainer(tmp_path, [0.1, 0.5, 0.9, 0.2], max_steps=8, save_steps=4)
+    trainer.train()
+    resumed, _ = _scripted_trainer(tmp_path, [0.3], max_steps=10, save_steps=4)  # step 10 does not beat 0.9
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-8"))
+    structure = resumed.derive_structure(save=False)
+    assert structure["from_step"] == 6
+    for got, want in zip(resumed._best_alphas(), metric.alphas[6]):
+        torch.testing.assert_close(got, want.float())
+
+
+def test_a_best_evaluation_at_a_saved_step_names_its_checkpoint(tmp_path):
+    trainer, _ = _scripted_trainer(tmp_path, [0.1, 0.9, 0.2], max_steps=6, save_steps=2)
+    trainer.train()
+    structure = trainer.derive_structure(save=False)
+    assert structure["from_step"] == 4
+    assert structure["from_checkpoint"] == trainer.state.best_model_checkpoint == str(tmp_path / "checkpoint-4")
 
 
 # 2. constructor validation ---------------------------------------------------------------------------------------

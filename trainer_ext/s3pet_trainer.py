@@ -193,6 +193,8 @@ class S3PETSearchTrainer(Trainer):
         self.p_history: list[tuple[int, torch.Tensor]] = []  # (step, keep probabilities) after each α step
         self._logged_upto = 0  # `search_log` entries already summarised in Trainer's logs
         self._logged_structure: set[str] | None = None
+        # α at the evaluation with the best `metric_for_best_model` of this run: {"step": int, "alpha": [tensors]}
+        self._best: dict | None = None
 
     # model access -------------------------------------------------------------------------------------------------
     def _tuner(self):
@@ -249,7 +251,11 @@ class S3PETSearchTrainer(Trainer):
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
         if self.arch_optimizer is not None and self.args.should_save:
-            state = {"optimizer": self.arch_optimizer.state_dict(), "scheduler": self.arch_scheduler.state_dict()}
+            state = {
+                "optimizer": self.arch_optimizer.state_dict(),
+                "scheduler": self.arch_scheduler.state_dict(),
+                "best": self._best,  # a resumed run derives its structure from the same best evaluation
+            }
             with atomic_path(os.path.join(output_dir, ARCH_FILE)) as tmp:
                 torch.save(state, tmp)
 
@@ -267,6 +273,7 @@ class S3PETSearchTrainer(Trainer):
         state = torch.load(path, map_location="cpu", weights_only=True)
         self.arch_optimizer.load_state_dict(state["optimizer"])
         self.arch_scheduler.load_state_dict(state["scheduler"])
+        self._best = state.get("best")  # absent in checkpoints of earlier versions: then the best checkpoint's α
 
     # the bi-level step ----------------------------------------------------------------------------------------------
     def _search_batches(self):
@@ -396,7 +403,20 @@ class S3PETSearchTrainer(Trainer):
         self.arch_scheduler = None
         self._search_iter = None
         self._arch_done_for_step = -1
+        self._best = None  # a new run has its own best evaluation (a resumed one reads it from its checkpoint)
         return super().train(*args, **kwargs)
+
+    def _determine_best_metric(self, metrics: dict[str, float], trial: Any) -> bool:
+        # α is kept at every evaluation that improves `metric_for_best_model`, as the paper saves the search at each
+        # one: the structure then comes from the best evaluation whatever the saving schedule (with `save_steps` not a
+        # multiple of `eval_steps`, Trainer's `best_model_checkpoint` can name an older checkpoint, or none)
+        new_best = super()._determine_best_metric(metrics=metrics, trial=trial)
+        if new_best:
+            self._best = {
+                "step": self.state.global_step,
+                "alpha": [a.detach().float().cpu().clone() for a in self._alphas()],
+            }
+        return new_best
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self._arch_done_for_step != self.state.global_step:  # once per optimizer step, not per micro-batch
@@ -450,11 +470,15 @@ class S3PETSearchTrainer(Trainer):
 
     # result ---------------------------------------------------------------------------------------------------------
     def _best_alphas(self) -> list[torch.Tensor] | None:
-        """α as saved in the best checkpoint, or `None` without one (then the live α is used).
+        """α at the best evaluation of the run, else as saved in the best checkpoint, else `None` (the live α).
 
-        PEFT saves the adapter named `"default"` at the top of the checkpoint and any other one in a subfolder named
-        after it. A checkpoint without that file, or without α in it, is reported with a warning.
+        The best checkpoint is read only when the run kept no α of its own (a trainer that did not run the search,
+        or one resumed from a checkpoint of an earlier version). PEFT saves the adapter named `"default"` at the top
+        of the checkpoint and any other one in a subfolder named after it. A checkpoint without that file, or without
+        α in it, is reported with a warning.
         """
+        if self._best is not None:
+            return self._best["alpha"]
         checkpoint = self.state.best_model_checkpoint
         if not checkpoint:
             return None
@@ -484,8 +508,24 @@ class S3PETSearchTrainer(Trainer):
             found.append(weights[key])
         return found
 
+    def _source_of(self, alphas: list[torch.Tensor] | None) -> tuple[int | None, str | None]:
+        """`(step, checkpoint)` the α of `_best_alphas` belongs to: the checkpoint only when one holds that step."""
+        if alphas is None:
+            return None, None
+        checkpoint = self.state.best_model_checkpoint
+        saved_step = _checkpoint_step(checkpoint)
+        if self._best is None:
+            return saved_step, checkpoint
+        step = self._best["step"]
+        return step, checkpoint if saved_step == step else None
+
     def derive_structure(self, strategy: str | None = None, from_best: bool = True, save: bool = True) -> dict:
-        """Discretise the search: α from the best checkpoint (by `metric_for_best_model`) when there is one.
+        """Discretise the search: α from the best evaluation (by `metric_for_best_model`) when there is one.
+
+        The structure records where its α comes from: `from_step`, the optimizer step of the best evaluation (`None`
+        for the final, live α), and `from_checkpoint`, the checkpoint folder saved at that step (`None` when that
+        step was not saved: α is kept in memory at every evaluation that improves the metric, and in the checkpoints
+        written after it, so the saving schedule does not matter).
 
         The structure is also written to `args.output_dir/s3pet_structure.json`, with a heatmap
         (`s3pet_structure.png`) of the kept modules and of every candidate's keep probability, and a heatmap of every
@@ -497,7 +537,7 @@ class S3PETSearchTrainer(Trainer):
         tuner = self._tuner()
         alphas = self._best_alphas() if from_best else None
         structure = tuner.derive_structure(strategy=strategy or self.structure_strategy, alpha=alphas)
-        structure["from_checkpoint"] = self.state.best_model_checkpoint if alphas is not None else None
+        structure["from_step"], structure["from_checkpoint"] = self._source_of(alphas)
         if save and self.args.should_save:
             from peft_designspace.s3pet import save_structure
             from peft_designspace.s3pet.plot import plot_structure, plot_trajectory
@@ -600,3 +640,10 @@ def _leave_alpha_out_of_ddp(model: torch.nn.Module) -> None:
     torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
         model, [n for n, p in model.named_parameters() if id(p) in alpha_ids]
     )
+
+
+def _checkpoint_step(folder: str | None) -> int | None:
+    """The step of a `checkpoint-<step>` folder (`None` for no folder or another name)."""
+    name = os.path.basename(os.path.normpath(folder)) if folder else ""
+    prefix, _, step = name.rpartition("-")
+    return int(step) if prefix == "checkpoint" and step.isdigit() else None

@@ -212,11 +212,11 @@ def run(args: argparse.Namespace, out_dir: str) -> int:
     search_seconds = time.perf_counter() - search_start
     structure = trainer.derive_structure()
     logger.info(
-        "Structure: %d modules, %d of %d parameters (from %s)",
+        "Structure: %d modules, %d of %d parameters (α of %s)",
         len(structure["modules"]),
         structure["total"],
         structure["budget"],
-        structure["from_checkpoint"],
+        f"the evaluation at step {structure['from_step']}" if structure["from_step"] is not None else "the last step",
     )
 
     results = {
