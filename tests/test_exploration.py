@@ -15,6 +15,7 @@ from peft_designspace.designspace.refine import Stage, edf, edf_curve, paper_sta
 from peft_designspace.designspace.space import DesignSampler, DesignSpace, design_config, design_key
 from tests.tiny_models import make_model
 from trainer_ext.explore import ExploreSettings, evaluate_designs, explore_main, run_exploration
+from trainer_ext.explore_eval import evaluate_design, result_key
 
 BUDGET = 0.05  # of a tiny 8-layer BERT (hidden 32): about 3.8k parameters
 
@@ -349,6 +350,33 @@ def test_a_space_with_nothing_to_sample_scores_its_one_design_the_given_way(mode
     assert result.stopped_at is None and result.best_error == 0.25 and result.evaluated == 1
     again = run_exploration(settings, str(tmp_path / "a"), evaluate=False, evaluator=lambda d: 0.25, **options)
     assert again.stopped_at is None and again.best_design == result.best_design and again.evaluated == 0
+
+
+def test_device_setting_reaches_the_trainer_and_keys_results_apart(tiny_backbone, tmp_path, monkeypatch):
+    """Exploration trained on the CPU whatever the machine had (a review of scaling, 2026-11-25)."""
+    import transformers
+
+    model_dir, data_dir = tiny_backbone
+    common = {"data_dir": data_dir, "model_name_or_path": model_dir, "budget": 300, "train_samples": 16}
+    common |= {"validation_samples": 8, "max_steps": 1, "batch_size": 8, "max_length": 16}
+    seen = []
+
+    class Recording(transformers.TrainingArguments):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs["use_cpu"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(transformers, "TrainingArguments", Recording)
+    design = DesignSampler(make_model("bert", "SEQ_CLS", hidden=16, layers=4), 300).sample(DesignSpace(), 2, seed=0)[0]
+    auto, cpu = ExploreSettings(**common, device="auto"), ExploreSettings(**common)
+    result = evaluate_design(design, auto, str(tmp_path))
+    assert seen == [False] and result["settings"]["device"] == "auto"
+    assert "device" not in cpu.fingerprint()  # keys of CPU results are those stored before the setting existed
+    assert result_key(design, auto) != result_key(design, cpu)
+    with pytest.raises(ValueError, match=r"`device` must be one of \['cpu', 'auto'\], got 'gpu'"):
+        ExploreSettings(**common, device="gpu")
+    with pytest.raises(SystemExit):
+        explore_main(["--data_dir", data_dir, "--output_dir", str(tmp_path / "x"), "--device", "gpu", "-q"])
 
 
 @pytest.mark.parametrize(

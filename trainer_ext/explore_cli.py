@@ -35,6 +35,12 @@ def add_explore_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--batch_size", type=int, default=16, help="Training batch size.")
     parser.add_argument("--learning_rate", type=float, default=1e-3, help="Peak learning rate.")
     parser.add_argument("--max_length", type=int, default=64, help="Truncation length in tokens.")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "auto"),
+        default="cpu",
+        help="Where designs train: cpu (reproducible) or auto (an accelerator when there is one).",
+    )
     parser.add_argument("--space", default=None, help="JSON file with a DesignSpace dict (the starting space).")
     parser.add_argument("--groupings", default=None, help="Comma list of grouping patterns allowed.")
     parser.add_argument("--allocations", default=None, help="Comma list of allocations allowed.")
@@ -169,6 +175,7 @@ def run_explore(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         max_length=args.max_length,
+        device=args.device,
     )
     from .explore import run_exploration  # the façade imports this module
 

