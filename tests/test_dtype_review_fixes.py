@@ -9,6 +9,8 @@ PEFT's LoRA on the same tiny model:
   `1 - 1e-7` is 1: a confident candidate made α's gradient NaN, and the trainer skipped every α step.
 """
 
+import copy
+
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
@@ -102,3 +104,48 @@ def test_s3pet_search_cast_to_half_precision_keeps_alpha_gradients_finite(dtype)
     model(**make_inputs("bert", "SEQ_CLS")).loss.backward()
     grad = torch.cat([a.grad.float().reshape(-1) for a in alphas])
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+# merging into half-precision weights ---------------------------------------------------------------------------------
+def _merge_configs():
+    structure = searched_structure("llama", "CAUSAL_LM", space="l")
+    return {
+        "designspace": DesignSpaceConfig(task_type="CAUSAL_LM", preset="lora", budget=0.05, init_weights=False),
+        "samtuning": SAMTuningConfig(task_type="CAUSAL_LM", budget=0.05, init_weights=False),
+        "s3pet-apply": S3PETConfig(task_type="CAUSAL_LM", structure=structure, init_weights=False),
+    }
+
+
+def _base_weights(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+
+
+@pytest.mark.parametrize("method", ["designspace", "samtuning", "s3pet-apply"])
+def test_safe_merge_refuses_a_delta_that_overflows_a_float16_weight(method):
+    model = get_peft_model(make_model("llama").to(torch.float16), _merge_configs()[method])
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad and "layers.0." in n}
+    with torch.no_grad():  # one finite float32 delta entry far above float16's largest value (65504)
+        if method == "samtuning":
+            next(iter(trainable.values())).view(-1)[0] = 1e6
+        else:  # LoRA: B A with one large entry of B and A all ones
+            b_name = next(n for n in trainable if n.endswith(".B.weight"))
+            trainable[b_name].view(-1)[0] = 1e6
+            trainable[b_name.replace(".B.weight", ".A.weight")].fill_(1.0)
+    before = _base_weights(model)
+    with pytest.raises(ValueError, match=r"safe_merge: NaNs or infs in the .* part of adapter 'default' \(merged"):
+        model.merge_adapter(safe_merge=True)
+    after = _base_weights(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+@pytest.mark.parametrize("method", ["designspace", "s3pet-apply"])
+def test_merge_into_bfloat16_weights_rounds_once_as_lora_does(method):
+    model = get_peft_model(make_model("llama").to(torch.bfloat16), _merge_configs()[method])
+    exact = copy.deepcopy(model).double()
+    model.merge_adapter()
+    exact.merge_adapter()
+    merged, reference = _base_weights(model), _base_weights(exact)
+    changed = [n for n in merged if not torch.equal(reference[n].to(torch.bfloat16), merged[n]) or "proj" in n]
+    assert changed
+    for name in changed:  # every entry is the correctly rounded bfloat16 of the exact sum
+        assert torch.equal(merged[name], reference[name].to(torch.bfloat16)), name

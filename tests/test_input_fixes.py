@@ -273,12 +273,17 @@ def _run_examples(obj: object, globs: dict) -> None:
 
 
 def _docstring_targets() -> list:
+    from peft_designspace import _io, _layers
     from peft_designspace.designspace import config, model, refine, space
     from peft_designspace.s3pet import model as s3pet_model
     from peft_designspace.s3pet import plot
     from peft_designspace.samtuning import config as sam_config
 
     return [
+        pytest.param(_io.atomic_path, vars(_io), id="io-atomic-path"),
+        pytest.param(_layers.added, vars(_layers), id="layers-added"),
+        pytest.param(_layers.check_finite_deltas, vars(_layers), id="layers-check-finite-deltas"),
+        pytest.param(_layers.keeping_requires_grad, vars(_layers), id="layers-keeping-requires-grad"),
         pytest.param(config.DesignSpaceConfig, {}, id="designspace-config"),
         pytest.param(model.DesignSpaceModel, {}, id="designspace-model"),
         pytest.param(refine, vars(refine), id="designspace-refine"),

@@ -18,7 +18,7 @@ import torch
 from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 
-from .._layers import LinearDeltaMixin, PackTunerLayer, check_finite_deltas, on_meta
+from .._layers import LinearDeltaMixin, PackTunerLayer, added, check_finite_deltas, on_meta
 from ..modules import Bottleneck, LowRank, PrefixKV
 
 
@@ -160,7 +160,7 @@ class Norm(nn.Module, DesignSpaceLayer):
             check_finite_deltas(self._safe_merge_parts(names))
         for name in names:  # every merged adapter is recorded, as in the linear layers (PEFT's model status)
             if self._folds(name):
-                self.base_layer.bias.data += self.designspace_bias[name].detach().to(self.base_layer.bias.dtype)
+                self.base_layer.bias.data = added(self.base_layer.bias.data, self.designspace_bias[name])
             self.merged_adapters.append(name)
 
     def _folds(self, name: str) -> bool:
@@ -168,13 +168,18 @@ class Norm(nn.Module, DesignSpaceLayer):
         return name in self.designspace_bias and getattr(self.base_layer, "bias", None) is not None
 
     def _safe_merge_parts(self, names: list[str]) -> dict[str, dict[str, torch.Tensor | None]]:
-        return {n: {"bias": self.designspace_bias[n].detach()} for n in names if self._folds(n)}
+        parts, merged = {}, getattr(self.base_layer, "bias", None)
+        for name in names:  # merged in turn, as `merge` does
+            if self._folds(name):
+                merged = added(merged.detach(), self.designspace_bias[name])
+                parts[name] = {"bias": merged}
+        return parts
 
     def unmerge(self) -> None:
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             if self._folds(name):
-                self.base_layer.bias.data -= self.designspace_bias[name].detach().to(self.base_layer.bias.dtype)
+                self.base_layer.bias.data = added(self.base_layer.bias.data, self.designspace_bias[name], -1.0)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.disable_adapters and self.merged:

@@ -26,7 +26,7 @@ from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 from torch.func import functional_call
 
-from .._layers import LinearDeltaMixin, PackTunerLayer, check_finite_deltas
+from .._layers import LinearDeltaMixin, PackTunerLayer, added, check_finite_deltas
 from ..modules import LowRank, LowRankAdapter
 from .fused import FrozenLinearWithDeltas
 from .space import TYPES
@@ -246,31 +246,38 @@ class Norm(nn.Module, S3PETLayer):
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         names = check_adapters_to_merge(self, adapter_names)
         self._check_mergeable(names)
-        base = self.get_base_layer()
         if safe_merge:
             check_finite_deltas(self._safe_merge_parts(names))
         for name in names:
-            if name in self.s3pet_lnfit:
-                base.weight.data += self.s3pet_lnfit[name].detach().to(base.weight.dtype).view_as(base.weight)
-            if name in self.s3pet_bias and getattr(base, "bias", None) is not None:
-                base.bias.data += self.s3pet_bias[name].detach().to(base.bias.dtype).view_as(base.bias)
+            self._add_to_base(name, +1.0)
             self.merged_adapters.append(name)
 
+    def _merging(self) -> list[tuple[str, nn.ParameterDict, str]]:
+        """`(part, container, base attribute)` of what a merge adds into the norm (a bias delta only into a bias)."""
+        parts = [("LNFit", self.s3pet_lnfit, "weight")]
+        if getattr(self.get_base_layer(), "bias", None) is not None:
+            parts.append(("bias", self.s3pet_bias, "bias"))
+        return parts
+
+    def _add_to_base(self, name: str, sign: float) -> None:
+        base = self.get_base_layer()
+        for _, container, attribute in self._merging():
+            if name in container:
+                tensor = getattr(base, attribute)
+                tensor.data = added(tensor.data, container[name].view_as(tensor), sign)
+
     def _safe_merge_parts(self, names: list[str]) -> dict[str, dict[str, torch.Tensor | None]]:
-        has_bias = getattr(self.get_base_layer(), "bias", None) is not None  # else the bias delta is not merged
-        return {
-            n: {"LNFit": _detached(self.s3pet_lnfit, n), "bias": _detached(self.s3pet_bias, n) if has_bias else None}
-            for n in names
-        }
+        base, parts = self.get_base_layer(), {n: {} for n in names}
+        for part, container, attribute in self._merging():
+            merged = getattr(base, attribute).data
+            for name in names:  # merged in turn, as `merge` does
+                merged = added(merged, container[name].view_as(merged)) if name in container else merged
+                parts[name][part] = merged if name in container else None
+        return parts
 
     def unmerge(self) -> None:
-        base = self.get_base_layer()
         while self.merged_adapters:
-            name = self.merged_adapters.pop()
-            if name in self.s3pet_lnfit:
-                base.weight.data -= self.s3pet_lnfit[name].detach().to(base.weight.dtype).view_as(base.weight)
-            if name in self.s3pet_bias and getattr(base, "bias", None) is not None:
-                base.bias.data -= self.s3pet_bias[name].detach().to(base.bias.dtype).view_as(base.bias)
+            self._add_to_base(self.merged_adapters.pop(), -1.0)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.disable_adapters and self.merged:
@@ -306,10 +313,6 @@ class Norm(nn.Module, S3PETLayer):
 
     def __repr__(self) -> str:
         return "s3pet." + super().__repr__()
-
-
-def _detached(container: nn.ParameterDict, name: str) -> torch.Tensor | None:
-    return container[name].detach() if name in container else None
 
 
 def _add_product(result: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:

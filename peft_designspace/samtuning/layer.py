@@ -216,7 +216,21 @@ class SAMTuningLayer(nn.Module, PackTunerLayer):
                 self._set_base_tensor(part, tensor)
 
     def _safe_merge_parts(self, names: list[str]) -> dict[str, dict[str, torch.Tensor | None]]:
-        return {n: {part: self._values(part, n) for part in PARTS} for n in names}
+        """The merged entries of every part, in the base's dtype (so an overflow of a float16 weight is caught)."""
+        parts = {n: {} for n in names}
+        for part in PARTS:
+            merged = None  # the entries of the base tensor the adapters touch, merged in turn as `merge` does
+            for name in names:
+                vals = self._values(part, name)
+                if vals is None:
+                    parts[name][part] = None
+                    continue
+                if merged is None:
+                    merged = self._base_tensor(part).reshape(-1).clone()
+                flat = getattr(self, f"samtuning_{part}_indices")[name].long()
+                merged.index_add_(0, flat, vals.to(merged.dtype))
+                parts[name][part] = merged[flat]
+        return parts
 
     def _values(self, part: str, name: str) -> torch.Tensor | None:
         values = getattr(self, f"samtuning_{part}_values")
