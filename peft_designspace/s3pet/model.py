@@ -1,6 +1,8 @@
 """The S3PET tuner: inserts the search space (gated) or a structure (ungated), computes gates, derives structures."""
 
+import contextlib
 import random
+from collections.abc import Iterator
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
@@ -243,12 +245,31 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
         except NonFiniteAlphaError as err:  # checked on the CPU copy the shift solve makes anyway (no extra sync)
             raise diverged_error(plan["candidates"], err.indices, "architecture parameters α") from None
 
+    @contextlib.contextmanager
+    def _enable_peft_forward_hooks(self, *args: object, **kwargs: object) -> Iterator[None]:
+        """Entered by every `PeftModel` around its forward and its `generate()`: one gate draw for the whole call.
+
+        A plain `PeftModel` (no `task_type`) calls the base model's `generate()` directly, where the hooks below
+        fired once per decoding step: in train mode each step drew new gates, so the cache held keys and values of
+        earlier draws. PEFT's per-sample `adapter_names` (and `alora_offsets`), which it strips from the call after
+        this context, are refused rather than silently ignored.
+        """
+        given = [k for k in ("adapter_names", "alora_offsets") if kwargs.get(k) is not None]
+        if given:
+            raise ValueError(f"S3PET does not support {given} (per-sample adapters); call set_adapter() instead.")
+        self._enter_gated_call()
+        try:
+            yield
+        finally:
+            self._leave_gated_call()
+
     def generate(self, *args: object, **kwargs: object) -> object:
         """The base model's `generate()` with fresh gates: `z = p` in eval mode, one sample for the whole call in
         train mode (encoder-decoder models call their encoder directly, not through the hooked top-level forward).
 
-        `PeftModelForCausalLM` and `PeftModelForSeq2SeqLM` call it; a plain `PeftModel` (no `task_type`) calls the
-        base model's `generate()`, where the hooks on the model and its encoder refresh the gates instead.
+        `PeftModelForCausalLM` and `PeftModelForSeq2SeqLM` call it, within `_enable_peft_forward_hooks` (so the
+        gates drawn there are kept); a plain `PeftModel` (no `task_type`) calls the base model's `generate()` within
+        that context.
         """
         self._enter_gated_call()
         try:
