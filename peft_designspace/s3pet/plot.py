@@ -1,6 +1,7 @@
 """Heatmaps of S3PET structures: kept modules (layers × candidate kinds), keep probabilities after search, and
 every candidate's keep probability over the search steps."""
 
+import math
 import os
 import re
 from pathlib import Path
@@ -8,10 +9,24 @@ from pathlib import Path
 from .._io import atomic_path
 from .space import TYPES, candidate_key
 
+MAX_LABELLED_ROWS = 150  # trajectory rows that get a label each (4-pt text, 0.12 inch per row)
 
-def _row_name(module: dict) -> str:
+
+def _stack(module: dict) -> str:
+    """The path of a module's layer list (`encoder.block` for `encoder.block.0.layer.1.layer_norm`), or `""`."""
+    found = re.match(r"^(.*?)\.\d+\.", module["path"])
+    return found.group(1) if found else ""
+
+
+def _row_name(module: dict, with_stack: bool = False) -> str:
     inside_layer = re.sub(r"^.*?\.\d+\.", "", module["path"], count=1)  # the path relative to its layer
+    if with_stack and _stack(module):  # models with two layer lists (T5): the same inner path is another module
+        inside_layer = f"{_stack(module)}/{inside_layer}"
     return f"{module['type']} @ {inside_layer}"
+
+
+def _has_stacks(modules: list[dict]) -> bool:
+    return len({_stack(m) for m in modules} - {""}) > 1
 
 
 def module_layer(module: dict) -> int:
@@ -33,17 +48,41 @@ def structure_grid(
 ) -> tuple[list[str], list[int], list[list[float]]]:
     """`(rows, layers, grid)`: one row per `type @ module inside the layer`, one column per layer.
 
-    Cells hold 1 for each module (or its `value_key`); `frame` (e.g. every candidate) fixes the rows and columns.
-    Columns come from `module_layer()` (a module without `layer` is placed by the first integer in its path).
+    Cells hold 1 for each module (or its `value_key`), 0 for a module of `frame` (e.g. every candidate) that is not
+    in `modules`, and NaN where `frame` has no module at all (drawn blank, apart from a real 0). `frame` fixes the
+    rows and columns. Columns come from `module_layer()` (a module without `layer` is placed by the first integer in
+    its path). In a model with two layer lists (T5's encoder and decoder), rows name the list too
+    (`lnfit @ encoder.block/layer.1.layer_norm`): the same inner path is another module in each.
     """
     frame = frame or modules
-    rows = sorted({_row_name(m) for m in frame}, key=lambda r: (TYPES.index(r.split(" @ ")[0]), r))
+    stacks = _has_stacks(frame)
+    start: dict[str, int] = {}  # each layer list's first layer: T5's encoder rows come before the decoder's
+    for m in frame:
+        start[_stack(m)] = min(start.get(_stack(m), module_layer(m)), module_layer(m))
+    names = {_row_name(m, stacks): start[_stack(m)] if stacks else 0 for m in frame}
+    rows = sorted(names, key=lambda r: (TYPES.index(r.split(" @ ")[0]), names[r], r))
     layers = sorted({module_layer(m) for m in frame})
-    grid = [[0.0] * len(layers) for _ in rows]
+    row_of, column_of = {r: i for i, r in enumerate(rows)}, {layer: j for j, layer in enumerate(layers)}
+    grid = [[math.nan] * len(layers) for _ in rows]
+    for m in frame:
+        grid[row_of[_row_name(m, stacks)]][column_of[module_layer(m)]] = 0.0
     for m in modules:
-        i, j = rows.index(_row_name(m)), layers.index(module_layer(m))
-        grid[i][j] = max(grid[i][j], float(m[value_key]) if value_key else 1.0)
+        i, j = row_of[_row_name(m, stacks)], column_of[module_layer(m)]
+        value = float(m[value_key]) if value_key else 1.0
+        grid[i][j] = value if math.isnan(grid[i][j]) else max(grid[i][j], value)
     return rows, layers, grid
+
+
+def _stack_boundaries(frame: list[dict], layers: list[int]) -> list[float]:
+    """x positions between two columns whose layers belong to different layer lists (encoder | decoder)."""
+    stack_of = {module_layer(m): _stack(m) for m in frame}
+    return [j - 0.5 for j in range(1, len(layers)) if stack_of[layers[j]] != stack_of[layers[j - 1]]]
+
+
+def _colormap(name: str):
+    import matplotlib
+
+    return matplotlib.colormaps[name].with_extremes(bad="#e6e6e6")  # bad (NaN): no candidate there
 
 
 def plot_structure(
@@ -73,15 +112,20 @@ def plot_structure(
     if probabilities:
         panels.append(("keep probability after search", probabilities, "p"))
     frame = probabilities or structure["modules"]
-    all_rows = structure_grid(frame)[0]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 0.35 * len(all_rows) + 2), squeeze=False)
+    all_rows, all_layers, _ = structure_grid(frame)
+    width = min(16.0, max(6.0, 0.16 * len(all_layers) + 3))  # deep models (T5-large: 48 layers) get wider panels
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 0.35 * len(all_rows) + 2), squeeze=False)
+    every = math.ceil(len(all_layers) / 32)  # at most about 32 layer labels per panel
     for ax, (name, modules, key) in zip(axes[0], panels):
         rows, layers, grid = structure_grid(modules, key, frame)
-        image = ax.imshow(grid, aspect="auto", cmap="viridis" if key else "Greens", vmin=0, vmax=1)
+        cmap = _colormap("viridis" if key else "Greens")
+        image = ax.imshow(grid, aspect="auto", cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
         ax.set_yticks(range(len(rows)), rows, fontsize=7)
-        ax.set_xticks(range(len(layers)), layers, fontsize=7)
-        ax.set_xlabel("layer")
-        ax.set_title(name, fontsize=9)
+        ax.set_xticks(range(0, len(layers), every), layers[::every], fontsize=7)
+        for x in _stack_boundaries(frame, layers):
+            ax.axvline(x, color="crimson", linewidth=1.2)
+        ax.set_xlabel("layer" + (" (red line: next layer list, e.g. encoder | decoder)" if _has_stacks(frame) else ""))
+        ax.set_title(f"{name} (grey: no candidate)", fontsize=9)
         if key:
             fig.colorbar(image, ax=ax, fraction=0.04)
     total = structure.get("total", sum(m["size"] for m in structure["modules"]))
@@ -101,7 +145,8 @@ def plot_trajectory(
     """Save a PNG heatmap of every candidate's keep probability over the search steps.
 
     Rows are the candidates, sorted by their last keep probability (highest on top); kept ones are marked `■` in
-    the row labels. Columns are the α steps in `steps`.
+    the row labels. Columns are the α steps in `steps`. Above `MAX_LABELLED_ROWS` candidates the rows are not
+    labelled (the figure keeps that height) and kept ones get a red mark at the left edge.
 
     Args:
         history (`list[list[float]]`): one list of keep probabilities per recorded step, in candidate order.
@@ -138,9 +183,16 @@ def plot_trajectory(
         mark = "■ " if candidate_key(c["path"], c["type"]) in kept else ""
         labels.append(f"{mark}{_row_name(c)}, layer {module_layer(c)}")
     top = max(max(row) for row in history)  # the colours span the values reached, not [0, 1]
-    fig, ax = plt.subplots(figsize=(8, 0.12 * len(labels) + 2))
+    labelled = len(labels) <= MAX_LABELLED_ROWS
+    fig, ax = plt.subplots(figsize=(8, 0.12 * len(labels) + 2 if labelled else 0.12 * MAX_LABELLED_ROWS + 2))
     image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=max(top, 1e-6), interpolation="nearest")
-    ax.set_yticks(range(len(labels)), labels, fontsize=4)
+    if labelled:
+        ax.set_yticks(range(len(labels)), labels, fontsize=4)
+    else:  # one label per row would make a figure tens of thousands of pixels tall: kept rows get a mark instead
+        ax.set_yticks([])
+        ax.set_ylabel(f"{len(labels)} candidates, sorted by last keep probability (red: kept)", fontsize=7)
+        marks = [row for row, label in enumerate(labels) if label.startswith("■")]
+        ax.scatter([-0.5] * len(marks), marks, marker="_", s=30, color="red", clip_on=False, linewidths=0.8)
     ticks = sorted({0, len(steps) - 1, *range(0, len(steps), max(1, len(steps) // 8))})
     ax.set_xticks(ticks, [steps[t] for t in ticks], fontsize=7)
     ax.set_xlabel("step")
