@@ -3,8 +3,8 @@
 - `greedy` (the paper's rule): candidates by `p`, descending (ties: search-space order); each is kept when it
   still fits in what is left of the budget.
 - `knapsack`: the exact 0/1 knapsack maximising `Σ p_i` of the kept candidates under `Σ n_i ≤ B`, by dynamic
-  programming over the budget in units of `g = gcd(n_i)` (`O(N·B/g)` time and bits); ties go to the DP's first
-  optimum, which prefers earlier candidates.
+  programming over the budget in units of `g = gcd(n_i)` (`O(N·B/g)` time, and as many bytes); ties go to the DP's
+  first optimum, which prefers earlier candidates.
 
 A structure is a JSON-able dict:
 
@@ -28,7 +28,7 @@ from .space import TYPES, Candidate
 
 FORMAT = "s3pet-structure"
 VERSION = 1
-KNAPSACK_LIMIT = 500_000_000  # cells of the DP table (bits)
+KNAPSACK_LIMIT = 500_000_000  # cells of the DP table (one byte each: 500 MB at most)
 
 
 def greedy_select(p: list[float], sizes: list[int], budget: int) -> list[int]:
@@ -141,7 +141,10 @@ def load_structure(structure) -> dict:
         except json.JSONDecodeError as err:
             raise ValueError(f"`structure` file {str(path)!r} is not valid JSON: {err}.") from err
     if not isinstance(structure, dict) or structure.get("format") != FORMAT:
-        raise ValueError(f"`structure` must be a dict or JSON file with format {FORMAT!r} (written by the search).")
+        raise ValueError(
+            f"`structure` must be a dict or JSON file with format {FORMAT!r}: written by the search, or by hand with "
+            f'"format": "{FORMAT}" and a "modules" list.'
+        )
     modules = structure.get("modules")
     if not isinstance(modules, list) or not modules:
         raise ValueError("`structure['modules']` must be a non-empty list of kept modules.")
