@@ -72,6 +72,10 @@ class WrapperTunerMixin:
         self._refuse_foreign_layers(model)
         # planned here rather than in `_pre_injection_hook`, which `PeftModel.add_adapter` does not call
         self._plan(model, self.peft_config[adapter_name], adapter_name)
+        # The plan names every module to wrap. PEFT's `state_dict=` targeting (for checkpoints whose config cannot
+        # say where the adapters go) reads module paths off the keys, which misses modules the tuner creates (S4's
+        # prefix holders: its prefixes were silently dropped); the keys' values are not used there anyway.
+        kwargs.pop("state_dict", None)
         super().inject_adapter(model, adapter_name, **kwargs)
         guard_cpu_packing(model)  # bitsandbytes' CPU packing of 4-bit weights breaks training and saving otherwise
 

@@ -149,3 +149,22 @@ def test_merge_into_bfloat16_weights_rounds_once_as_lora_does(method):
     assert changed
     for name in changed:  # every entry is the correctly rounded bfloat16 of the exact sum
         assert torch.equal(merged[name], reference[name].to(torch.bfloat16)), name
+
+
+# PEFT's low-level API ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", CONFIGS)
+def test_inject_adapter_in_model_from_a_state_dict_loads_every_part(method):
+    """With `state_dict=`, PEFT read module paths off the keys and missed S4's prefix holders: prefixes dropped."""
+    from peft import get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+
+    torch.manual_seed(0)
+    nonzero = {} if method == "samtuning" else {"init_weights": False}  # SAM's config sets it already
+    source = inject_adapter_in_model(CONFIGS[method](**nonzero), _base())
+    state = get_peft_model_state_dict(source)
+    target = inject_adapter_in_model(CONFIGS[method](), _base(), state_dict=state)
+    result = set_peft_model_state_dict(target, state)
+    assert result.unexpected_keys == []
+    inputs = make_inputs("bert", "SEQ_CLS")
+    inputs.pop("labels", None)
+    with torch.no_grad():
+        torch.testing.assert_close(target.eval()(**inputs).logits, source.eval()(**inputs).logits)
