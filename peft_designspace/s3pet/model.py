@@ -257,8 +257,8 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
         given = [k for k in ("adapter_names", "alora_offsets") if kwargs.get(k) is not None]
         if given:
             raise ValueError(f"S3PET does not support {given} (per-sample adapters); call set_adapter() instead.")
-        self._enter_gated_call()
-        try:
+        try:  # entered inside the `try`: a refresh that raises (e.g. refused checkpointing) still leaves the call
+            self._enter_gated_call()
             yield
         finally:
             self._leave_gated_call()
@@ -271,8 +271,8 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
         gates drawn there are kept); a plain `PeftModel` (no `task_type`) calls the base model's `generate()` within
         that context.
         """
-        self._enter_gated_call()
         try:
+            self._enter_gated_call()
             return self.model.generate(*args, **kwargs)
         finally:
             self._leave_gated_call()
