@@ -168,3 +168,14 @@ def test_inject_adapter_in_model_from_a_state_dict_loads_every_part(method):
     inputs.pop("labels", None)
     with torch.no_grad():
         torch.testing.assert_close(target.eval()(**inputs).logits, source.eval()(**inputs).logits)
+
+
+def test_sam_keeps_float64_precision_on_its_unfused_path():
+    """A hooked base layer takes SAM's unfused sparse product, which computed the delta in float32 (1e-7 off)."""
+    model = get_peft_model(_base(torch.float64), CONFIGS["samtuning"]()).eval()
+    name, layer = next((n, m) for n, m in model.named_modules() if n.endswith("attention.self.query"))
+    layer.get_base_layer().register_forward_hook(lambda module, args, output: None)  # no change, but not fused
+    merged = dict(copy.deepcopy(model).merge_and_unload().named_modules())[name.replace("base_model.model.", "")]
+    x = torch.randn(2, 7, layer.get_base_layer().in_features, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), merged(x), atol=1e-13, rtol=0)

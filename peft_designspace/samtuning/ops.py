@@ -111,12 +111,13 @@ class _FusedSparseLinear(torch.autograd.Function):
             del merged
         grad_bias = None
         if ctx.needs_input_grad[2]:  # the bias carries the bias deltas' gradient (base bias + Δb)
-            grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0, dtype=torch.float32).to(ctx.bias_dtype)
+            grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0, dtype=_wide(grad_out)).to(ctx.bias_dtype)
         grads = [None] * len(values)  # one per values tensor, also when none needs one (frozen adapter, input grad)
         wanted = ctx.needs_input_grad[5:]
         if any(wanted):
-            g2 = grad_out.reshape(-1, grad_out.shape[-1]).float()
-            x2 = x.reshape(-1, x.shape[-1]).float()
+            wide = _wide(grad_out, x)
+            g2 = grad_out.reshape(-1, grad_out.shape[-1]).to(wide)
+            x2 = x.reshape(-1, x.shape[-1]).to(wide)
             left, right = (x2.T, g2) if ctx.transposed else (g2.T, x2)
             grads = [
                 p.sampled(left, right).to(v.dtype) if want else None
@@ -155,16 +156,25 @@ def fused_sparse_linear(
     return _FusedSparseLinear.apply(x, weight, bias, patterns, transposed, *values)
 
 
+def _wide(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype sparse products run in: float32, or wider when an input is (float64 stays float64)."""
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
 class _SparseDeltaMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, patterns, transposed, *values):
-        x2 = x.reshape(-1, x.shape[-1]).float()
+        wide = _wide(x, *values)
+        x2 = x.reshape(-1, x.shape[-1]).to(wide)
         out = None
-        # float32 throughout: under autocast the CSR products would run in bfloat16, which the sparse kernels lack
+        # float32 at least: under autocast the CSR products would run in bfloat16, which the sparse kernels lack
         with torch.autocast(x.device.type, enabled=False):
             for pattern, vals in zip(patterns, values):
                 # ΔW stored (out, in): x ΔWᵀ = (ΔW xᵀ)ᵀ;  stored (in, out) (Conv1D): x ΔW = (ΔWᵀ xᵀ)ᵀ
-                matrix = pattern.transposed_csr(vals.float()) if transposed else pattern.csr(vals.float())
+                matrix = pattern.transposed_csr(vals.to(wide)) if transposed else pattern.csr(vals.to(wide))
                 part = (matrix @ x2.T).T
                 out = part if out is None else out + part
         ctx.patterns, ctx.transposed = patterns, transposed
@@ -179,12 +189,13 @@ class _SparseDeltaMatmul(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, grad_out):
         x, *values = ctx.saved_tensors
-        g2 = grad_out.reshape(-1, grad_out.shape[-1]).float()
-        x2 = x.reshape(-1, x.shape[-1]).float()
+        wide = _wide(grad_out, x, *values)
+        g2 = grad_out.reshape(-1, grad_out.shape[-1]).to(wide)
+        x2 = x.reshape(-1, x.shape[-1]).to(wide)
         grad_x = None
         if ctx.needs_input_grad[0]:
             for pattern, vals in zip(ctx.patterns, values):
-                matrix = pattern.csr(vals.float()) if ctx.transposed else pattern.transposed_csr(vals.float())
+                matrix = pattern.csr(vals.to(wide)) if ctx.transposed else pattern.transposed_csr(vals.to(wide))
                 part = (matrix @ g2.T).T
                 grad_x = part if grad_x is None else grad_x + part
             grad_x = grad_x.reshape(x.shape).to(x.dtype)
