@@ -73,6 +73,20 @@ class ExportInfo:
 
 
 # helpers -----------------------------------------------------------------------------------------------------------
+def _half_precision_bases(model: nn.Module) -> list[str]:
+    """The bfloat16/float16 dtypes among the base weights of the model's tuner layers."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    found = {
+        str(weight.dtype).removeprefix("torch.")
+        for module in model.modules()
+        if isinstance(module, BaseTunerLayer)
+        and isinstance(weight := getattr(module.get_base_layer(), "weight", None), torch.Tensor)
+        and weight.dtype in (torch.bfloat16, torch.float16)
+    }
+    return sorted(found)
+
+
 def _tuner_and_name(model: nn.Module, adapter_name: str | None) -> tuple[Any, str, Any]:
     tuner = getattr(model, "base_model", None)
     configs = getattr(model, "peft_config", None)
@@ -280,6 +294,14 @@ def export_to_peft(
         )
     exported, info = builder(model, tuner, name, config)
     info.path = str(out_dir)
+    half = _half_precision_bases(model)
+    if info.exact and half:
+        info.exact = False
+        info.notes.append(
+            f"half-precision base weights ({', '.join(half)}): plain PEFT adds the adapter's output in float32 and "
+            "rounds once, the pack rounds the delta (SAM) or the LoRA output (S4, S3PET) first, so outputs agree to "
+            "that precision's rounding, not bit for bit"
+        )
     if check_inputs is not None:
         info.max_abs_diff = _compare(_reference(model, name), exported, check_inputs)
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:

@@ -179,3 +179,21 @@ def test_sam_keeps_float64_precision_on_its_unfused_path():
     x = torch.randn(2, 7, layer.get_base_layer().in_features, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), merged(x), atol=1e-13, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["designspace-lora", "samtuning"])
+def test_export_to_peft_is_not_marked_exact_on_a_half_precision_base(method, tmp_path):
+    """`exact` promises bit-identical outputs; on a bf16 base plain PEFT rounds once where the pack rounds twice."""
+    from adapters_hub import export_to_peft
+
+    def config():
+        if method == "samtuning":
+            return CONFIGS["samtuning"]()
+        return DesignSpaceConfig(task_type="SEQ_CLS", preset="lora", budget=0.05, init_weights=False)
+
+    inputs = make_inputs("bert", "SEQ_CLS")
+    inputs.pop("labels", None)
+    exact = export_to_peft(get_peft_model(_base(), config()), tmp_path / "fp32", check_inputs=inputs)
+    assert exact.exact and exact.max_abs_diff == 0
+    half = export_to_peft(get_peft_model(_base(torch.bfloat16), config()), tmp_path / "bf16", check_inputs=inputs)
+    assert not half.exact and any("half-precision base weights (bfloat16)" in note for note in half.notes)
