@@ -352,6 +352,29 @@ def test_a_space_with_nothing_to_sample_scores_its_one_design_the_given_way(mode
     assert again.stopped_at is None and again.best_design == result.best_design and again.evaluated == 0
 
 
+def test_exploration_sizes_budgets_on_a_weightless_model(tiny_backbone, tmp_path, monkeypatch):
+    """The backbone was loaded with its weights only to size budgets, and kept for the whole run (+1.3 GB for a
+    BERT-large shape; a review of scaling, 2026-11-25). It is built on the meta device now, with the same counts."""
+    import transformers
+
+    model_dir, data_dir = tiny_backbone
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights loaded")
+
+    monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", refuse)
+    settings = ExploreSettings(data_dir=data_dir, model_name_or_path=model_dir, budget=300)
+    space = small_space(groupings=["uniform"], group_strategies=[[["adapter"], ["lora"]]] * 4)
+    kwargs = {"space": space, "num_samples": 2, "evaluator": lambda d: 0.5, "progress": False}
+    meta = run_exploration(settings, str(tmp_path / "meta"), stages=[Stage("group_strategies", 0)], **kwargs)
+    monkeypatch.undo()
+    real = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    loaded = run_exploration(
+        settings, str(tmp_path / "real"), stages=[Stage("group_strategies", 0)], model=real, **kwargs
+    )
+    assert meta.stages[0].candidates == loaded.stages[0].candidates and meta.best_design == loaded.best_design
+
+
 def test_device_setting_reaches_the_trainer_and_keys_results_apart(tiny_backbone, tmp_path, monkeypatch):
     """Exploration trained on the CPU whatever the machine had (a review of scaling, 2026-11-25)."""
     import transformers
