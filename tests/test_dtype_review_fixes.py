@@ -197,3 +197,12 @@ def test_export_to_peft_is_not_marked_exact_on_a_half_precision_base(method, tmp
     assert exact.exact and exact.max_abs_diff == 0
     half = export_to_peft(get_peft_model(_base(torch.bfloat16), config()), tmp_path / "bf16", check_inputs=inputs)
     assert not half.exact and any("half-precision base weights (bfloat16)" in note for note in half.notes)
+
+
+def test_sam_refuses_a_tensor_too_large_for_int32_indices(monkeypatch):
+    """Indices are int32: entry 2,147,483,651 of a larger tensor was stored as -2,147,483,645 (a review of scaling)."""
+    import peft_designspace.samtuning.model as sam_model
+
+    monkeypatch.setattr(sam_model, "MAX_ENTRIES", 1000)  # the tiny BERT's 32 × 32 projections have 1,024 entries
+    with pytest.raises(ValueError, match=r"int32 flat indices.*at most 1,000 entries; 'bert\.encoder\..*' has 1,024"):
+        get_peft_model(_base(), CONFIGS["samtuning"]())

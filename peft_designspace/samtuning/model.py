@@ -17,6 +17,7 @@ from .config import SAMTuningConfig
 from .layer import SAMTuningLayer, module_kind
 from .selection import split_budget
 
+MAX_ENTRIES = 2**31  # flat indices are int32: 0 ... 2**31 - 1
 CONTAINERS = {
     "samtuning_weight_values": "weight",
     "samtuning_bias_values": "bias",
@@ -149,6 +150,13 @@ class SAMTuningModel(WrapperTunerMixin, BaseTuner):
             )
         keys = [f"{t.path}.{part}" for t in targets for part in t.parts]
         sizes = [n for t in targets for n in t.parts.values()]
+        too_large = [(k, n) for k, n in zip(keys, sizes) if n > MAX_ENTRIES]
+        if too_large:  # flat indices are int32: a larger tensor's would wrap to negative ones
+            raise ValueError(
+                f"SAM stores int32 flat indices, so a tensor may have at most {MAX_ENTRIES:,} entries; "
+                f"{too_large[0][0]!r} has {too_large[0][1]:,}. Leave its module out with `exclude_modules` or "
+                "`target_modules`."
+            )
         if config.nnz_pattern is not None:
             missing = sorted(set(keys) - set(config.nnz_pattern))
             unknown = sorted(set(config.nnz_pattern) - set(keys))
