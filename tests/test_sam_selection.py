@@ -238,3 +238,14 @@ def test_split_budget_is_exact_and_bounded(sizes, data):
     k = data.draw(st.integers(0, sum(sizes)))
     counts = split_budget(sizes, k)
     assert sum(counts) == k and all(0 <= c <= n for c, n in zip(counts, sizes))
+
+
+def test_global_selection_shows_its_counting_passes(capsys):
+    """The threshold search makes up to 31 passes over every score (minutes for a 7B model on a CPU thread), and
+    showed nothing while it ran (a review of scaling, 2026-11-25)."""
+    scores = [torch.rand(300, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    quiet = select_top_k(scores, 50)
+    assert "SAM selection" not in capsys.readouterr().err
+    shown = select_top_k(scores, 50, show_progress=True)
+    assert "SAM selection" in capsys.readouterr().err
+    assert [q.tolist() for q in quiet] == [s.tolist() for s in shown]

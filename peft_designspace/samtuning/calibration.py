@@ -171,7 +171,7 @@ def calibrate_sam(
     scores = _scores(config, targets, stats, batches)
     check_scores(scores, [key for key, _, _ in targets])
     if config.scope == "global":
-        picked = select_top_k(scores, sum(counts.values()))
+        picked = select_top_k(scores, sum(counts.values()), show_progress=show_progress)
     else:
         picked = [select_top_k([s], counts[key])[0] for s, (key, _, _) in zip(scores, targets)]
     del scores, stats

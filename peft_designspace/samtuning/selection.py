@@ -37,26 +37,35 @@ def check_scores(scores: list[torch.Tensor], names: list[str] | None = None) -> 
             )
 
 
-def kth_largest_bits(scores: list[torch.Tensor], k: int) -> int:
-    """The int32 bit pattern of the k-th largest value over all `scores` (1 <= k <= total count)."""
+def kth_largest_bits(scores: list[torch.Tensor], k: int, show_progress: bool = False) -> int:
+    """The int32 bit pattern of the k-th largest value over all `scores` (1 <= k <= total count).
+
+    At most 31 counting passes over every score (about 3 s for 85M entries on one CPU thread, minutes for a 7B
+    model): `show_progress` shows them as a progress bar.
+    """
+    from tqdm.auto import tqdm
+
     low, high = 0, 0x7F800000  # +0.0 .. +inf
     # invariant: count(bits >= low) >= k and count(bits >= high + 1) < k
-    while low < high:
-        mid = (low + high + 1) // 2
-        count = sum(int((_as_bits(s) >= mid).sum()) for s in scores)
-        if count >= k:
-            low = mid
-        else:
-            high = mid - 1
+    with tqdm(total=31, desc="SAM selection", unit="pass", disable=not show_progress, leave=False) as bar:
+        while low < high:
+            mid = (low + high + 1) // 2
+            count = sum(int((_as_bits(s) >= mid).sum()) for s in scores)
+            if count >= k:
+                low = mid
+            else:
+                high = mid - 1
+            bar.update()
     return low
 
 
-def select_top_k(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+def select_top_k(scores: list[torch.Tensor], k: int, show_progress: bool = False) -> list[torch.Tensor]:
     """Flat indices (sorted, int64) of the `k` largest entries over all `scores`, ties broken in tensor/index order.
 
     Args:
         scores (`list[torch.Tensor]`): non-negative scores, one tensor per targeted tensor (any shape).
         k (`int`): how many entries to select over all tensors, `0 <= k <= total`.
+        show_progress (`bool`, *optional*, defaults to `False`): a progress bar over the threshold's counting passes.
 
     Returns:
         `list[torch.Tensor]`: one sorted index tensor per score tensor; their lengths sum to `k`.
@@ -66,7 +75,7 @@ def select_top_k(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
         raise ValueError(f"`k` must be in [0, {total}], got {k!r}.")
     if k == 0:
         return [torch.empty(0, dtype=torch.long, device=s.device) for s in scores]
-    threshold = kth_largest_bits(scores, k)
+    threshold = kth_largest_bits(scores, k, show_progress)
     above = [torch.nonzero(_as_bits(s) > threshold).flatten() for s in scores]
     remaining = k - sum(a.numel() for a in above)
     picked = []
