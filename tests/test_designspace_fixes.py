@@ -160,3 +160,31 @@ def test_sampler_counts_a_4bit_backbone_as_get_peft_model_does(tmp_path):
     assert target == DesignSampler(full, 0.01).target
     report = get_peft_model(quantized, DesignSpaceConfig(preset="lora", budget=0.01, task_type="CAUSAL_LM"))
     assert target == report.base_model.budget_report().target
+
+
+# adapter sites: methods.md's Pfeiffer-style single site after the FFN as an option (a fidelity review, 2026-11-25)
+def test_adapter_sites_put_one_pfeiffer_adapter_after_the_ffn(tmp_path):
+    config = DesignSpaceConfig(preset="adapter", budget=0.05, task_type="SEQ_CLS", adapter_sites=["ffn_out"])
+    model = get_peft_model(make_model("bert", "SEQ_CLS"), config)
+    per_layer = {}
+    for name, param in model.named_parameters():
+        if "designspace_adapter" in name:
+            site = name.split(".designspace_adapter")[0]
+            per_layer.setdefault(site, 0)
+            per_layer[site] += param.numel()
+    assert per_layer and all(site.endswith(".output.dense") and ".attention." not in site for site in per_layer)
+    layers = model.peft_config["default"].plan["layers"]
+    plan_widths = {p: s["adapter"] for layer in layers for p, s in layer["modules"].items() if "adapter" in s}
+    d = 32  # hidden size of the tiny BERT
+    for site, count in per_layer.items():  # methods.md 1.5: 2·d·r + r + d per layer
+        r = plan_widths[site.removeprefix("base_model.model.")]
+        assert count == 2 * d * r + r + d
+    assert model.base_model.budget_report().realised == sum(per_layer.values())
+    model.save_pretrained(tmp_path)
+    assert DesignSpaceConfig.from_pretrained(tmp_path).adapter_sites == ["ffn_out"]
+
+
+@pytest.mark.parametrize("sites", [["ffn_in"], [], 3, ["attn_out", "query"]])
+def test_bad_adapter_sites_name_the_field(sites):
+    with pytest.raises((ValueError, TypeError), match=r"`adapter_sites` must be a non-empty list out of"):
+        DesignSpaceConfig(adapter_sites=sites)

@@ -66,7 +66,7 @@ def _unique(paths: list[str]) -> list[str]:
 def layer_costs(layer: LayerInfo, config: DesignSpaceConfig, strategies: set[str]) -> LayerCosts:
     """Build the cost model of `layer`; raise a clear error if a strategy has nowhere to go in it."""
     lora_modules = _unique([p for role in config.lora_targets for p in layer.modules_for(role)])
-    sites = layer.modules_for("attn_out")[:1] + layer.modules_for("ffn_out")[:1]
+    sites = [path for role in config.adapter_sites for path in layer.modules_for(role)[:1]]
     unit, const = {}, {}
     if not layer.roles and strategies - {"bitfit"}:
         raise ValueError(
@@ -82,8 +82,8 @@ def layer_costs(layer: LayerInfo, config: DesignSpaceConfig, strategies: set[str
         )
     if "adapter" in strategies and not sites:
         raise ValueError(
-            f"No attention-output or FFN-output projection found in layer {layer.path!r} for the `adapter` strategy "
-            f"(searched roles 'attn_out' and 'ffn_out'; found {sorted(layer.roles)})."
+            f"No projection of the adapter sites found in layer {layer.path!r} for the `adapter` strategy "
+            f"(searched roles {config.adapter_sites} of `adapter_sites`; found {sorted(layer.roles)})."
         )
     if "prefix" in strategies and layer.attention_heads is None:
         raise ValueError(

@@ -18,6 +18,7 @@ from .grouping import ALLOCATIONS, GROUPING_PATTERNS, pattern_weights
 from .presets import PRESETS, STRATEGIES
 
 LORA_ROLES = ("attn_out", "ffn_in", "ffn_out", "key", "query", "value")
+ADAPTER_SITES = ("attn_out", "ffn_out")  # Houlsby's two sites, in layer order
 SCHEMA_VERSION = 1
 
 
@@ -59,7 +60,11 @@ class DesignSpaceConfig(PackConfigMixin, PeftConfig):
         adapter_size (`int`, *optional*):
             Explicit bottleneck width of every adapter (otherwise derived from the budget).
         adapter_mode (`str`, *optional*, defaults to `"sequential"`):
-            `"sequential"`: after the attention-output and FFN-output projections; `"parallel"`: beside them.
+            `"sequential"`: after the adapter sites' projections; `"parallel"`: beside them.
+        adapter_sites (`list[str]`, *optional*, defaults to `["attn_out", "ffn_out"]`):
+            Where a layer's adapters go: after the attention-output projection (`attn_out`) and/or the FFN-output
+            projection (`ffn_out`). The default is Houlsby's two sites; `["ffn_out"]` is the single Pfeiffer-style
+            site after the FFN that `docs/designspace.md` discusses.
         adapter_activation (`str`, *optional*, defaults to `"relu"`):
             Activation inside the bottleneck: `relu`, `gelu`, `tanh` or `silu`.
         prefix_length (`int`, *optional*):
@@ -125,6 +130,9 @@ class DesignSpaceConfig(PackConfigMixin, PeftConfig):
     adapter_size: int | None = field(default=None, metadata={"help": "Explicit bottleneck width."})
     adapter_mode: Literal["sequential", "parallel"] = field(
         default="sequential", metadata={"help": "Adapter after (sequential) or beside (parallel) the projections."}
+    )
+    adapter_sites: list[str] = field(
+        default_factory=lambda: list(ADAPTER_SITES), metadata={"help": "Adapter sites: attn_out and/or ffn_out."}
     )
     adapter_activation: str = field(default="relu", metadata={"help": "Bottleneck activation."})
     prefix_length: int | None = field(default=None, metadata={"help": "Explicit prefix length per layer."})
@@ -224,6 +232,13 @@ class DesignSpaceConfig(PackConfigMixin, PeftConfig):
             _check_type(name, getattr(self, name), bool, "True or False")
         if self.adapter_mode not in ("sequential", "parallel"):
             _fail("adapter_mode", self.adapter_mode, "one of ['parallel', 'sequential']")
+        if isinstance(self.adapter_sites, str):
+            self.adapter_sites = [self.adapter_sites]
+        allowed = f"a non-empty list out of {list(ADAPTER_SITES)}"
+        _check_type("adapter_sites", self.adapter_sites, (list, tuple, set), allowed)
+        if not self.adapter_sites or not set(self.adapter_sites) <= set(ADAPTER_SITES):
+            _fail("adapter_sites", self.adapter_sites, allowed)
+        self.adapter_sites = [site for site in ADAPTER_SITES if site in self.adapter_sites]
         if self.adapter_activation not in ("gelu", "relu", "silu", "tanh"):
             _fail("adapter_activation", self.adapter_activation, "one of ['gelu', 'relu', 'silu', 'tanh']")
         _check_type("lora_dropout", self.lora_dropout, (int, float), "a float in [0, 1)")
