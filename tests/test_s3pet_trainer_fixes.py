@@ -269,3 +269,28 @@ def test_docstring_examples_run(module):
         runner.run(test, out=report.append)
     results = runner.summarize(verbose=False)
     assert results.failed == 0, "".join(report)
+
+
+# auto_find_batch_size: a retry after an out-of-memory error is a new run (a review of Trainer features, 2026-11-25)
+def test_a_retry_of_auto_find_batch_size_draws_search_batches_of_its_own_size(tmp_path, monkeypatch):
+    import transformers
+
+    raised, step = [], transformers.Trainer.training_step
+
+    def out_of_memory_once(self, *args, **kwargs):
+        if not raised:
+            raised.append(1)
+            raise RuntimeError("CUDA out of memory. Tried to allocate 1 byte (simulated)")
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", out_of_memory_once)
+    trainer = _trainer(tmp_path, auto_find_batch_size=True, per_device_train_batch_size=4, max_steps=-1)
+    trainer.args.num_train_epochs = 2
+    sizes, draw = [], trainer._next_search_inputs
+    trainer._next_search_inputs = lambda: (lambda batch: (sizes.append(len(batch["input_ids"])), batch)[1])(draw())
+    trainer.train()
+    assert raised and trainer._train_batch_size == 3
+    assert sizes[0] == 4 and set(sizes[1:]) == {3}  # the failed attempt's first α batch, then the retry's size
+    rates = [e["alpha_learning_rate"] for e in trainer.search_log[1:]]  # the retry's schedule spans its own steps
+    steps = trainer.state.global_step
+    assert rates == pytest.approx([0.1 * (1 - i / steps) for i in range(steps)])

@@ -394,17 +394,19 @@ class S3PETSearchTrainer(Trainer):
         p, _, _ = self._tuner().keep_probabilities()
         self.p_history.append((step, p.detach().float().cpu()))
 
-    def train(self, *args: Any, **kwargs: Any):
-        # each run checks its checkpointing set-up and logs its structure changes from its own start; like Trainer's
-        # own scheduler, α's is rebuilt for the run's length (its optimizer is kept unless the model changed), and
-        # the search stream restarts where this run (or the checkpoint it resumes) stands
+    def _inner_training_loop(self, *args: Any, **kwargs: Any):
+        # Trainer runs this once per `train()`, and again for each retry of `auto_find_batch_size` after an
+        # out-of-memory error (with a smaller batch). Each run logs its structure changes from its own start; like
+        # Trainer's own scheduler, α's is rebuilt for the run's length (its optimizer is kept unless the model
+        # changed), and the search stream restarts where this run (or the checkpoint it resumes) stands, in batches
+        # of the run's size
         self._logged_structure = None
         self._logged_upto = len(self.search_log)
         self.arch_scheduler = None
         self._search_iter = None
         self._arch_done_for_step = -1
         self._best = None  # a new run has its own best evaluation (a resumed one reads it from its checkpoint)
-        return super().train(*args, **kwargs)
+        return super()._inner_training_loop(*args, **kwargs)
 
     def _determine_best_metric(self, metrics: dict[str, float], trial: Any) -> bool:
         # α is kept at every evaluation that improves `metric_for_best_model`, as the paper saves the search at each
