@@ -14,9 +14,11 @@ edit made on the Hub in between makes the push fail instead of being overwritten
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -167,6 +169,22 @@ def _check_adapter_folder(folder: Path) -> None:
         )
 
 
+# never uploaded from a folder: pickle files (only safetensors weights are shared; a pickle can run code on load) and
+# what a Trainer checkpoint holds besides the adapter (its `training_args.bin` pickles `hub_token` when one was given)
+NOT_UPLOADED = (
+    "*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt",
+    "trainer_state.json", "training_args.*", "optimizer.*", "scheduler.*", "rng_state*", "scaler.*",
+)  # fmt: skip
+
+
+def _not_uploaded(name: str) -> bool:
+    return name == MARKER or any(fnmatch.fnmatch(name, pattern) for pattern in NOT_UPLOADED)
+
+
+def _ignore_not_uploaded(directory: str, names: list[str]) -> set[str]:
+    return {n for n in names if _not_uploaded(n) and not os.path.isdir(os.path.join(directory, n))}
+
+
 def push_folder(
     adapter_dir: str | os.PathLike,
     repo_id: str,
@@ -177,6 +195,10 @@ def push_folder(
     commit_message: str = "Upload adapter",
 ) -> Any:
     """Upload a saved adapter folder to `repo_id` with the pack's model card (written on a copy; the folder is kept).
+
+    Everything in the folder is uploaded (tokenizer files included) except pickle files and a Trainer checkpoint's
+    own state (`NOT_UPLOADED`: optimizer, scheduler, RNG state, `trainer_state.json`, `training_args.bin`, which can
+    hold a Hub token); a warning names what was left out.
 
     Args:
         adapter_dir (`str` or `os.PathLike`): a folder written by `save_pretrained`.
@@ -204,9 +226,17 @@ def push_folder(
     from huggingface_hub import HfApi
 
     _check_adapter_folder(Path(adapter_dir))
+    left_out = sorted(str(f.relative_to(adapter_dir)) for f in Path(adapter_dir).rglob("*") if _not_uploaded(f.name))
+    if left_out:
+        warnings.warn(
+            f"push_folder leaves out {len(left_out)} file(s) that are not part of a shareable adapter: {left_out[:6]} "
+            "(pickle files and a Trainer checkpoint's optimizer, scheduler, RNG and arguments; `training_args.bin` "
+            "can hold a Hub token).",
+            stacklevel=2,
+        )
     with tempfile.TemporaryDirectory() as folder:
         # the pack's output marker (an export folder holds one) is local bookkeeping, not part of the adapter
-        shutil.copytree(adapter_dir, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER))
+        shutil.copytree(adapter_dir, folder, dirs_exist_ok=True, ignore=_ignore_not_uploaded)
         api = HfApi(token=token)
         parent, from_hub = _use_hub_card(api, repo_id, revision, Path(folder))
         local = Path(adapter_dir) / README

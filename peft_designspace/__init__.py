@@ -13,7 +13,7 @@ Example:
 ```
 """
 
-from ._registry import check_peft_version, register_method
+from ._registry import check_peft_version, keep_pack_card, register_method
 
 check_peft_version()
 
@@ -26,6 +26,7 @@ from .samtuning import SAMTuningConfig, SAMTuningModel, calibrate_sam  # noqa: E
 register_method("designspace", DesignSpaceConfig, DesignSpaceModel)
 register_method("samtuning", SAMTuningConfig, SAMTuningModel)
 register_method("s3pet", S3PETConfig, S3PETModel)
+keep_pack_card()
 
 __all__ = [
     "BudgetReport",

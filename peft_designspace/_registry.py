@@ -1,7 +1,9 @@
 """Registration of the pack's methods with PEFT.
 
 This is the only module of the pack that touches PEFT's registry internals (`PeftType`'s enum tables and
-`peft.mapping`). Everything else uses PEFT's public classes (`PeftConfig`, `BaseTuner`, `BaseTunerLayer`).
+`peft.mapping`), and the only one that changes a PEFT class (`PeftModel.create_or_update_model_card`, so that
+transformers' `Trainer.push_to_hub` keeps the pack's model card). Everything else uses PEFT's public classes
+(`PeftConfig`, `BaseTuner`, `BaseTunerLayer`).
 
 Why an enum member: `peft.utils.register_peft_method` refuses names that are not members of `PeftType`, and a
 plain-string `peft_type` breaks transformers' `load_adapter` (it calls `peft_type.value`). So we add a real member,
@@ -11,6 +13,8 @@ another method (PEFT's own prefix check looks in the wrong place, see `docs/arch
 """
 
 import enum
+import functools
+import os
 
 import peft
 from packaging.version import Version
@@ -149,4 +153,43 @@ def register_method(name: str, config_cls: type, model_cls: type) -> PeftType:
             )
     peft_type = add_peft_type(name.upper())
     register_peft_method(name=name, config_cls=config_cls, model_cls=model_cls, prefix=prefix)
+    PACK_TYPES.add(name.upper())
     return peft_type
+
+
+PACK_TYPES: set[str] = set()  # the `peft_type` values registered by `register_method`
+
+
+def keep_pack_card() -> None:
+    """Make `PeftModel.create_or_update_model_card` keep the pack's model card section; idempotent.
+
+    transformers' `Trainer.create_model_card` (run by `Trainer.push_to_hub`) overwrites README.md with its training
+    summary, then calls that PEFT method to add PEFT's metadata: the pack's section (method, settings, how to load
+    it with `import peft_designspace`) was lost from the card pushed to the Hub. After PEFT's update, the section is
+    written again from the folder's `adapter_config.json`, for models holding an adapter of the pack. (PEFT's own
+    `save_pretrained` calls the method before it writes the config; the config's `save_pretrained` then writes the
+    section for the new config.)
+
+    Example:
+
+    ```py
+    >>> keep_pack_card()  # done on `import peft_designspace`; a second call changes nothing
+    ```
+    """
+    from peft import PeftModel
+
+    original = PeftModel.create_or_update_model_card
+    if getattr(original, "keeps_pack_card", False):
+        return
+
+    @functools.wraps(original)
+    def create_or_update_model_card(self, output_dir: str) -> None:
+        original(self, output_dir)
+        ours = any(str(getattr(c.peft_type, "value", c.peft_type)) in PACK_TYPES for c in self.peft_config.values())
+        if ours and os.path.isfile(os.path.join(output_dir, "adapter_config.json")):
+            from adapters_hub.card import write_model_card  # lazy: adapters_hub imports this package
+
+            write_model_card(output_dir)
+
+    create_or_update_model_card.keeps_pack_card = True
+    PeftModel.create_or_update_model_card = create_or_update_model_card

@@ -170,3 +170,43 @@ def test_nested_subfolder_loads(hub, tmp_path, revision):
     loaded = load_adapter("tester/nested", base_model=make_model("bert", "SEQ_CLS"), subfolder="x/y", **kwargs)
     torch.testing.assert_close(common.outputs(loaded, INPUTS), expected, atol=1e-6, rtol=0)
     assert commit.oid in str(next((tmp_path / "hf_home").rglob("x/y/adapter_config.json")))
+
+
+# 6. push_folder leaves a Trainer checkpoint's own files out (a review of Trainer features, 2026-11-25) --------------
+def test_push_folder_of_a_trainer_checkpoint_uploads_the_adapter_and_not_the_trainer_state(hub, tmp_path):
+    from huggingface_hub import HfApi
+
+    folder = tmp_path / "checkpoint-10"
+    adapted().save_pretrained(folder)
+    for name in ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"):
+        (folder / name).write_bytes(b"hub_token=secret")
+    (folder / "tokenizer.json").write_text("{}")
+    with pytest.warns(UserWarning, match=r"leaves out 5 file\(s\).*training_args.bin"):
+        push_folder(folder, "tester/ckpt", token=WRITE)
+    files = set(HfApi(token=WRITE).list_repo_files("tester/ckpt"))
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer.json"} <= files
+    assert not files & {"training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"}
+
+
+# 7. Trainer.push_to_hub keeps the pack's card (a review of Trainer features, 2026-11-25) ----------------------------
+@pytest.mark.parametrize("method", ["designspace", "s3pet"])
+def test_trainer_push_to_hub_keeps_the_pack_model_card(hub, tmp_path, method):
+    """transformers' Trainer rewrote README.md with its training summary before the push, and PEFT's card update
+    after it added only PEFT's metadata: the card on the Hub named neither the pack nor the method."""
+    from huggingface_hub import HfApi
+    from test_trainer_quantized import _args, _dataset
+    from transformers import Trainer
+
+    from peft_designspace import S3PETConfig
+
+    if method == "designspace":
+        model = adapted()
+    else:
+        model = get_peft_model(make_model("bert", "SEQ_CLS"), S3PETConfig(budget=600, task_type="SEQ_CLS"))
+    args = _args(tmp_path / "run", push_to_hub=True, hub_model_id=f"tester/run-{method}", hub_token=WRITE)
+    trainer = Trainer(model=model, args=args, train_dataset=_dataset("bert", "SEQ_CLS", n=8))
+    trainer.train()
+    trainer.push_to_hub()
+    card = open(HfApi(token=WRITE).hf_hub_download(f"tester/run-{method}", "README.md")).read()
+    assert "import peft_designspace" in card and f"- {method}" in card
+    assert "peft-designspace" in card  # the pack's tag
