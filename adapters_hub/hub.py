@@ -226,7 +226,11 @@ def push_folder(
     from huggingface_hub import HfApi
 
     _check_adapter_folder(Path(adapter_dir))
-    left_out = sorted(str(f.relative_to(adapter_dir)) for f in Path(adapter_dir).rglob("*") if _not_uploaded(f.name))
+    left_out = sorted(
+        str(f.relative_to(adapter_dir))
+        for f in Path(adapter_dir).rglob("*")
+        if _not_uploaded(f.name) and f.name != MARKER  # the pack's own marker is left out silently
+    )
     if left_out:
         warnings.warn(
             f"push_folder leaves out {len(left_out)} file(s) that are not part of a shareable adapter: {left_out[:6]} "

@@ -28,12 +28,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from peft_designspace._registry import PACK_TYPES
+
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_WEIGHTS_NAME = "adapter_model.bin"  # refused: pickle
 PACK_NAME = "peft-designspace"
 # PEFT types defined by this pack, also the ones whose code is not installed yet (e.g. an older pack version).
-PACK_TYPES = ("DESIGNSPACE", "SAMTUNING", "S3PET")
 AUTO_CLASS_BY_TASK = {
     "SEQ_CLS": "AutoModelForSequenceClassification",
     "CAUSAL_LM": "AutoModelForCausalLM",

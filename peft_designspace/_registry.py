@@ -15,6 +15,7 @@ another method (PEFT's own prefix check looks in the wrong place, see `docs/arch
 import enum
 import functools
 import os
+import warnings
 
 import peft
 from packaging.version import Version
@@ -153,11 +154,11 @@ def register_method(name: str, config_cls: type, model_cls: type) -> PeftType:
             )
     peft_type = add_peft_type(name.upper())
     register_peft_method(name=name, config_cls=config_cls, model_cls=model_cls, prefix=prefix)
-    PACK_TYPES.add(name.upper())
     return peft_type
 
 
-PACK_TYPES: set[str] = set()  # the `peft_type` values registered by `register_method`
+PACK_TYPES = ("DESIGNSPACE", "SAMTUNING", "S3PET")  # the pack's `peft_type` values (also read by `adapters_hub`)
+CARD_BEGIN = "<!-- peft-designspace:begin -->"  # the start of the pack's section in a model card
 
 
 def keep_pack_card() -> None:
@@ -165,10 +166,11 @@ def keep_pack_card() -> None:
 
     transformers' `Trainer.create_model_card` (run by `Trainer.push_to_hub`) overwrites README.md with its training
     summary, then calls that PEFT method to add PEFT's metadata: the pack's section (method, settings, how to load
-    it with `import peft_designspace`) was lost from the card pushed to the Hub. After PEFT's update, the section is
-    written again from the folder's `adapter_config.json`, for models holding an adapter of the pack. (PEFT's own
-    `save_pretrained` calls the method before it writes the config; the config's `save_pretrained` then writes the
-    section for the new config.)
+    it with `import peft_designspace`) was lost from the card pushed to the Hub. After PEFT's update, for a model
+    holding an adapter of the pack, a README.md without the section gets it again from the folder's
+    `adapter_config.json` (the default adapter's: a named adapter is saved in a subfolder). A card that cannot be
+    written then is a warning, not an error. PEFT's own `save_pretrained` calls the method before it writes the
+    config: a folder saved before already has the section, and the config's `save_pretrained` writes it anew.
 
     Example:
 
@@ -186,10 +188,18 @@ def keep_pack_card() -> None:
     def create_or_update_model_card(self, output_dir: str) -> None:
         original(self, output_dir)
         ours = any(str(getattr(c.peft_type, "value", c.peft_type)) in PACK_TYPES for c in self.peft_config.values())
-        if ours and os.path.isfile(os.path.join(output_dir, "adapter_config.json")):
-            from adapters_hub.card import write_model_card  # lazy: adapters_hub imports this package
+        readme = os.path.join(output_dir, "README.md")
+        if not ours or not os.path.isfile(os.path.join(output_dir, "adapter_config.json")):
+            return
+        with open(readme, encoding="utf-8") as f:  # PEFT's update above always leaves a README.md
+            if CARD_BEGIN in f.read():
+                return
+        from adapters_hub.card import write_model_card  # lazy: adapters_hub imports this package
 
+        try:
             write_model_card(output_dir)
+        except Exception as err:  # the card is documentation: a folder it cannot read must not stop a save or push
+            warnings.warn(f"The pack's model card section was not written to {readme}: {err}", stacklevel=2)
 
     create_or_update_model_card.keeps_pack_card = True
     PeftModel.create_or_update_model_card = create_or_update_model_card

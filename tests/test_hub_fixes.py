@@ -181,8 +181,10 @@ def test_push_folder_of_a_trainer_checkpoint_uploads_the_adapter_and_not_the_tra
     for name in ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"):
         (folder / name).write_bytes(b"hub_token=secret")
     (folder / "tokenizer.json").write_text("{}")
-    with pytest.warns(UserWarning, match=r"leaves out 5 file\(s\).*training_args.bin"):
+    (folder / ".peft-designspace-output").write_text("")  # the pack's own output marker: left out, not named
+    with pytest.warns(UserWarning, match=r"leaves out 5 file\(s\).*training_args.bin") as caught:
         push_folder(folder, "tester/ckpt", token=WRITE)
+    assert not any("peft-designspace-output" in str(w.message) for w in caught)
     files = set(HfApi(token=WRITE).list_repo_files("tester/ckpt"))
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer.json"} <= files
     assert not files & {"training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"}
@@ -210,3 +212,15 @@ def test_trainer_push_to_hub_keeps_the_pack_model_card(hub, tmp_path, method):
     card = open(HfApi(token=WRITE).hf_hub_download(f"tester/run-{method}", "README.md")).read()
     assert "import peft_designspace" in card and f"- {method}" in card
     assert "peft-designspace" in card  # the pack's tag
+
+
+@pytest.mark.parametrize("damaged", ["adapter_model.safetensors", "adapter_config.json"])
+def test_saving_over_an_interrupted_earlier_save_still_works(tmp_path, damaged):
+    """PEFT updates the card before writing the new files; the pack's card hook must not read the old ones."""
+    adapted().save_pretrained(tmp_path)
+    (tmp_path / damaged).write_bytes(b'{"peft_type": "DESIGN')  # truncated by an interrupted save
+    model = adapted()
+    model.save_pretrained(tmp_path)
+    assert "import peft_designspace" in (tmp_path / "README.md").read_text()
+    reloaded = load_adapter(str(tmp_path), base_model=make_model("bert", "SEQ_CLS"))
+    torch.testing.assert_close(common.outputs(reloaded, INPUTS), common.outputs(model, INPUTS))
