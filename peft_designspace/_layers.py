@@ -189,13 +189,17 @@ class LinearDeltaMixin:
         """Add (`sign=+1`) or remove (`-1`) one adapter's LoRA update and bias delta in the base layer."""
         base = self.get_base_layer()
         if lora is not None:
-            if self.quantization_backend is not None and not self.quantization_backend.supports_merge:
-                raise ValueError(
-                    f"{type(base).__name__} cannot be merged into: its quantization backend is forward-only."
-                )
+            self._check_backend_merges()
             self.set_base_weight(added(base_weight(self), self._stored_delta(lora), sign))
         if bias is not None and self._base_has_bias():  # else the forward keeps adding it
             base.bias.data = added(base.bias.data, bias, sign)
+
+    def _check_backend_merges(self) -> None:
+        if self.quantization_backend is not None and not self.quantization_backend.supports_merge:
+            raise ValueError(
+                f"{type(self.get_base_layer()).__name__} cannot be merged into: its quantization backend is "
+                "forward-only."
+            )
 
     def _base_has_bias(self) -> bool:
         return getattr(self.get_base_layer(), "bias", None) is not None
@@ -226,6 +230,7 @@ class LinearDeltaMixin:
         for name in names:
             lora, bias = self._part(self.lora_container, name), self._part(self.bias_container, name)
             if lora is not None:
+                self._check_backend_merges()  # before reading the weight, which such a backend cannot give
                 weight = added(base_weight(self) if weight is None else weight, self._stored_delta(lora))
             if bias is not None and self._base_has_bias():
                 bias_sum = added(self.get_base_layer().bias.data if bias_sum is None else bias_sum, bias)

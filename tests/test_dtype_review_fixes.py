@@ -203,6 +203,23 @@ def test_sam_refuses_a_tensor_too_large_for_int32_indices(monkeypatch):
     """Indices are int32: entry 2,147,483,651 of a larger tensor was stored as -2,147,483,645 (a review of scaling)."""
     import peft_designspace.samtuning.model as sam_model
 
-    monkeypatch.setattr(sam_model, "MAX_ENTRIES", 1000)  # the tiny BERT's 32 × 32 projections have 1,024 entries
+    # the tiny BERT's 32 × 32 projections have 1,024 entries (raising=False: the test also runs, and fails, without
+    # the check)
+    monkeypatch.setattr(sam_model, "MAX_ENTRIES", 1000, raising=False)
     with pytest.raises(ValueError, match=r"int32 flat indices.*at most 1,000 entries; 'bert\.encoder\..*' has 1,024"):
         get_peft_model(_base(), CONFIGS["samtuning"]())
+
+
+@pytest.mark.parametrize("method", ["designspace", "samtuning"])
+def test_safe_merge_on_a_forward_only_quantized_base_names_the_backend(method):
+    """The safe-merge pre-check read the base weight, which a GPTQ/AWQ backend cannot give (PEFT's TypeError)."""
+    from peft.utils.quantization_utils import ForwardOnlyQuantizationBackend
+
+    config = _merge_configs()[method]
+    model = get_peft_model(make_model("llama"), config)
+    for module in model.modules():
+        if hasattr(module, "quantization_backend") and hasattr(module, "merge"):
+            module.quantization_backend = ForwardOnlyQuantizationBackend("gptq")
+    for safe in (False, True):
+        with pytest.raises(ValueError, match="cannot be merged into: .*forward-only"):
+            model.merge_adapter(safe_merge=safe)

@@ -183,8 +183,7 @@ class SAMTuningLayer(nn.Module, PackTunerLayer):
                 "Cannot merge a SAM delta into a tied embedding weight (the output projection shares it, so the "
                 "merged model would differ); keep the adapter unmerged or untie the weights first."
             )
-        if self.quantization_backend is not None and not self.quantization_backend.supports_merge:
-            raise ValueError(f"{type(self.get_base_layer()).__name__} cannot be merged into: forward-only backend.")
+        self._check_backend_merges()
         names = check_adapters_to_merge(self, adapter_names)
         if safe_merge:  # every part of every adapter first, so that a refusal leaves the base tensors untouched
             check_finite_deltas(self._safe_merge_parts(names))
@@ -215,8 +214,13 @@ class SAMTuningLayer(nn.Module, PackTunerLayer):
                 tensor.view(-1)[flat] = original.to(tensor.dtype)
                 self._set_base_tensor(part, tensor)
 
+    def _check_backend_merges(self) -> None:
+        if self.quantization_backend is not None and not self.quantization_backend.supports_merge:
+            raise ValueError(f"{type(self.get_base_layer()).__name__} cannot be merged into: forward-only backend.")
+
     def _safe_merge_parts(self, names: list[str]) -> dict[str, dict[str, torch.Tensor | None]]:
         """The merged entries of every part, in the base's dtype (so an overflow of a float16 weight is caught)."""
+        self._check_backend_merges()  # before reading the base tensors, which such a backend cannot give
         parts = {n: {} for n in names}
         for part in PARTS:
             merged = None  # the entries of the base tensor the adapters touch, merged in turn as `merge` does
