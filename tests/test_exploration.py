@@ -393,9 +393,13 @@ def test_device_setting_reaches_the_trainer_and_keys_results_apart(tiny_backbone
     design = DesignSampler(make_model("bert", "SEQ_CLS", hidden=16, layers=4), 300).sample(DesignSpace(), 2, seed=0)[0]
     auto, cpu = ExploreSettings(**common, device="auto"), ExploreSettings(**common)
     result = evaluate_design(design, auto, str(tmp_path))
-    assert seen == [False] and result["settings"]["device"] == "auto"
+    assert seen == [False] and "device" not in result["settings"]  # "auto" resolved to this machine's CPU
     assert "device" not in cpu.fingerprint()  # keys of CPU results are those stored before the setting existed
-    assert result_key(design, auto) != result_key(design, cpu)
+    assert result_key(design, auto) == result_key(design, cpu)  # "auto" trained on this CPU-only machine's CPU
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with a GPU: keyed apart
+    assert auto.fingerprint()["device"] == "cuda" and result_key(design, auto) != result_key(design, cpu)
     with pytest.raises(ValueError, match=r"`device` must be one of \['cpu', 'auto'\], got 'gpu'"):
         ExploreSettings(**common, device="gpu")
     with pytest.raises(SystemExit):

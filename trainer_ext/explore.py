@@ -162,7 +162,8 @@ def run_exploration(
         workers (`int`, *optional*, defaults to `1`): parallel training processes.
         stages (`list[Stage]`, *optional*): the stages in order; the paper's seven by default.
         evaluator (`Callable[[dict], float]`, *optional*): scores a design instead of training it (tests, proxies).
-        model (`nn.Module`, *optional*): the base model used to check budgets; loaded from `settings` by default.
+        model (`nn.Module`, *optional*): the base model used to check budgets; by default built from `settings`'s
+            backbone config on the meta device (no weights are loaded: only its layers and size are read).
         report_path / plots_dir (`str`, *optional*): markdown report and plot folder (defaults: in `output_dir`).
         evaluate (`bool`, *optional*, defaults to `True`): `False` trains nothing: the stages are replayed from the
             stored results up to the first stage with missing designs, and a partial report is written.

@@ -14,7 +14,7 @@ from peft_designspace.designspace.space import (
     design_label,
 )
 
-from .explore_eval import ExploreSettings
+from .explore_eval import DEVICES, ExploreSettings
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def add_explore_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--max_length", type=int, default=64, help="Truncation length in tokens.")
     parser.add_argument(
         "--device",
-        choices=("cpu", "auto"),
+        choices=DEVICES,
         default="cpu",
         help="Where designs train: cpu (reproducible) or auto (an accelerator when there is one).",
     )

@@ -52,8 +52,9 @@ class ExploreSettings:
         config_kwargs (`dict`, *optional*): extra `DesignSpaceConfig` fields for every design (e.g. `adapter_mode`).
         device (`str`, *optional*, defaults to `"cpu"`): where each design trains. `"cpu"` is reproducible across
             machines; `"auto"` lets `Trainer` take an accelerator when there is one (CUDA, MPS, ...; every worker
-            process shares it). Results keep the device in their key unless it is `"cpu"`, so CPU results (also
-            those stored before this setting) are never mixed with an accelerator's.
+            process shares it). A result's key holds the device type it trained on (`"auto"` resolved on this
+            machine) unless that is the CPU, so CPU results (also those stored before this setting) are never mixed
+            with an accelerator's.
     """
 
     data_dir: str
@@ -94,9 +95,22 @@ class ExploreSettings:
         data["data_dir"] = os.path.normpath(self.data_dir)
         data["model_name_or_path"] = self.model_name_or_path or DEFAULT_BACKBONE
         data["task"] = self._task_unless_inferred()
+        data["device"] = self.resolved_device()
         if data["device"] == "cpu":  # as before the setting existed: stored CPU results keep their keys
             del data["device"]
         return data
+
+    def resolved_device(self) -> str:
+        """The device type designs train on here: `"cpu"`, or for `"auto"` the accelerator `Trainer` would take."""
+        if self.device == "cpu":
+            return "cpu"
+        import torch
+
+        for kind in ("cuda", "xpu", "mps"):
+            for backend in (getattr(torch, kind, None), getattr(torch.backends, kind, None)):
+                if callable(getattr(backend, "is_available", None)) and backend.is_available():
+                    return kind
+        return "cpu"
 
     def _task_unless_inferred(self) -> str | None:
         from .glue import normalize_task, task_of_folder
