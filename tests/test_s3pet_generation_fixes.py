@@ -107,3 +107,15 @@ def test_structure_plot_of_a_deep_model_gets_wider_panels(tmp_path):
     structure = {"modules": frame[:5], "total": 40, "budget": 40}
     path = plot.plot_structure(structure, tmp_path / "s.png", frame)
     assert matplotlib.image.imread(path).shape[1] > 2 * 8 * 120  # two panels wider than 8 inches at 120 dpi
+
+
+def test_hand_written_t5_structure_lists_encoder_rows_first_and_draws_no_false_boundary():
+    modules = [
+        {"path": "encoder.block.0.layer.0.SelfAttention.q", "type": "lora", "size": 8},
+        {"path": "encoder.block.1.layer.0.SelfAttention.q", "type": "lora", "size": 8},
+        {"path": "decoder.block.0.layer.0.SelfAttention.q", "type": "lora", "size": 8},
+    ]  # no `layer`: both lists number their blocks from 0, so encoder and decoder share columns; rows follow the
+    # order the lists appear in (the names alone would put "decoder" first)
+    rows, layers, _ = plot.structure_grid(modules)
+    assert rows == ["lora @ encoder.block/layer.0.SelfAttention.q", "lora @ decoder.block/layer.0.SelfAttention.q"]
+    assert plot._stack_boundaries(modules, layers) == []

@@ -291,6 +291,8 @@ def test_a_retry_of_auto_find_batch_size_draws_search_batches_of_its_own_size(tm
     trainer.train()
     assert raised and trainer._train_batch_size == 3
     assert sizes[0] == 4 and set(sizes[1:]) == {3}  # the failed attempt's first α batch, then the retry's size
-    rates = [e["alpha_learning_rate"] for e in trainer.search_log[1:]]  # the retry's schedule spans its own steps
     steps = trainer.state.global_step
+    assert [e["step"] for e in trainer.search_log] == list(range(1, steps + 1))  # the failed attempt's step dropped
+    assert [s for s, _ in trainer.p_history] == list(range(1, steps + 1))
+    rates = [e["alpha_learning_rate"] for e in trainer.search_log]  # the retry's schedule spans its own steps
     assert rates == pytest.approx([0.1 * (1 - i / steps) for i in range(steps)])

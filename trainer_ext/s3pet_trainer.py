@@ -394,12 +394,19 @@ class S3PETSearchTrainer(Trainer):
         p, _, _ = self._tuner().keep_probabilities()
         self.p_history.append((step, p.detach().float().cpu()))
 
+    def train(self, *args: Any, **kwargs: Any):
+        # where this call's α steps start in the logs: a retry of `auto_find_batch_size` drops its failed attempt's
+        self._run_marks = (len(self.search_log), len(self.p_history))
+        return super().train(*args, **kwargs)
+
     def _inner_training_loop(self, *args: Any, **kwargs: Any):
         # Trainer runs this once per `train()`, and again for each retry of `auto_find_batch_size` after an
         # out-of-memory error (with a smaller batch). Each run logs its structure changes from its own start; like
         # Trainer's own scheduler, α's is rebuilt for the run's length (its optimizer is kept unless the model
         # changed), and the search stream restarts where this run (or the checkpoint it resumes) stands, in batches
         # of the run's size
+        logs, history = getattr(self, "_run_marks", (len(self.search_log), len(self.p_history)))
+        del self.search_log[logs:], self.p_history[history:]  # a failed attempt's α steps (step numbers restart)
         self._logged_structure = None
         self._logged_upto = len(self.search_log)
         self.arch_scheduler = None

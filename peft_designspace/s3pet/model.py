@@ -257,6 +257,12 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
         given = [k for k in ("adapter_names", "alora_offsets") if kwargs.get(k) is not None]
         if given:
             raise ValueError(f"S3PET does not support {given} (per-sample adapters); call set_adapter() instead.")
+        with self._gated_call():
+            yield
+
+    @contextlib.contextmanager
+    def _gated_call(self) -> Iterator[None]:
+        """One call that draws its gates once (calls inside it keep them)."""
         try:  # entered inside the `try`: a refresh that raises (e.g. refused checkpointing) still leaves the call
             self._enter_gated_call()
             yield
@@ -271,11 +277,8 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
         gates drawn there are kept); a plain `PeftModel` (no `task_type`) calls the base model's `generate()` within
         that context.
         """
-        try:
-            self._enter_gated_call()
+        with self._gated_call():
             return self.model.generate(*args, **kwargs)
-        finally:
-            self._leave_gated_call()
 
     def _register_gate_hooks(self) -> list:
         """Hooks that refresh the gates on entry to the model and, for encoder-decoder models, to its encoder.

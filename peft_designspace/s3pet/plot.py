@@ -56,10 +56,11 @@ def structure_grid(
     """
     frame = frame or modules
     stacks = _has_stacks(frame)
-    start: dict[str, int] = {}  # each layer list's first layer: T5's encoder rows come before the decoder's
-    for m in frame:
-        start[_stack(m)] = min(start.get(_stack(m), module_layer(m)), module_layer(m))
-    names = {_row_name(m, stacks): start[_stack(m)] if stacks else 0 for m in frame}
+    start: dict[str, tuple[int, int]] = {}  # each layer list's first layer, then its first appearance in `frame`:
+    for i, m in enumerate(frame):  # T5's encoder rows come before the decoder's (also when hand-written paths
+        stack = _stack(m)  # restart their layer numbers in the decoder)
+        start[stack] = min(start.get(stack, (module_layer(m), i)), (module_layer(m), i))
+    names = {_row_name(m, stacks): start[_stack(m)] if stacks else (0, 0) for m in frame}
     rows = sorted(names, key=lambda r: (TYPES.index(r.split(" @ ")[0]), names[r], r))
     layers = sorted({module_layer(m) for m in frame})
     row_of, column_of = {r: i for i, r in enumerate(rows)}, {layer: j for j, layer in enumerate(layers)}
@@ -74,12 +75,19 @@ def structure_grid(
 
 
 def _stack_boundaries(frame: list[dict], layers: list[int]) -> list[float]:
-    """x positions between two columns whose layers belong to different layer lists (encoder | decoder)."""
-    stack_of = {module_layer(m): _stack(m) for m in frame}
-    return [j - 0.5 for j in range(1, len(layers)) if stack_of[layers[j]] != stack_of[layers[j - 1]]]
+    """x positions between two columns whose layers belong to different layer lists (encoder | decoder).
+
+    None when a column holds modules of several lists (hand-written T5 paths without `layer`, numbered from 0 in both).
+    """
+    stacks_of: dict[int, set[str]] = {}
+    for m in frame:
+        stacks_of.setdefault(module_layer(m), set()).add(_stack(m))
+    if any(len(found) > 1 for found in stacks_of.values()):
+        return []
+    return [j - 0.5 for j in range(1, len(layers)) if stacks_of[layers[j]] != stacks_of[layers[j - 1]]]
 
 
-def _colormap(name: str):
+def _colormap(name: str) -> "matplotlib.colors.Colormap":  # noqa: F821 - matplotlib is imported lazily
     import matplotlib
 
     return matplotlib.colormaps[name].with_extremes(bad="#e6e6e6")  # bad (NaN): no candidate there
@@ -125,7 +133,7 @@ def plot_structure(
         for x in _stack_boundaries(frame, layers):
             ax.axvline(x, color="crimson", linewidth=1.2)
         ax.set_xlabel("layer" + (" (red line: next layer list, e.g. encoder | decoder)" if _has_stacks(frame) else ""))
-        ax.set_title(f"{name} (grey: no candidate)", fontsize=9)
+        ax.set_title(f"{name} (grey: {'no candidate' if probabilities else 'not kept'})", fontsize=9)
         if key:
             fig.colorbar(image, ax=ax, fraction=0.04)
     total = structure.get("total", sum(m["size"] for m in structure["modules"]))
