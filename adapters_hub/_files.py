@@ -93,6 +93,9 @@ def check_output_dir(
         NotADirectoryError: if the nearest existing parent is a file.
         PermissionError: if the nearest existing parent is not writable (missing parents are created on write).
     """
+    for name, value in (("overwrite", overwrite), ("only_pack_outputs", only_pack_outputs)):
+        if not isinstance(value, bool):  # "no" would count as True and replace the folder
+            raise TypeError(f"`{name}` must be True or False, got {value!r}.")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a folder; choose another output path.")

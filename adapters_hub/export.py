@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._files import EXPORT_INFO, atomic_output_dir
+from ._files import EXPORT_INFO, atomic_output_dir, check_output_dir
 
 INFO_NAME = EXPORT_INFO
 
@@ -73,6 +73,15 @@ class ExportInfo:
 
 
 # helpers -----------------------------------------------------------------------------------------------------------
+def _output_rules(overwrite: bool, config: Any) -> dict:
+    """The output-folder rules of the exports, as the command line has them: with `overwrite`, only an earlier
+    output of the pack is replaced (a folder of the user's own is never deleted), and never the base model's
+    local folder."""
+    base = getattr(config, "base_model_name_or_path", None)
+    protect = [base] if isinstance(base, str) and os.path.isdir(base) else []
+    return {"overwrite": overwrite, "only_pack_outputs": True, "protect": protect}
+
+
 def _half_precision_bases(model: nn.Module) -> list[str]:
     """The bfloat16/float16 dtypes among the base weights of the model's tuner layers."""
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -190,7 +199,8 @@ def export_merged(
         out_dir (`str` or `os.PathLike`): the output folder (`config.json`, `model.safetensors`, ...).
         adapter_name (`str`, *optional*): the adapter to merge; defaults to the active one.
         tokenizer (*optional*): saved into the folder too when given.
-        overwrite (`bool`, *optional*, defaults to `False`): replace an existing non-empty `out_dir`.
+        overwrite (`bool`, *optional*, defaults to `False`): replace an existing non-empty `out_dir` that holds
+            an earlier output of the pack (never another folder, nor the base model's own folder).
         check_inputs (`dict`, *optional*): model inputs; the merged model's outputs are compared with the adapted
             model's and the largest difference is recorded.
         progressbar (`bool`, *optional*, defaults to `False`): show a progress bar while merging.
@@ -210,6 +220,7 @@ def export_merged(
     ```
     """
     tuner, name, config = _tuner_and_name(model, adapter_name)
+    check_output_dir(out_dir, **_output_rules(overwrite, config))  # before any work (checked again on write)
     parts = unmergeable_parts(model, name)  # an S3PET adapter in search mode lists itself
     if parts:
         raise ExportError(
@@ -231,7 +242,7 @@ def export_merged(
         )
     if expected is not None:
         info.max_abs_diff = _max_diff(expected, _outputs(merged, check_inputs))
-    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_output_dir(out_dir, **_output_rules(overwrite, config)) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -258,7 +269,8 @@ def export_to_peft(
         model (`peft.PeftModel`): the adapted model (left unchanged).
         out_dir (`str` or `os.PathLike`): the output folder.
         adapter_name (`str`, *optional*): the adapter to export; defaults to the active one.
-        overwrite (`bool`, *optional*, defaults to `False`): replace an existing non-empty `out_dir`.
+        overwrite (`bool`, *optional*, defaults to `False`): replace an existing non-empty `out_dir` that holds
+            an earlier output of the pack (never another folder, nor the base model's own folder).
         check_inputs (`dict`, *optional*): model inputs to compare the exported model's outputs with the adapted
             model's before anything is written; the largest difference is recorded.
 
@@ -278,6 +290,7 @@ def export_to_peft(
     ```
     """
     tuner, name, config = _tuner_and_name(model, adapter_name)
+    check_output_dir(out_dir, **_output_rules(overwrite, config))  # before any work (checked again on write)
     peft_type = _peft_type(config)
     if peft_type == "DESIGNSPACE":
         builder = _designspace_to_lora
@@ -304,7 +317,7 @@ def export_to_peft(
         )
     if check_inputs is not None:
         info.max_abs_diff = _compare(_reference(model, name), exported, check_inputs)
-    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_output_dir(out_dir, **_output_rules(overwrite, config)) as tmp:
         exported.save_pretrained(tmp)
         _write_info(tmp, info)
     return info

@@ -163,6 +163,14 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path):
     (tmp_path / "out" / "keep.txt").write_text("x")
     with pytest.raises(FileExistsError, match="already exists"):
         export_to_peft(model, tmp_path / "out")
-    export_to_peft(model, tmp_path / "out", overwrite=True)
-    assert sorted(os.listdir(tmp_path)) == ["out"]
-    assert "adapter_config.json" in os.listdir(tmp_path / "out") and "keep.txt" not in os.listdir(tmp_path / "out")
+    # a folder of the user's own is never replaced, even with overwrite (a review, 2026-11-25: the Python functions
+    # deleted it where the command line refused); neither is "no" read as True
+    with pytest.raises(FileExistsError, match="does not hold a previous output of peft-designspace"):
+        export_to_peft(model, tmp_path / "out", overwrite=True)
+    with pytest.raises(TypeError, match=r"`overwrite` must be True or False, got 'no'"):
+        export_merged(model, tmp_path / "out", overwrite="no")
+    assert os.listdir(tmp_path / "out") == ["keep.txt"]
+    export_to_peft(model, tmp_path / "exported")
+    export_to_peft(model, tmp_path / "exported", overwrite=True)  # an earlier export is replaced
+    assert sorted(os.listdir(tmp_path)) == ["exported", "out"]
+    assert "adapter_config.json" in os.listdir(tmp_path / "exported")

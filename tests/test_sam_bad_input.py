@@ -74,6 +74,15 @@ def test_calibrating_twice_needs_force():
     with pytest.raises(ValueError, match=r"already has a selection .* pass `force=True`"):
         calibrate_sam(model, _batches(), show_progress=False)
     calibrate_sam(model, _batches(2), force=True, show_progress=False)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "samtuning_weight_values" in name:
+                param.fill_(0.5)  # "trained" values that a recalibration would reset
+    with pytest.raises(TypeError, match=r"`force` must be True or False, got 'no'"):  # not read as True
+        calibrate_sam(model, _batches(2), force="no", show_progress=False)
+    assert all(
+        bool((p == 0.5).all()) for n, p in model.named_parameters() if "samtuning_weight_values" in n and p.numel()
+    )
     assert set(model.base_model.selection()) == set(first)
 
 

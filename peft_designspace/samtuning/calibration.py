@@ -133,6 +133,9 @@ def calibrate_sam(
     True
     ```
     """
+    for flag, value in (("force", force), ("show_progress", show_progress)):
+        if not isinstance(value, bool):  # force="no" would count as True and reset trained values
+            raise TypeError(f"`{flag}` must be True or False, got {value!r}.")
     tuner = _tuner_of(model)
     name = adapter_name or tuner.active_adapters[0]
     if name not in tuner.peft_config:
