@@ -221,6 +221,8 @@ def export_merged(
     """
     tuner, name, config = _tuner_and_name(model, adapter_name)
     check_output_dir(out_dir, **_output_rules(overwrite, config))  # before any work (checked again on write)
+    if _peft_type(config) == "SAMTUNING":
+        _check_sam_selected(model, name)
     parts = unmergeable_parts(model, name)  # an S3PET adapter in search mode lists itself
     if parts:
         raise ExportError(
@@ -500,9 +502,22 @@ def shira_rank(layers: list[tuple[str, int, int, int]]) -> int:
     return r
 
 
+def _check_sam_selected(model, name: str) -> None:
+    """Refuse a SAM adapter whose entries are still placeholders (never calibrated nor loaded): exporting it would
+    write a zero delta on the first entries of every tensor."""
+    from peft_designspace.samtuning.model import has_selection
+
+    if not has_selection(model, name):
+        raise ExportError(
+            f"The SAM adapter {name!r} has no selection yet (placeholder entries): run `calibrate_sam` (or train with "
+            "`SAMCalibrationCallback`, or load a saved adapter) before exporting it."
+        )
+
+
 def _sam_to_shira(model, tuner, name, config):
     from peft import ShiraConfig, get_peft_model
 
+    _check_sam_selected(model, name)
     layers, refused = [], []
     for path, layer in tuner.sam_layers(name):
         base = layer.get_base_layer()

@@ -75,6 +75,7 @@ def push_adapter(
     """
     from huggingface_hub import HfApi
 
+    _check_push_options(repo_id, private, revision, commit_message)
     configs = getattr(model, "peft_config", None) or {}
     name = adapter_name if adapter_name is not None else getattr(model, "active_adapter", None)
     if not isinstance(name, str) or name not in configs:
@@ -154,6 +155,18 @@ def _upload(
     )
 
 
+def _check_push_options(repo_id: object, private: object, revision: object, commit_message: object) -> None:
+    """Refuse bad push options by name before anything is created on the Hub (an empty repository was left)."""
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ValueError(f"`repo_id` must be a string 'namespace/name', got {repo_id!r}.")
+    if private is not None and not isinstance(private, bool):
+        raise TypeError(f"`private` must be None, True or False, got {private!r}.")
+    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
+        raise ValueError(f"`revision` must be None or a non-empty branch name, got {revision!r}.")
+    if not isinstance(commit_message, str) or not commit_message.strip():
+        raise ValueError(f"`commit_message` must be a non-empty string, got {commit_message!r}.")
+
+
 def _check_adapter_folder(folder: Path) -> None:
     """Refuse a folder that is not a saved adapter with safetensors weights (before anything is created on the Hub)."""
     if not folder.is_dir():
@@ -225,6 +238,7 @@ def push_folder(
     """
     from huggingface_hub import HfApi
 
+    _check_push_options(repo_id, private, revision, commit_message)
     _check_adapter_folder(Path(adapter_dir))
     left_out = sorted(
         str(f.relative_to(adapter_dir))

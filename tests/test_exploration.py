@@ -489,3 +489,13 @@ def test_shipped_exploration_results_are_found_by_the_documented_command():
     settings = {k: v for k, v in stored["settings"].items() if k in ExploreSettings.__dataclass_fields__}
     settings["task"] = "SST-2"  # what the command line passes
     assert result_key(stored["design"], ExploreSettings(**settings)) == stored["key"]
+
+
+@pytest.mark.parametrize("score", [math.nan, math.inf, -1.0, "bad", True])
+def test_an_evaluator_score_that_is_not_an_error_is_refused_before_it_is_stored(model, tmp_path, score):
+    """A NaN score was written to results/ before the stage's check failed, and reused by every later run."""
+    settings = ExploreSettings(data_dir="unused", budget=BUDGET)
+    design = DesignSampler(model, BUDGET).sample(small_space(), 2, seed=0)[0]
+    with pytest.raises(ValueError, match=r"The evaluator returned .* it must return a finite error >= 0"):
+        evaluate_design(design, settings, str(tmp_path), evaluator=lambda d: score)
+    assert not any(tmp_path.iterdir())

@@ -136,3 +136,19 @@ def test_card_escapes_pipes_in_settings(tmp_path):
     assert row == r"| `target_modules` | `.*\.(query\|value)$` |"
     cell = row.split("` | `")[1].removesuffix("` |")
     assert cell.replace("\\|", "|") == pattern  # unescaping gives the regex back
+
+
+@pytest.mark.parametrize("kind", ["merged", "peft"])
+def test_an_uncalibrated_sam_adapter_is_not_exported(kind, tmp_path):
+    """It exported an all-zero adapter on placeholder entries, marked exact (a bad-input review, 2026-11-25)."""
+    from peft import get_peft_model
+    from tiny_models import make_model
+
+    from adapters_hub.export import ExportError, export_merged, export_to_peft
+    from peft_designspace import SAMTuningConfig
+
+    model = get_peft_model(make_model("bert", "SEQ_CLS"), SAMTuningConfig(budget=0.05, task_type="SEQ_CLS"))
+    export = export_merged if kind == "merged" else export_to_peft
+    with pytest.raises(ExportError, match=r"has no selection yet .* run `calibrate_sam`"):
+        export(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

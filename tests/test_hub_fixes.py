@@ -224,3 +224,25 @@ def test_saving_over_an_interrupted_earlier_save_still_works(tmp_path, damaged):
     assert "import peft_designspace" in (tmp_path / "README.md").read_text()
     reloaded = load_adapter(str(tmp_path), base_model=make_model("bert", "SEQ_CLS"))
     torch.testing.assert_close(common.outputs(reloaded, INPUTS), common.outputs(model, INPUTS))
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "error", "match"),
+    [
+        ("revision", "", ValueError, r"`revision` must be None or a non-empty branch name, got ''"),
+        ("revision", 5, ValueError, r"`revision` must be None or a non-empty branch name, got 5"),
+        ("commit_message", 5, ValueError, r"`commit_message` must be a non-empty string, got 5"),
+        ("private", "yes", TypeError, r"`private` must be None, True or False, got 'yes'"),
+        ("repo_id", None, ValueError, r"`repo_id` must be a string 'namespace/name', got None"),
+    ],
+)
+def test_bad_push_options_are_refused_before_the_repository_is_created(hub, tmp_path, option, value, error, match):
+    """`revision=""` or `commit_message=5` left an empty repository on the Hub, then failed inside huggingface_hub
+    (a bad-input review, 2026-11-25)."""
+    adapted().save_pretrained(tmp_path / "adapter")
+    options = {"repo_id": "tester/opts", "token": WRITE, option: value}
+    with pytest.raises(error, match=match):
+        push_folder(tmp_path / "adapter", **options)
+    with pytest.raises(error, match=match):
+        push_adapter(adapted(), **options)
+    assert not repo_exists("tester/opts")

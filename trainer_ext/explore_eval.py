@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import multiprocessing
 import os
 import random
@@ -257,6 +258,21 @@ def train_and_score(design: dict, settings: ExploreSettings) -> dict:
     }
 
 
+def _score(evaluator: Callable[[dict], float], design: dict) -> float:
+    """The evaluator's error for `design`, checked before anything is stored (a stored NaN would be reused)."""
+    value = evaluator(design)
+    try:
+        error = float(value)
+    except (TypeError, ValueError):
+        error = math.nan
+    if isinstance(value, bool) or not math.isfinite(error) or error < 0:
+        raise ValueError(
+            f"The evaluator returned {value!r} for the design `{design_label(design)}`; it must return a finite "
+            "error >= 0. Nothing was stored for it."
+        )
+    return error
+
+
 def evaluate_design(
     design: dict, settings: ExploreSettings, results_dir: str, evaluator: Callable[[dict], float] | None = None
 ) -> dict:
@@ -266,7 +282,7 @@ def evaluate_design(
     if stored is not None:
         return stored
     start = time.perf_counter()
-    scores = {"error": float(evaluator(design))} if evaluator is not None else train_and_score(design, settings)
+    scores = {"error": _score(evaluator, design)} if evaluator is not None else train_and_score(design, settings)
     result = {
         "key": key,
         "design": design,
