@@ -84,7 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--output_dir",
         default=None,
-        help="Where outputs go. Default: outputs/<method>[-<preset>]-<task> (in the cwd; the preset named unless s4).",
+        help="Where outputs go. Default: outputs/<method>[-<variant>]-<task> in the cwd (variant: a preset other "
+        "than s4, or SAM's score/scope when not the default).",
     )
     parser.add_argument(
         "--overwrite",
