@@ -184,7 +184,7 @@ def test_adapter_sites_put_one_pfeiffer_adapter_after_the_ffn(tmp_path):
     assert DesignSpaceConfig.from_pretrained(tmp_path).adapter_sites == ["ffn_out"]
 
 
-@pytest.mark.parametrize("sites", [["ffn_in"], [], 3, ["attn_out", "query"]])
+@pytest.mark.parametrize("sites", [["ffn_in"], [], 3, ["attn_out", "query"], [["attn_out"]]])
 def test_bad_adapter_sites_name_the_field(sites):
     with pytest.raises((ValueError, TypeError), match=r"`adapter_sites` must be a non-empty list out of"):
         DesignSpaceConfig(adapter_sites=sites)

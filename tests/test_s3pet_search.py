@@ -398,7 +398,8 @@ def test_resume_after_the_first_search_pass_continues_the_same_stream(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("search", "match"), [([], "with 0 rows"), (iter([{"input_ids": [1]}]), "got list_iterator.")]
+    ("search", "match"),
+    [([], "with 0 rows"), (iter([{"input_ids": [1]}]), "got list_iterator."), ("rows.tsv", "got str.")],
 )
 def test_search_dataset_must_have_rows_and_a_length(tmp_path, search, match):
     model = get_peft_model(make_model("bert", "SEQ_CLS"), S3PETConfig(budget=900, task_type="SEQ_CLS"))

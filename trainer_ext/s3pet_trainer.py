@@ -170,11 +170,12 @@ class S3PETSearchTrainer(Trainer):
                     "`search_dataset`."
                 )
             self.train_dataset, search_dataset = _split(self.train_dataset, search_fraction, search_seed)
-        if not hasattr(search_dataset, "__len__") or len(search_dataset) == 0:
+        text = isinstance(search_dataset, (str, bytes))  # has a length, but is no dataset
+        if text or not hasattr(search_dataset, "__len__") or len(search_dataset) == 0:
             raise ValueError(
                 f"`search_dataset` must be a non-empty dataset with a length (the search stream shuffles it pass "
                 f"after pass), got {type(search_dataset).__name__}"
-                + (" with 0 rows." if hasattr(search_dataset, "__len__") else ".")
+                + (" with 0 rows." if hasattr(search_dataset, "__len__") and not text else ".")
             )
         self.search_dataset = search_dataset
         self.search_seed = search_seed

@@ -236,6 +236,8 @@ class DesignSpaceConfig(PackConfigMixin, PeftConfig):
             self.adapter_sites = [self.adapter_sites]
         allowed = f"a non-empty list out of {list(ADAPTER_SITES)}"
         _check_type("adapter_sites", self.adapter_sites, (list, tuple, set), allowed)
+        if not all(isinstance(site, str) for site in self.adapter_sites):
+            _fail("adapter_sites", self.adapter_sites, allowed, TypeError)
         if not self.adapter_sites or not set(self.adapter_sites) <= set(ADAPTER_SITES):
             _fail("adapter_sites", self.adapter_sites, allowed)
         self.adapter_sites = [site for site in ADAPTER_SITES if site in self.adapter_sites]
