@@ -191,11 +191,13 @@ NOT_UPLOADED = (
 
 
 def _not_uploaded(name: str) -> bool:
-    return name == MARKER or any(fnmatch.fnmatch(name, pattern) for pattern in NOT_UPLOADED)
+    return any(fnmatch.fnmatch(name, pattern) for pattern in NOT_UPLOADED)
 
 
 def _ignore_not_uploaded(directory: str, names: list[str]) -> set[str]:
-    return {n for n in names if _not_uploaded(n) and not os.path.isdir(os.path.join(directory, n))}
+    # the pack's output marker (an export folder holds one) is local bookkeeping too, left out without a word
+    files = {n for n in names if not os.path.isdir(os.path.join(directory, n))}
+    return {n for n in files if n == MARKER or _not_uploaded(n)}
 
 
 def push_folder(
@@ -240,11 +242,7 @@ def push_folder(
 
     _check_push_options(repo_id, private, revision, commit_message)
     _check_adapter_folder(Path(adapter_dir))
-    left_out = sorted(
-        str(f.relative_to(adapter_dir))
-        for f in Path(adapter_dir).rglob("*")
-        if _not_uploaded(f.name) and f.name != MARKER  # the pack's own marker is left out silently
-    )
+    left_out = sorted(str(f.relative_to(adapter_dir)) for f in Path(adapter_dir).rglob("*") if _not_uploaded(f.name))
     if left_out:
         warnings.warn(
             f"push_folder leaves out {len(left_out)} file(s) that are not part of a shareable adapter: {left_out[:6]} "
@@ -253,7 +251,6 @@ def push_folder(
             stacklevel=2,
         )
     with tempfile.TemporaryDirectory() as folder:
-        # the pack's output marker (an export folder holds one) is local bookkeeping, not part of the adapter
         shutil.copytree(adapter_dir, folder, dirs_exist_ok=True, ignore=_ignore_not_uploaded)
         api = HfApi(token=token)
         parent, from_hub = _use_hub_card(api, repo_id, revision, Path(folder))

@@ -117,6 +117,15 @@ class PackTunerLayer(BaseTunerLayer):
         with keeping_requires_grad(self, adapter_name):
             super()._move_adapter_to_device_of_base_layer(adapter_name, device)
 
+    def _check_backend_merges(self) -> None:
+        """Raise before a merge (or its safe-merge check) reads a weight that a forward-only backend cannot give."""
+        backend = getattr(self, "quantization_backend", None)
+        if backend is not None and not backend.supports_merge:
+            raise ValueError(
+                f"{type(self.get_base_layer()).__name__} cannot be merged into: its quantization backend is "
+                "forward-only."
+            )
+
 
 def added(base: torch.Tensor, delta: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
     """`base + sign · delta` in `base`'s dtype and device, rounded once: the sum is taken in float32 at least.
@@ -193,13 +202,6 @@ class LinearDeltaMixin:
             self.set_base_weight(added(base_weight(self), self._stored_delta(lora), sign))
         if bias is not None and self._base_has_bias():  # else the forward keeps adding it
             base.bias.data = added(base.bias.data, bias, sign)
-
-    def _check_backend_merges(self) -> None:
-        if self.quantization_backend is not None and not self.quantization_backend.supports_merge:
-            raise ValueError(
-                f"{type(self.get_base_layer()).__name__} cannot be merged into: its quantization backend is "
-                "forward-only."
-            )
 
     def _base_has_bias(self) -> bool:
         return getattr(self.get_base_layer(), "bias", None) is not None

@@ -214,10 +214,6 @@ class SAMTuningLayer(nn.Module, PackTunerLayer):
                 tensor.view(-1)[flat] = original.to(tensor.dtype)
                 self._set_base_tensor(part, tensor)
 
-    def _check_backend_merges(self) -> None:
-        if self.quantization_backend is not None and not self.quantization_backend.supports_merge:
-            raise ValueError(f"{type(self.get_base_layer()).__name__} cannot be merged into: forward-only backend.")
-
     def _safe_merge_parts(self, names: list[str]) -> dict[str, dict[str, torch.Tensor | None]]:
         """The merged entries of every part, in the base's dtype (so an overflow of a float16 weight is caught)."""
         self._check_backend_merges()  # before reading the base tensors, which such a backend cannot give
