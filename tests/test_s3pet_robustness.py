@@ -149,6 +149,35 @@ def test_structure_rejects_a_bad_total_or_budget(field, value):
         load_structure(structure)
 
 
+def test_structure_rejects_a_budget_below_its_total():
+    structure = {**_structure({"path": QUERY, "type": "lora", "size": 64}), "budget": 63}
+    with pytest.raises(ValueError, match=r"`structure\['budget'\]` is 63, but the kept modules hold 64 parameters"):
+        load_structure(structure)
+    assert load_structure({**structure, "budget": 64})["budget"] == 64
+
+
+@pytest.mark.parametrize("version", [99, 0, "1", 1.0, None])
+def test_structure_rejects_a_version_it_cannot_read(version):
+    structure = {**_structure({"path": QUERY, "type": "lora", "size": 64}), "version": version}
+    with pytest.raises(ValueError, match=r"`structure\['version'\]` is .*reads versions 1 to 1"):
+        load_structure(structure)
+    assert load_structure({**structure, "version": 1})["version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("layer", "3"), ("layer", -1), ("layer", True), ("layer", 2.0), ("role", 5), ("role", "")]
+)
+def test_structure_rejects_a_bad_layer_or_role_naming_the_module(field, value):
+    structure = _structure({"path": QUERY, "type": "lora", "size": 64, field: value})
+    with pytest.raises(ValueError, match=rf"\[0\]` \({QUERY}\) has `{field}` "):
+        load_structure(structure)
+
+
+def test_structure_accepts_the_layer_and_role_the_search_writes():
+    module = {"path": QUERY, "type": "lora", "size": 64, "layer": 0, "role": "query"}
+    assert load_structure(_structure(module))["modules"][0] == module
+
+
 def test_structure_rejects_a_total_that_is_not_the_sum_of_the_sizes():
     structure = {**_structure({"path": QUERY, "type": "lora", "size": 64}), "total": 65}
     with pytest.raises(ValueError, match=r"`structure\['total'\]` is 65, but the modules' sizes add up to 64"):

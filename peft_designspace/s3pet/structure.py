@@ -129,8 +129,9 @@ def load_structure(structure) -> dict:
     """A structure from a dict or a JSON file path, checked for its format (module-level checks need the model).
 
     Each module needs a `path`, a `type` and its `size`; a `lora` module's `rank` defaults to 1, other types take
-    none (or 0); a module may appear once per type. A hand-written structure may leave out `total` (filled with the
-    sum of the sizes) and `budget` (filled with the total). The result is a copy; the input is not changed.
+    none (or 0); `layer` (an int >= 0) and `role` (a string) are optional; a module may appear once per type. A
+    hand-written structure may leave out `version` (1), `total` (filled with the sum of the sizes) and `budget`
+    (filled with the total; never below it). The result is a copy; the input is not changed.
     """
     if isinstance(structure, (str, os.PathLike)):
         path = Path(structure)
@@ -145,6 +146,12 @@ def load_structure(structure) -> dict:
             f"`structure` must be a dict or JSON file with format {FORMAT!r}: written by the search, or by hand with "
             f'"format": "{FORMAT}" and a "modules" list.'
         )
+    version = structure.get("version", VERSION)
+    if not _is_int(version) or not 1 <= version <= VERSION:
+        raise ValueError(
+            f"`structure['version']` is {version!r}, but this release reads versions 1 to {VERSION}: upgrade "
+            "peft-designspace to read a structure written by a newer one."
+        )
     modules = structure.get("modules")
     if not isinstance(modules, list) or not modules:
         raise ValueError("`structure['modules']` must be a non-empty list of kept modules.")
@@ -158,6 +165,16 @@ def load_structure(structure) -> dict:
                 f"{module.get('size')!r}."
             )
         module_rank(module, i)
+        if "layer" in module and not (_is_int(module["layer"]) and module["layer"] >= 0):
+            raise ValueError(
+                f"`structure['modules'][{i}]` ({module['path']}) has `layer` {module['layer']!r}; it must be the "
+                "index of the module's transformer layer (an int >= 0), or left out."
+            )
+        if "role" in module and not (isinstance(module["role"], str) and module["role"]):
+            raise ValueError(
+                f"`structure['modules'][{i}]` ({module['path']}) has `role` {module['role']!r}; it must be a "
+                "non-empty string (the role the search found the module under), or left out."
+            )
         if "p" in module and not _is_finite(module["p"]):
             raise ValueError(
                 f"`structure['modules'][{i}]` ({module['path']}) has `p` {module['p']!r}; the keep probability must "
@@ -177,8 +194,11 @@ def load_structure(structure) -> dict:
             f"`structure['total']` is {structure['total']!r}, but the modules' sizes add up to {total:,}; fix it "
             "or leave it out."
         )
-    if not _is_int(structure.setdefault("budget", total)) or structure["budget"] < 1:
-        raise ValueError(f"`structure['budget']` must be a positive int (or left out), got {structure['budget']!r}.")
+    if not _is_int(structure.setdefault("budget", total)) or structure["budget"] < total:
+        raise ValueError(
+            f"`structure['budget']` is {structure['budget']!r}, but the kept modules hold {total:,} parameters: a "
+            "structure never exceeds its budget. Give an int >= the total, or leave it out."
+        )
     return structure
 
 
