@@ -407,6 +407,41 @@ def test_device_setting_reaches_the_trainer_and_keys_results_apart(tiny_backbone
 
 
 @pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("seed", "1", r"`seed` must be an int >= 0, got '1'"),
+        ("split_seed", -1, r"`split_seed` must be an int >= 0, got -1"),
+        ("seed", 1.0, r"`seed` must be an int >= 0, got 1.0"),
+        ("learning_rate", "1e-3", r"`learning_rate` must be > 0 \(a finite float\), got '1e-3'"),
+        ("learning_rate", float("nan"), r"`learning_rate` must be > 0"),
+        ("budget", True, r"`budget` must be > 0 \(a fraction < 1 or a count >= 1\), got True"),
+        ("task", 3, r"`task` must be a non-empty string or None, got 3"),
+        ("model_name_or_path", "", r"`model_name_or_path` must be a non-empty string or None, got ''"),
+        ("data_dir", None, r"`data_dir` must be a non-empty string, got None"),
+        ("config_kwargs", [("adapter_mode", "parallel")], r"`config_kwargs` must be a dict"),
+        ("config_kwargs", {"budget": 10}, r"`config_kwargs` holds \['budget'\] \(set by each design\)"),
+        ("config_kwargs", {"task_type": "CAUSAL_LM"}, r"holds \['task_type'\] \(set by each design\)"),
+        (
+            "config_kwargs",
+            {"adapter_mod": "parallel"},
+            r"holds \['adapter_mod'\] \(not settable here\).*'adapter_mode'",
+        ),
+        ("config_kwargs", {"plan": {}}, r"holds \['plan'\] \(not settable here\)"),
+    ],
+)
+def test_settings_refuse_a_bad_field_naming_it(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        ExploreSettings(**{"data_dir": "unused", field: value})
+
+
+def test_settings_take_path_folders_as_strings_and_good_config_kwargs(tmp_path):
+    settings = ExploreSettings(data_dir=tmp_path / "SST-2", model_name_or_path=tmp_path / "m",
+                               config_kwargs={"adapter_mode": "parallel", "lora_rank": 4})  # fmt: skip
+    assert settings.data_dir == str(tmp_path / "SST-2") and settings.model_name_or_path == str(tmp_path / "m")
+    assert json.dumps(settings.fingerprint())  # part of every result's key
+
+
+@pytest.mark.parametrize(
     ("option", "value", "match"),
     [
         ("--budget", "inf", "--budget must be"),

