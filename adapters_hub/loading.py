@@ -452,6 +452,23 @@ def _auto_class(task_type: str | None, auto_mapping: dict | None) -> type:
     return getattr(transformers, name)
 
 
+def _check_load_options(path_or_repo, base_model, adapter_name, is_trainable, base_model_kwargs) -> None:
+    """`load_adapter`'s own arguments, checked before any file is fetched."""
+    if not isinstance(path_or_repo, (str, os.PathLike)) or not str(path_or_repo):
+        raise ValueError(
+            f"`path_or_repo` must be a folder or a Hub repository id (a non-empty str), got {path_or_repo!r}."
+        )
+    if base_model is not None and not isinstance(base_model, nn.Module):
+        hint = " (a name or folder: load the model with transformers first)" if isinstance(base_model, str) else ""
+        raise ValueError(f"`base_model` must be a torch `nn.Module` or None, got {type(base_model).__name__}{hint}.")
+    if not isinstance(adapter_name, str) or not adapter_name:
+        raise ValueError(f"`adapter_name` must be a non-empty str, got {adapter_name!r}.")
+    if not isinstance(is_trainable, bool):
+        raise ValueError(f"`is_trainable` must be True or False, got {is_trainable!r}.")
+    if base_model_kwargs is not None and not isinstance(base_model_kwargs, dict):
+        raise ValueError(f"`base_model_kwargs` must be a dict or None, got {type(base_model_kwargs).__name__}.")
+
+
 def load_adapter(
     path_or_repo: str | os.PathLike,
     base_model: nn.Module | None = None,
@@ -485,7 +502,7 @@ def load_adapter(
     Raises:
         AdapterLoadError: files or repository missing, Hub unreachable, base model not loadable (also when it has
             only pickle `pytorch_model.bin` weights).
-        ValueError: `base_model_kwargs` sets `use_safetensors=False`.
+        ValueError: a bad argument (named), or `base_model_kwargs` sets `use_safetensors=False`.
         AdapterVersionError: method not installed, or written by a newer pack with unknown settings.
         CorruptedAdapterError: truncated or invalid weights file.
         BaseModelMismatchError: the adapter does not fit the base model (both named, with the first bad tensor).
@@ -500,6 +517,7 @@ def load_adapter(
     """
     from peft import PeftModel
 
+    _check_load_options(path_or_repo, base_model, adapter_name, is_trainable, base_model_kwargs)
     hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
     folder = fetch_adapter_files(path_or_repo, **hub_kwargs)
     try:

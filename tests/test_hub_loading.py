@@ -51,6 +51,30 @@ def test_base_model_resolved_from_config(saved):
     torch.testing.assert_close(common.outputs(model, make_inputs("bert", "SEQ_CLS")), expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"is_trainable": "yes"}, r"`is_trainable` must be True or False, got 'yes'"),
+        ({"is_trainable": 1}, r"`is_trainable` must be True or False, got 1"),
+        ({"adapter_name": 3}, r"`adapter_name` must be a non-empty str, got 3"),
+        ({"adapter_name": ""}, r"`adapter_name` must be a non-empty str, got ''"),
+        ({"base_model": "bert-base-uncased"}, r"`base_model` must be a torch `nn.Module` or None, got str \(a name"),
+        ({"base_model_kwargs": [("dtype", "float16")]}, r"`base_model_kwargs` must be a dict or None, got list"),
+    ],
+)
+def test_bad_arguments_are_named_before_anything_is_loaded(saved, monkeypatch, kwargs, match):
+    import adapters_hub.loading as loading
+
+    def no_fetch(*args, **kw):
+        raise AssertionError("fetched before the arguments were checked")
+
+    monkeypatch.setattr(loading, "fetch_adapter_files", no_fetch)
+    with pytest.raises(ValueError, match=match):
+        load_adapter(saved[0] / "adapter", **kwargs)
+    with pytest.raises(ValueError, match=r"`path_or_repo` must be a folder or a Hub repository id"):
+        load_adapter(None)
+
+
 def test_unknown_peft_type_names_what_to_install(saved, tmp_path):
     with pytest.raises(AdapterVersionError, match="neither built into peft.*pip install -U peft"):
         load_adapter(copy_adapter(saved, tmp_path, peft_type="FANCYTUNE"))
