@@ -12,7 +12,7 @@ from tiny_models import DEFAULT_TASK, MODEL_IDS, make_model
 
 from peft_designspace import DesignSpaceConfig, DesignSpaceWarning
 from peft_designspace.architecture import resolve_architecture
-from peft_designspace.designspace.budget import TOLERANCE, build_plan, layer_costs
+from peft_designspace.designspace.budget import TOLERANCE, InfeasibleBudgetError, build_plan, layer_costs
 from peft_designspace.designspace.grouping import (
     GROUPING_PATTERNS,
     allocation_weights,
@@ -351,3 +351,24 @@ def test_sizes_at_full_rank_are_warned_about_and_budgets_past_the_model_refused(
     assert any("`lora_rank=40` is large for this model" in str(w.message) for w in caught), caught
     with pytest.raises(ValueError, match="is not below the base model's"):
         build("bert", preset="lora", budget=10**7)
+
+
+def test_a_fixed_size_past_the_model_is_refused_before_anything_is_allocated(monkeypatch):
+    # with every strategy's size fixed nothing is fitted to the budget: 10**7 once only warned, then allocated
+    # 10.4 billion parameters
+    import torch
+
+    bases = [make_model("bert", layers=8) for _ in range(3)]
+
+    def no_allocation(*args, **kwargs):
+        raise AssertionError("a tensor was allocated before the size was checked")
+
+    monkeypatch.setattr(torch.nn.Linear, "__init__", no_allocation)
+    monkeypatch.setattr(torch.nn.Parameter, "__new__", no_allocation)
+    adapters = {"preset": "s4", "budget": 0.05, "task_type": DEFAULT_TASK["bert"]}
+    with pytest.raises(ValueError, match=r"`adapter_size=10000000` would tune 10,400,000,512 parameters, not fewer"):
+        get_peft_model(bases[0], DesignSpaceConfig(group_strategies=[["adapter"]] * 4, adapter_size=10**7, **adapters))
+    with pytest.raises(ValueError, match=r"`lora_rank=100000` would tune .* not fewer than the base model's"):
+        get_peft_model(bases[1], DesignSpaceConfig(group_strategies=[["lora"]] * 4, lora_rank=10**5, **adapters))
+    with pytest.raises(InfeasibleBudgetError, match=r"tune fewer groups, lower `adapter_size=10000000`, or drop"):
+        get_peft_model(bases[2], DesignSpaceConfig(adapter_size=10**7, **adapters))  # the others fitted: infeasible

@@ -30,6 +30,7 @@ from .config import DesignSpaceConfig
 from .grouping import allocation_weights, assign_groups
 
 SIZED = ("adapter", "lora", "prefix")
+FIELDS = {"adapter": "adapter_size", "lora": "lora_rank", "prefix": "prefix_length"}  # the size fields of SIZED
 TOLERANCE = 0.05
 
 
@@ -116,7 +117,7 @@ def layer_groups(config: DesignSpaceConfig, arch: ArchitectureInfo) -> list[int]
 
 
 def _explicit_sizes(config: DesignSpaceConfig) -> dict[str, int | None]:
-    return {"adapter": config.adapter_size, "lora": config.lora_rank, "prefix": config.prefix_length}
+    return {s: getattr(config, FIELDS[s]) for s in SIZED}
 
 
 def _warn_not_low_rank(
@@ -128,8 +129,8 @@ def _warn_not_low_rank(
     budget meant as a percentage (`budget=0.5` for 0.5%) or from an explicit size too large for the model. A warning,
     not an error: experiments on tiny models may want it.
     """
-    fields = {"lora": "lora_rank", "adapter": "adapter_size"}
-    for strategy, field_name in fields.items():
+    for strategy in ("lora", "adapter"):
+        field_name = FIELDS[strategy]
         over = []
         for i, layer_sizes in sizes.items():
             c = costs[i]
@@ -208,14 +209,23 @@ def build_plan(config: DesignSpaceConfig, arch: ArchitectureInfo, base_params: i
         for s in config.group_strategies[groups[i]]
     )
     if share and target < minimum * (1 - TOLERANCE):
+        fixed = [f"`{FIELDS[s]}={n}`" for s, n in explicit.items() if n is not None]
         raise InfeasibleBudgetError(
             f"`budget={config.budget!r}` ({target:,} parameters) is infeasible for this design: the smallest feasible "
             f"budget is {minimum:,} parameters ({minimum / base_params:.4%} of the {base_params:,}-parameter base "
-            "model). Raise `budget`, tune fewer groups, or drop strategies."
+            f"model). Raise `budget`, tune fewer groups, {'lower ' + ', '.join(fixed) + ', ' if fixed else ''}or drop "
+            "strategies."
         )
     _fill_to_target(sizes, costs, share, target, total)
-    _warn_not_low_rank(config, costs, sizes, target, base_params)
     realised = total()
+    if realised >= base_params:  # only fixed sizes get here (a budget is below the base): refused before allocating
+        given = ", ".join(f"`{FIELDS[s]}={n}`" for s, n in explicit.items() if n is not None) or "the fixed sizes"
+        raise ValueError(
+            f"{given} would tune {realised:,} parameters, not fewer than the base model's {base_params:,}: that is "
+            "not parameter-efficient (and would be allocated in full). Use a smaller size, or leave it out so the "
+            "budget decides."
+        )
+    _warn_not_low_rank(config, costs, sizes, target, base_params)
     if abs(realised - target) > TOLERANCE * target:
         reason = "sizes are fixed or BitFit-only" if not share else "the size steps are too coarse for this budget"
         warnings.warn(
