@@ -56,10 +56,28 @@ def test_no_target_matched():
         _model(target_modules=["does_not_exist"])
 
 
+class _OneShot:
+    """An iterator that knows its length (read once, as a generator)."""
+
+    def __init__(self, items):
+        self.items = iter(items)
+        self.left = len(items)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.left -= 1
+        return next(self.items)
+
+    def __len__(self):
+        return self.left
+
+
 def test_num_batches_larger_than_data():
     model = _model(budget=0.01)
-    with pytest.raises(ValueError, match=r"`num_batches` is 5 but the data holds only 3 batches"):
-        calibrate_sam(model, _batches(3), num_batches=5)
+    with pytest.raises(ValueError, match=r"`num_batches` is 5 but the data holds only 3 batches and can be read once"):
+        calibrate_sam(model, _OneShot(_batches(3)), num_batches=5)
     with pytest.raises(ValueError, match=r"`num_batches` is 5 but the data yielded only 3 batches"):
         calibrate_sam(model, iter(_batches(3)), num_batches=5, show_progress=False)
     with pytest.raises(ValueError, match=r"`num_batches` must be a positive int or None"):
@@ -131,3 +149,30 @@ def test_saved_adapter_card_summarises_the_selection(tmp_path):
     assert "library_name: peft" in card and "samtuning" in card and "import peft_designspace" in card
     assert f"{total:,} selected entries in 48 tensors" in card
     assert "| `bert.encoder.layer.*.attention.self.query.weight` | 8 |" in card
+
+
+def test_num_batches_past_the_data_reads_it_again_as_the_reference_did():
+    # the reference draws its 599 calibration batches across epochs (more than CoLA's 481 of 16)
+    batches = _batches(3)
+    cycled, repeated, once = _model(budget=0.01).eval(), _model(budget=0.01).eval(), _model(budget=0.01).eval()
+    assert all(torch.equal(a, b) for a, b in zip(cycled.parameters(), repeated.parameters()))  # seeded alike
+    calibrate_sam(cycled, batches, num_batches=7, show_progress=False)
+    calibrate_sam(repeated, [batches[i % 3] for i in range(7)], show_progress=False)
+    calibrate_sam(once, batches, show_progress=False)
+    assert cycled.base_model._sam_last_calibration["batches"] == 7
+    assert _selected(cycled) == _selected(repeated)
+    assert _selected(cycled) != _selected(once)  # the 4th batch onwards counted
+
+
+def _selected(model):
+    return {key: flat.tolist() for key, flat in model.base_model.selection().items()}
+
+
+def test_fisher_curvature_needs_two_batches():
+    # with one batch h = g², so every entry scores 1 and the tie-break picked the first entries in module order
+    model = _model(budget=0.01, curvature="fisher")
+    with pytest.raises(ValueError, match=r"`curvature='fisher'` needs at least 2 calibration batches, got 1"):
+        calibrate_sam(model, _batches(1), show_progress=False)
+    assert not model.peft_config["default"].calibrated
+    calibrate_sam(model, _batches(2), show_progress=False)
+    assert model.peft_config["default"].calibrated

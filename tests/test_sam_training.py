@@ -189,3 +189,13 @@ def test_callback_calibrates_in_train_mode_and_restores_the_mode(tmp_path):
     assert model.peft_config["default"].calibrated
     assert modes == [True, True], "calibration must see dropout on, as the reference's"
     assert not model.training, "the model's own mode comes back"
+
+
+def test_callback_reads_a_shorter_dataloader_again_for_its_batches(tmp_path):
+    # the default 64 batches on a small training set were silently cut to its length (reported at INFO only)
+    model = _sam()
+    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=_dataset("bert", "SEQ_CLS"))
+    dataloader = trainer.get_train_dataloader()
+    callback = SAMCalibrationCallback(num_batches=len(dataloader) * 2 + 1)
+    callback.on_train_begin(trainer.args, trainer.state, trainer.control, model=model, train_dataloader=dataloader)
+    assert model.base_model._sam_last_calibration["batches"] == len(dataloader) * 2 + 1

@@ -30,7 +30,7 @@ class SAMCalibrationCallback(TrainerCallback):
 
     Args:
         num_batches (`int`, *optional*, defaults to `64`):
-            Calibration batches (capped at the length of the data when it has one).
+            Calibration batches (a shorter dataloader is read again from the start, as the reference did).
         dataloader (iterable of `dict`, *optional*):
             Calibration batches; defaults to Trainer's training dataloader.
         max_grad_norm (`float`, *optional*): per-batch gradient clipping before accumulation (see `calibrate_sam`).
@@ -109,7 +109,7 @@ class SAMCalibrationCallback(TrainerCallback):
         data = self.dataloader if self.dataloader is not None else kwargs.get("train_dataloader")
         if data is None:
             raise ValueError("SAMCalibrationCallback found no calibration data: pass `dataloader=`.")
-        num_batches = min(self.num_batches, len(data)) if hasattr(data, "__len__") else self.num_batches
+        num_batches = self.num_batches  # a shorter DataLoader is read again from the start, as the reference did
         # in train mode (dropout on), as the reference calibrated: Trainer itself switches to train mode only in its
         # first `training_step`, after this hook, and a model from `from_pretrained` is in eval mode
         was_training = model.training

@@ -9,7 +9,7 @@ and 8-bit/4-bit backbones work unchanged. Norm parts (small vectors) use zero le
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
 from peft import PeftModel
@@ -71,11 +71,29 @@ def _check_num_batches(data, num_batches) -> None:
     if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
         raise ValueError(f"`num_batches` must be a positive int or None (all batches), got {num_batches!r}.")
     length = len(data) if hasattr(data, "__len__") else None
-    if length is not None and num_batches > length:
+    if length is not None and num_batches > length and isinstance(data, Iterator):
         raise ValueError(
-            f"`num_batches` is {num_batches} but the data holds only {length} batches; pass num_batches <= {length} "
-            "or None to use them all."
+            f"`num_batches` is {num_batches} but the data holds only {length} batches and can be read once; pass "
+            f"num_batches <= {length}, None to use them all, or data that can be read again (a DataLoader, a list)."
         )
+
+
+def _batches(data, num_batches: int | None) -> Iterator:
+    """`num_batches` batches of `data` (all when None). Data that can be read again (a DataLoader, a list) is read
+    once more from the start when it runs out, as the reference draws its 599 batches across epochs; a one-shot
+    iterator just ends (the caller reports the shortfall)."""
+    if num_batches is None:
+        yield from data
+        return
+    left, reusable = num_batches, not isinstance(data, Iterator)  # (no `iter()` here: a DataLoader's starts workers)
+    while left:
+        yielded = 0
+        for batch in itertools.islice(iter(data), left):
+            yield batch
+            yielded += 1
+        left -= yielded
+        if not yielded or not reusable:
+            return
 
 
 def calibrate_sam(
@@ -103,7 +121,9 @@ def calibrate_sam(
         data (iterable of `dict`, *optional*):
             Batches of model keyword arguments whose output has `.loss` (include `labels`): a DataLoader, a list or a
             generator. Not needed for the `"magnitude"` and `"random"` scores.
-        num_batches (`int`, *optional*): how many batches to use; all of them when `None`.
+        num_batches (`int`, *optional*): how many batches to use; all of them when `None`. More than the data
+            holds reads data that can be read again (a DataLoader, a list) once more from the start, as the
+            reference drew its 599 batches across epochs; a one-shot iterator must hold enough.
         adapter_name (`str`, *optional*): defaults to the active adapter.
         force (`bool`, *optional*, defaults to `False`): recalibrate an adapter that already has a selection (its
             trained values are reset to zero).
@@ -288,7 +308,7 @@ def _accumulate(model, tuner, name, config, data, num_batches, targets, max_grad
         layers, leaves = _install_probes(name, config, targets, stats, device)
         for p in grad_flags:
             p.requires_grad_(False)
-        iterator = itertools.islice(iter(data), num_batches) if num_batches else iter(data)
+        iterator = _batches(data, num_batches)
         total = num_batches or (len(data) if hasattr(data, "__len__") else None)
         for batch in tqdm(iterator, total=total, desc="SAM calibration", unit="batch", disable=not show_progress):
             if not isinstance(batch, Mapping):
@@ -327,6 +347,11 @@ def _accumulate(model, tuner, name, config, data, num_batches, targets, max_grad
         count = torch.tensor([batches], device=device)
         torch.distributed.all_reduce(count)
         batches = int(count.item())
+    if config.score == "sam" and config.curvature == "fisher" and batches < 2:
+        raise ValueError(
+            f"`curvature='fisher'` needs at least 2 calibration batches, got {batches}: with one, h = g² and every "
+            "entry scores 1 (the selection would be the first entries in module order). Pass more batches."
+        )
     return stats, batches
 
 

@@ -45,7 +45,10 @@ class SAMTuningConfig(PackConfigMixin, PeftConfig):
             `"fisher"`: Σ_b g_b² (FISH mask); `"magnitude"`: |θ|; `"random"`: uniform (seeded by `seed`).
         curvature (`str`, *optional*, defaults to `"constant"`):
             h of the `"sam"` score. `"constant"`: the paper's final bound (H ≈ |λ_max|·I), so the score is g²;
-            `"fisher"`: the empirical Fisher diagonal, mean_b g_b², a diagonal Gauss-Newton estimate of the Hessian;
+            `"fisher"`: h = mean_b g_b², the second moment of the per-batch gradients g_b (an empirical Fisher
+            diagonal over mini-batch gradients, not per-example ones): the score is then (mean g)² / mean g_b², a
+            ratio in [0, 1] of how consistent an entry's gradient is across batches, blind to its size; it needs
+            at least 2 calibration batches (with one every entry scores 1) and is informative only with many;
             `"hutchinson"`: |mean z ⊙ Hz| over Rademacher probes z (`hutchinson_probes` per batch), an unbiased
             estimate of the Hessian diagonal (needs second derivatives: full-precision weights, eager attention).
         hutchinson_probes (`int`, *optional*, defaults to `1`):
