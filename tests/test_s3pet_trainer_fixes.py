@@ -141,6 +141,19 @@ def test_a_best_evaluation_at_a_saved_step_names_its_checkpoint(tmp_path):
     assert structure["from_checkpoint"] == trainer.state.best_model_checkpoint == str(tmp_path / "checkpoint-4")
 
 
+def test_a_tie_with_the_best_evaluation_takes_the_later_alpha_as_the_reference(tmp_path):
+    # the reference keeps the search at `score >= best`: among equal evaluations the latest; Trainer's own best
+    # checkpoint keeps the first
+    trainer, metric = _scripted_trainer(tmp_path, [0.5, 0.9, 0.9, 0.2], max_steps=8, save_steps=2)
+    trainer.train()
+    structure = trainer.derive_structure(save=False)
+    assert (structure["from_step"], structure["from_checkpoint"]) == (6, str(tmp_path / "checkpoint-6"))
+    assert trainer.state.best_model_checkpoint == str(tmp_path / "checkpoint-4")
+    assert not all(torch.equal(a, b) for a, b in zip(metric.alphas[4], metric.alphas[6]))  # α moved in between
+    for got, want in zip(trainer._best_alphas(), metric.alphas[6]):
+        torch.testing.assert_close(got, want.float())
+
+
 # 2. constructor validation ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def shared_model():

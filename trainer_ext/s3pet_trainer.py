@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from peft_designspace._config import _check_type, _fail
 from peft_designspace._io import atomic_path
@@ -420,13 +421,22 @@ class S3PETSearchTrainer(Trainer):
         # α is kept at every evaluation that improves `metric_for_best_model`, as the paper saves the search at each
         # one: the structure then comes from the best evaluation whatever the saving schedule (with `save_steps` not a
         # multiple of `eval_steps`, Trainer's `best_model_checkpoint` can name an older checkpoint, or none)
+        # (and, as the reference's `>=`, at one that ties it: the latest of equal evaluations wins, where Trainer's
+        # own best checkpoint keeps the first)
         new_best = super()._determine_best_metric(metrics=metrics, trial=trial)
-        if new_best:
+        if new_best or self._ties_best(metrics):
             self._best = {
                 "step": self.state.global_step,
                 "alpha": [a.detach().float().cpu().clone() for a in self._alphas()],
             }
         return new_best
+
+    def _ties_best(self, metrics: dict[str, float]) -> bool:
+        name = self.args.metric_for_best_model
+        if name is None or self.state.best_metric is None:
+            return False
+        value = metrics.get(name if name.startswith("eval_") else f"eval_{name}")
+        return value is not None and float(value) == float(self.state.best_metric)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self._arch_done_for_step != self.state.global_step:  # once per optimizer step, not per micro-batch
@@ -527,15 +537,19 @@ class S3PETSearchTrainer(Trainer):
         if self._best is None:
             return saved_step, checkpoint
         step = self._best["step"]
-        return step, checkpoint if saved_step == step else None
+        if saved_step == step:
+            return step, checkpoint
+        # a later evaluation that tied Trainer's best (which keeps the first): its own checkpoint, when saved
+        folder = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+        return step, folder if os.path.isdir(folder) else None
 
     def derive_structure(self, strategy: str | None = None, from_best: bool = True, save: bool = True) -> dict:
         """Discretise the search: α from the best evaluation (by `metric_for_best_model`) when there is one.
 
         The structure records where its α comes from: `from_step`, the optimizer step of the best evaluation (`None`
         for the final, live α), and `from_checkpoint`, the checkpoint folder saved at that step (`None` when that
-        step was not saved: α is kept in memory at every evaluation that improves the metric, and in the checkpoints
-        written after it, so the saving schedule does not matter).
+        step was not saved: α is kept in memory at every evaluation that improves or ties the metric, and in the
+        checkpoints written after it, so the saving schedule does not matter).
 
         The structure is also written to `args.output_dir/s3pet_structure.json`, with a heatmap
         (`s3pet_structure.png`) of the kept modules and of every candidate's keep probability, and a heatmap of every
