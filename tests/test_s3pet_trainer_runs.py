@@ -68,8 +68,8 @@ def test_model_init_gets_an_alpha_optimizer_over_the_new_models_alpha(tmp_path):
     assert max(float(a.detach().abs().max()) for a in alphas) > 0, "the trained model's α never moved"
 
 
-@pytest.mark.parametrize("clip", [None, 0.0, -1.0])
-def test_alpha_clipping_at_or_below_zero_is_off(tmp_path, clip, monkeypatch):
+def _alpha_gradients(tmp_path, clip, monkeypatch) -> tuple[list, list]:
+    """`(raw, given)`: α's gradients of one step as computed, and as α's optimizer got them (after clipping)."""
     given = []
     original = torch.optim.AdamW.step
 
@@ -83,25 +83,19 @@ def test_alpha_clipping_at_or_below_zero_is_off(tmp_path, clip, monkeypatch):
     monkeypatch.setattr(trainer, "_arch_gradients", _recording(trainer._arch_gradients, raw))
     monkeypatch.setattr(torch.optim.AdamW, "step", record)
     trainer.train()
+    return raw, given
+
+
+@pytest.mark.parametrize("clip", [None, 0.0, -1.0])
+def test_alpha_clipping_at_or_below_zero_is_off(tmp_path, clip, monkeypatch):
+    raw, given = _alpha_gradients(tmp_path, clip, monkeypatch)
     assert raw and given and float(raw[0].abs().max()) > 0
     torch.testing.assert_close(given[0], raw[0])  # neither scaled down nor flipped
 
 
 @pytest.mark.parametrize("clip", [1e6, 1e-4])
 def test_alpha_clipping_only_scales_a_gradient_down_to_the_limit(tmp_path, clip, monkeypatch):
-    given = []
-    original = torch.optim.AdamW.step
-
-    def record(self, *args, **kwargs):
-        if any(p.dim() == 1 and p.grad is not None and p.numel() < 8 for p in self.param_groups[0]["params"]):
-            given.append(torch.cat([p.grad.reshape(-1) for p in self.param_groups[0]["params"]]).clone())
-        return original(self, *args, **kwargs)
-
-    raw = []
-    trainer = _trainer(tmp_path, _model(init_weights=False), max_steps=1, arch_max_grad_norm=clip)
-    monkeypatch.setattr(trainer, "_arch_gradients", _recording(trainer._arch_gradients, raw))
-    monkeypatch.setattr(torch.optim.AdamW, "step", record)
-    trainer.train()
+    raw, given = _alpha_gradients(tmp_path, clip, monkeypatch)
     norm = float(raw[0].norm())
     assert given and 1e-4 < norm < 1e6
     expected = raw[0] * min(1.0, clip / (norm + 1e-6))  # never scaled up (a far limit leaves it as it is)
