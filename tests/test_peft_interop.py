@@ -111,6 +111,19 @@ def test_stacking_on_another_methods_layers_is_refused_with_one_message(method):
         inject_adapter_in_model(_config(method), base, adapter_name="second")
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_lora_injected_over_a_pack_adapter_runs_and_trains_both(method):
+    # an S3PET search once looked its layers up by path and found LoRA's wrapper: 'Linear' has no 's3pet_alpha'
+    base = make_model(MODEL, TASK, layers=4)
+    inject_adapter_in_model(_config(method), base, adapter_name="pack")
+    inject_adapter_in_model(LoraConfig(r=2, target_modules=["query", "value"], init_lora_weights=False), base)
+    base.train()
+    base(**make_inputs(MODEL, TASK)).loss.backward()
+    grads = {n: p.grad for n, p in base.named_parameters() if p.requires_grad}
+    assert any(".pack" in n and g is not None and g.abs().max() > 0 for n, g in grads.items())
+    assert any("lora_A" in n and g is not None and g.abs().max() > 0 for n, g in grads.items())
+
+
 def test_s4_prefixes_follow_the_base_dtype_like_lora():
     base = make_model("llama", "CAUSAL_LM", layers=4).to(torch.bfloat16)
     config = DesignSpaceConfig(preset="prefix", budget=0.05, task_type="CAUSAL_LM")

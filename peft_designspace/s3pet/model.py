@@ -213,8 +213,18 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
         plan = self._search_plan(adapter_name)
         if "layers" not in plan:
             paths = dict.fromkeys(c.path for c in plan["candidates"])
-            plan["layers"] = [self.model.get_submodule(p) for p in paths]
+            plan["layers"] = [self._s3pet_layer_at(p) for p in paths]
         return plan["layers"]
+
+    def _s3pet_layer_at(self, path: str) -> S3PETLayer:
+        # another method's adapter injected later (`inject_adapter_in_model` with a LoRA config) wraps the S3PET
+        # layer: its `base_layer` chain leads back to it
+        module = self.model.get_submodule(path)
+        while not isinstance(module, S3PETLayer) and isinstance(getattr(module, "base_layer", None), nn.Module):
+            module = module.base_layer
+        if not isinstance(module, S3PETLayer):
+            raise ValueError(f"The S3PET search module {path!r} is gone: {type(module).__name__} is there now.")
+        return module
 
     def architecture_parameters(self, adapter_name: str | None = None) -> list[nn.Parameter]:
         """The α parameters (one vector per wrapped module) of a search-mode adapter, in search-space order."""
