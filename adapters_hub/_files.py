@@ -3,7 +3,8 @@
 A crash, an exception, Ctrl-C or SIGTERM (through the command line's handler) while the folder is being written
 leaves no half-written output behind: the hidden folder is removed, and an existing output (when replacing it is
 allowed) is only swapped out once the new one is complete. Hidden folders of runs that were killed outright
-(SIGKILL, power loss) are removed by the next run writing the same output.
+(SIGKILL, power loss) are removed by the next run writing the same output, which first moves back a previous output
+that such a run had swapped out.
 
 Every folder written here gets a marker file (`MARKER`); with `only_pack_outputs=True` (the command line and the
 example scripts), `overwrite` replaces only a folder holding that marker or nothing but files the pack writes, and
@@ -20,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -135,33 +137,37 @@ def check_creatable(folder: str | os.PathLike, path: str | os.PathLike | None = 
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Remove the hidden `.<name>.tmp-<pid>-*` siblings of `path` left by runs whose process is gone.
+    """Remove the hidden `.<name>.tmp-<pid>-*` and `.<name>.old-<pid>-*` siblings of `path` left by runs whose
+    process is gone.
 
-    Returns the folders removed. A folder of a process still running (e.g. a concurrent run) is kept.
+    A run killed between the two renames of a replacement left `path` missing and its previous output in
+    `.<name>.old-<pid>-*/previous`: that output is moved back to `path` first (with a warning). Returns the folders
+    removed. A folder of a process still running (e.g. a concurrent run) is kept.
     """
+    from peft_designspace._io import process_alive  # lazy: the command line checks its paths before heavy imports
+
     path = Path(path).absolute()
     removed = []
     if not path.parent.is_dir():
         return removed
-    prefix = f".{path.name}.tmp-"
-    for candidate in path.parent.iterdir():
-        if not candidate.name.startswith(prefix) or not candidate.is_dir() or candidate.is_symlink():
-            continue
-        pid = candidate.name[len(prefix) :].split("-", 1)[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
+    for tag in (".old-", ".tmp-"):  # a previous output is put back before anything else is looked at
+        prefix = f".{path.name}{tag}"
+        for candidate in sorted(path.parent.iterdir()):
+            if not candidate.name.startswith(prefix) or not candidate.is_dir() or candidate.is_symlink():
+                continue
+            pid = candidate.name[len(prefix) :].split("-", 1)[0]
+            if not pid.isdigit() or process_alive(int(pid)):
+                continue
+            previous = candidate / "previous"
+            if tag == ".old-" and previous.is_dir() and not os.path.lexists(path):
+                os.rename(previous, path)
+                warnings.warn(
+                    f"{path} was missing: a run replacing it was killed midway. Its previous output is back.",
+                    stacklevel=2,
+                )
             shutil.rmtree(candidate, ignore_errors=True)
             removed.append(candidate)
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # exists but belongs to someone else (or cannot tell): keep its folder
-    return True
 
 
 @contextlib.contextmanager
@@ -213,7 +219,7 @@ def atomic_output_dir(
 
 def _swap_in(new: Path, path: Path) -> None:
     """Replace the existing folder `path` by `new`; if that fails, the previous `path` is put back."""
-    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-{os.getpid()}-", dir=path.parent))
     previous = old / "previous"
     try:
         os.rename(path, previous)

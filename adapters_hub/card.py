@@ -431,6 +431,9 @@ def write_model_card(
             plot_structure(config["structure"], adapter_dir / STRUCTURE_IMAGE)
         except ImportError:
             pass
+        except BaseException:  # a full disk, Ctrl-C: an earlier adapter's heatmap must not stay beside this one
+            (adapter_dir / STRUCTURE_IMAGE).unlink(missing_ok=True)
+            raise
     method = str(config.get("peft_type", "")).lower()
     tags = [t for t in (card.data.tags or []) if isinstance(t, str) and not _local_base_tag(t)]
     # the pack's tag only on the pack's methods: a plain PEFT adapter (e.g. from export_to_peft) does not need it

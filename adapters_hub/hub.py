@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from peft_designspace._io import write_text_atomic
+from peft_designspace._io import is_temporary_name, write_text_atomic
 
 from ._files import MARKER
 from .card import load_card, write_model_card
@@ -191,7 +191,8 @@ NOT_UPLOADED = (
 
 
 def _not_uploaded(name: str) -> bool:
-    return any(fnmatch.fnmatch(name, pattern) for pattern in NOT_UPLOADED)
+    # also the hidden temporary of a write that was killed (`.arch_optimizer.pt.part-<pid>-...` is a pickle too)
+    return is_temporary_name(name) or any(fnmatch.fnmatch(name, pattern) for pattern in NOT_UPLOADED)
 
 
 def _ignore_not_uploaded(directory: str, names: list[str]) -> set[str]:
@@ -213,7 +214,7 @@ def push_folder(
 
     Everything in the folder is uploaded (tokenizer files included) except pickle files and a Trainer checkpoint's
     own state (`NOT_UPLOADED`: optimizer, scheduler, RNG state, `trainer_state.json`, `training_args.bin`, which can
-    hold a Hub token); a warning names what was left out.
+    hold a Hub token), and the hidden temporary files of interrupted writes; a warning names what was left out.
 
     Args:
         adapter_dir (`str` or `os.PathLike`): a folder written by `save_pretrained`.

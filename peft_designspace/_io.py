@@ -4,6 +4,7 @@ A reader never sees a half-written file, and an interrupted write leaves the pre
 """
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -14,6 +15,35 @@ from typing import Any
 # read once, at import: reading the umask means setting it, which would race with other threads at every write
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+# a temporary file is `.<name>.part-<pid>-<random>` next to its target (the pid lets a later writer remove the file
+# of a process that was killed outright); `adapters_hub._files` names its folders `.<name>.tmp-<pid>-...` and
+# `.<name>.old-<pid>-...`
+PART = ".part-"
+TEMPORARY_TAGS = (PART, ".tmp-", ".old-")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs (one of another user, or one that cannot be checked, counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def is_temporary_name(name: str) -> bool:
+    """Whether `name` is a hidden temporary of a write in progress or killed (this pack's, or `mkstemp`'s `.tmp`)."""
+    return name.startswith(".") and (any(tag in name for tag in TEMPORARY_TAGS) or name.endswith(".tmp"))
+
+
+def _remove_dead_writers_files(path: Path) -> None:
+    prefix = f".{path.name}{PART}"
+    for candidate in path.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = candidate.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not candidate.is_dir() and not process_alive(int(pid)):
+            candidate.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -23,7 +53,8 @@ def atomic_path(path: str | os.PathLike, *, make_parents: bool = True) -> Iterat
     The block writes the whole file at the yielded path (by any means: `open`, `torch.save`, `fig.savefig`). It is
     flushed to disk and gets the usual permissions (`0o666` less the umask), not the private ones `mkstemp` creates,
     then renamed into place. If the block raises (or is interrupted), the temporary file is removed and a previous
-    file at `path` is left untouched.
+    file at `path` is left untouched. The temporary file's name holds the writer's pid: the next write of `path`
+    removes one left by a process that was killed outright.
 
     Args:
         path (`str` or `os.PathLike`): the file to write.
@@ -43,7 +74,8 @@ def atomic_path(path: str | os.PathLike, *, make_parents: bool = True) -> Iterat
     path = Path(path).expanduser().absolute()
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_dead_writers_files(path)  # left by a writer that was killed outright (SIGKILL, power loss)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}{PART}{os.getpid()}-", dir=path.parent)
     tmp = Path(name)
     try:
         os.close(fd)

@@ -318,7 +318,12 @@ def _finish(settings, output_dir, start_space, space, outcomes, all_results, eva
     best = _shown(min(in_space, key=lambda r: (r["error"], r["key"])))
     config = design_config(best["design"], settings.budget, task_type="SEQ_CLS", **settings.config_kwargs)
     os.makedirs(output_dir, exist_ok=True)
-    config.save_pretrained(os.path.join(output_dir, "best_config"))
+    from adapters_hub._files import atomic_output_dir
+
+    # written whole, then swapped in: an interrupted rerun keeps the previous run's folder (PEFT's own config writer
+    # truncates the file first)
+    with atomic_output_dir(os.path.join(output_dir, "best_config"), overwrite=True) as folder:
+        config.save_pretrained(folder)
     write_json_atomic(space.to_dict(), os.path.join(output_dir, "final_space.json"))
     write_json_atomic(best, os.path.join(output_dir, "best_design.json"))
     result = ExplorationResult(outcomes, space, best["design"], best["error"], config, report_path, evaluated)

@@ -7,7 +7,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from peft_designspace._io import write_text_atomic
+from peft_designspace._io import atomic_path, write_text_atomic
 from peft_designspace.designspace.refine import edf_curve, stage_table, summarize
 from peft_designspace.designspace.space import (
     design_label,
@@ -30,27 +30,30 @@ def plot_edfs(title: str, candidate_errors: dict[str, list[float]], path: str) -
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    styles = ("-", "--", "-.", ":")  # curves of small samples often coincide: vary the dash as well as the colour
-    for i, (label, errors) in enumerate(candidate_errors.items()):
-        xs, ys = edf_curve(errors)
-        stats = summarize(errors)
-        ax.step(
-            [xs[0]] + xs,
-            [0.0] + ys,
-            where="post",
-            linestyle=styles[i % len(styles)],
-            linewidth=1.8,
-            label=f"{label} ({stats['mean']:.3f} ± {stats['std']:.3f}, n={stats['n']})",
-        )
-    ax.set_xlabel("validation error (1 - accuracy)")
-    ax.set_ylabel("cumulative share of designs")
-    ax.set_ylim(0, 1.02)
-    ax.set_title(f"{title}: error EDF per candidate")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        styles = ("-", "--", "-.", ":")  # curves of small samples often coincide: vary the dash as well as the colour
+        for i, (label, errors) in enumerate(candidate_errors.items()):
+            xs, ys = edf_curve(errors)
+            stats = summarize(errors)
+            ax.step(
+                [xs[0]] + xs,
+                [0.0] + ys,
+                where="post",
+                linestyle=styles[i % len(styles)],
+                linewidth=1.8,
+                label=f"{label} ({stats['mean']:.3f} ± {stats['std']:.3f}, n={stats['n']})",
+            )
+        ax.set_xlabel("validation error (1 - accuracy)")
+        ax.set_ylabel("cumulative share of designs")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{title}: error EDF per candidate")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        with atomic_path(path) as tmp:  # an interrupted rerun keeps the previous plot
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

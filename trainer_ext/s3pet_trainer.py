@@ -583,6 +583,10 @@ class S3PETSearchTrainer(Trainer):
                 reason = "no α step recorded by this trainer, so no search trajectory to plot"
             except ImportError:  # matplotlib is optional (`pip install peft-designspace[plots]`)
                 reason = "matplotlib is not installed (`pip install peft-designspace[plots]`), so no figures"
+            except BaseException as error:  # a full disk, Ctrl-C: no earlier search's figure stays beside this one
+                unwritten = [n for n in (PLOT_FILE, TRAJECTORY_FILE) if n not in written]
+                _remove_stale_figures(out, unwritten, f"writing the figures failed ({type(error).__name__})")
+                raise
             # a figure not rewritten here belongs to an earlier search: it must not sit next to this structure
             _remove_stale_figures(out, [n for n in (PLOT_FILE, TRAJECTORY_FILE) if n not in written], reason)
         return structure
