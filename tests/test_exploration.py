@@ -1,8 +1,10 @@
 """Design-space exploration: sampling (uniformity, budget, seed), EDFs, stage selection, evaluation and resume."""
 
+import argparse
 import json
 import math
 import os
+import re
 import statistics
 from collections import Counter
 
@@ -493,6 +495,61 @@ def test_output_dir_that_cannot_be_created_exits_2_before_anything_is_written(tm
     err = capsys.readouterr().err
     assert "--output_dir" in err and match in err
     assert (tmp_path / "file").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [
+        ("report-on-data", r"--report .*lies in .*an input of this run"),
+        ("report-not-md", r"--report .* must be a Markdown file \(\.md\)"),
+        ("report-users-own", r"--report .* exists and is not an exploration report"),
+        ("output-cwd", r"--output_dir '\.' is the current directory"),
+        ("output-users-folder", r"--output_dir .* is not empty and holds no earlier exploration"),
+        ("output-in-data", r"--output_dir .* lies in .*an input of this run"),
+        ("plots-in-data", r"--plots_dir .* lies in .*an input of this run"),
+    ],
+)
+def test_explore_never_writes_over_the_users_files(tmp_path, capsys, monkeypatch, case, match):
+    # `--report data/train.tsv` replaced the training data with the report; `--output_dir .` replaced the user's
+    # own report.md (a bad-input fuzz, 2026-11-25)
+    data, mine = tmp_path / "data", tmp_path / "mine"
+    data.mkdir()
+    mine.mkdir()
+    (data / "train.tsv").write_text("sentence\tlabel\n")
+    (mine / "report.md").write_text("my own notes")
+    monkeypatch.chdir(mine if case == "output-cwd" else tmp_path)
+    argv = ["--data_dir", str(data), "--output_dir", str(tmp_path / "out"), "--report_only", "--quiet"]
+    extra = {
+        "report-on-data": ["--report", str(data / "train.tsv")],
+        "report-not-md": ["--report", str(tmp_path / "report.txt")],
+        "report-users-own": ["--report", str(mine / "report.md")],
+        "output-cwd": ["--output_dir", "."],
+        "output-users-folder": ["--output_dir", str(mine)],
+        "output-in-data": ["--output_dir", str(data / "out")],
+        "plots-in-data": ["--plots_dir", str(data / "plots")],
+    }[case]
+    with pytest.raises(SystemExit) as exit_info:
+        explore_main(argv + extra)
+    assert exit_info.value.code == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert (data / "train.tsv").read_text() == "sentence\tlabel\n" and sorted(os.listdir(data)) == ["train.tsv"]
+    assert (mine / "report.md").read_text() == "my own notes" and os.listdir(mine) == ["report.md"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_explore_resumes_in_its_own_folder_and_expands_the_home_folder(tmp_path, monkeypatch):
+    from trainer_ext.explore_cli import check_model_and_output
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = argparse.Namespace(data_dir="~/data", model_name_or_path=None, output_dir="~/out", report=None,
+                              plots_dir=None, space=None)  # fmt: skip
+    (tmp_path / "data").mkdir()
+    (tmp_path / "out" / "results").mkdir(parents=True)  # an earlier exploration (before the marker existed)
+    (tmp_path / "out" / "report.md").write_text("# Design-space exploration report\n")
+    check_model_and_output(args)
+    assert args.output_dir == str(tmp_path / "out") and args.data_dir == str(tmp_path / "data")
+    args.report = str(tmp_path / "out" / "report.md")  # its own report may be rewritten
+    check_model_and_output(args)
 
 
 def test_result_keys_agree_whether_the_task_is_given_or_inferred_from_the_folder(tmp_path):

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+from pathlib import Path
 
 from peft_designspace.designspace.refine import Stage, paper_stages
 from peft_designspace.designspace.space import (
@@ -14,7 +15,8 @@ from peft_designspace.designspace.space import (
     design_label,
 )
 
-from .explore_eval import DEVICES, ExploreSettings
+from .explore_eval import DEVICES, RESULTS_DIR, ExploreSettings
+from .explore_report import TITLE
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +110,11 @@ def stages_from_args(args: argparse.Namespace, num_groups: int) -> list[Stage]:
 
 
 def check_model_and_output(args: argparse.Namespace) -> None:
-    """Check `--model_name_or_path` and `--output_dir` without creating or loading anything (ValueError if bad)."""
+    """Check `--model_name_or_path`, `--output_dir`, `--report` and `--plots_dir` without creating or loading
+    anything (ValueError naming the option if bad). `~` in these paths is expanded."""
+    for name in ("data_dir", "model_name_or_path", "output_dir", "report", "plots_dir", "space"):
+        if getattr(args, name, None):
+            setattr(args, name, os.path.expanduser(getattr(args, name)))
     model = args.model_name_or_path
     if model is not None and not os.path.isfile(os.path.join(model, "config.json")):
         what = "a folder without config.json" if os.path.isdir(model) else "not a folder"
@@ -116,14 +122,53 @@ def check_model_and_output(args: argparse.Namespace) -> None:
             f"--model_name_or_path {model!r} is {what}; expected a local transformers model folder with "
             "config.json (explore runs offline), or leave it unset for the packaged MiniLM-L6."
         )
-    from adapters_hub._files import check_creatable
+    from adapters_hub._files import MARKER, _never_replaced, check_creatable
 
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+    inputs = [args.data_dir, model]
+    output = Path(args.output_dir)
+    if output.exists() and not output.is_dir():
         raise ValueError(f"--output_dir {args.output_dir!r} exists and is not a folder; choose a folder path.")
+    why = _never_replaced(output.resolve(), inputs) or _inside(output, inputs)
+    if why:
+        raise ValueError(f"--output_dir {args.output_dir!r} {why}; choose a new folder for the exploration.")
+    # the exploration resumes in its folder, so it writes there in place: only into an earlier exploration's folder
+    # (its marker, or the `results/` it stores designs in), never into a folder of the user's own
+    if (
+        output.is_dir()
+        and any(output.iterdir())
+        and not ((output / MARKER).exists() or (output / RESULTS_DIR).is_dir())
+    ):
+        raise ValueError(
+            f"--output_dir {args.output_dir!r} is not empty and holds no earlier exploration (no {RESULTS_DIR}/ "
+            f"folder, no {MARKER} file); its files would be overwritten. Choose a new or empty folder."
+        )
     try:
         check_creatable(args.output_dir)  # the exploration writes into the folder itself (it resumes from it)
     except OSError as err:
         raise ValueError(f"--output_dir {err}") from None
+    if args.report:
+        report = Path(args.report)
+        why = _inside(report, inputs)
+        if why or report.suffix != ".md":
+            raise ValueError(f"--report {args.report!r} {why or 'must be a Markdown file (.md)'}.")
+        if report.exists() and (not report.is_file() or not report.read_text(errors="replace").startswith(TITLE)):
+            raise ValueError(
+                f"--report {args.report!r} exists and is not an exploration report (it does not start with "
+                f"{TITLE!r}); choose another path, it is not overwritten."
+            )
+    if args.plots_dir:
+        why = _inside(Path(args.plots_dir), inputs) or _never_replaced(Path(args.plots_dir).resolve(), inputs)
+        if why:
+            raise ValueError(f"--plots_dir {args.plots_dir!r} {why}; choose a new folder for the plots.")
+
+
+def _inside(path: Path, inputs: list) -> str | None:
+    """Why `path` lies in one of the run's input folders (the data, the model), or None."""
+    resolved = path.resolve()
+    for item in inputs:
+        if item is not None and (resolved == Path(item).resolve() or Path(item).resolve() in resolved.parents):
+            return f"lies in {os.fspath(item)!r}, an input of this run"
+    return None
 
 
 def check_task_and_data(args: argparse.Namespace) -> None:
@@ -164,6 +209,12 @@ def run_explore(args: argparse.Namespace) -> int:
     space = space_from_args(args)
     stages = stages_from_args(args, space.num_groups)
     check_task_and_data(args)  # last: reads the TSV files
+    from adapters_hub._files import MARKER
+
+    os.makedirs(args.output_dir, exist_ok=True)  # marked as the exploration's: a later run may resume in it
+    marker = Path(args.output_dir) / MARKER
+    if not marker.exists():
+        marker.write_text(json.dumps({"written_by": "peft-designspace explore"}) + "\n", encoding="utf-8")
     settings = ExploreSettings(
         data_dir=args.data_dir,
         model_name_or_path=args.model_name_or_path,

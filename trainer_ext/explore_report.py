@@ -15,6 +15,8 @@ from peft_designspace.designspace.space import (
 
 from .explore_eval import ExploreSettings
 
+TITLE = "# Design-space exploration report"  # the first line of every report (a rerun overwrites only such a file)
+
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
@@ -63,7 +65,7 @@ def write_report(result: ExplorationResult, settings: ExploreSettings, start_spa
     rel = lambda p: os.path.relpath(os.path.abspath(p), folder)  # noqa: E731
     trained = list(all_results.values())
     lines = [
-        "# Design-space exploration report",
+        TITLE,
         "",
         f"Backbone `{settings.fingerprint()['model_name_or_path']}`, data `{settings.data_dir}`, budget "
         f"{settings.budget:g}. Each design: {settings.max_steps} steps, batch {settings.batch_size}, learning rate "
