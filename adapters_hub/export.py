@@ -82,6 +82,18 @@ def _output_rules(overwrite: bool, config: Any) -> dict:
     return {"overwrite": overwrite, "only_pack_outputs": True, "protect": protect}
 
 
+def _check_export_dir(out_dir: str | os.PathLike, overwrite: bool, config: Any) -> None:
+    """`check_output_dir` with the exports' rules; also, an export replaces only an earlier export: never another
+    output of the pack (a training run's folder can hold the very adapter being exported)."""
+    check_output_dir(out_dir, **_output_rules(overwrite, config))
+    folder = Path(out_dir)
+    if overwrite and folder.is_dir() and any(folder.iterdir()) and not (folder / INFO_NAME).is_file():
+        raise FileExistsError(
+            f"{folder} holds an output of peft-designspace that is not an export (no {INFO_NAME}), such as a "
+            "training run's adapter; an export replaces only an earlier export. Choose a new folder."
+        )
+
+
 def _half_precision_bases(model: nn.Module) -> list[str]:
     """The bfloat16/float16 dtypes among the base weights of the model's tuner layers."""
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -220,7 +232,7 @@ def export_merged(
     ```
     """
     tuner, name, config = _tuner_and_name(model, adapter_name)
-    check_output_dir(out_dir, **_output_rules(overwrite, config))  # before any work (checked again on write)
+    _check_export_dir(out_dir, overwrite, config)  # before any work (checked again on write)
     if _peft_type(config) == "SAMTUNING":
         _check_sam_selected(model, name)
     parts = unmergeable_parts(model, name)  # an S3PET adapter in search mode lists itself
@@ -292,7 +304,7 @@ def export_to_peft(
     ```
     """
     tuner, name, config = _tuner_and_name(model, adapter_name)
-    check_output_dir(out_dir, **_output_rules(overwrite, config))  # before any work (checked again on write)
+    _check_export_dir(out_dir, overwrite, config)  # before any work (checked again on write)
     peft_type = _peft_type(config)
     if peft_type == "DESIGNSPACE":
         builder = _designspace_to_lora

@@ -174,3 +174,22 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path):
     export_to_peft(model, tmp_path / "exported", overwrite=True)  # an earlier export is replaced
     assert sorted(os.listdir(tmp_path)) == ["exported", "out"]
     assert "adapter_config.json" in os.listdir(tmp_path / "exported")
+
+
+def test_an_export_never_replaces_a_training_output(tmp_path):
+    # a `train` output holds the adapter being exported: export_to_peft(model, "run", overwrite=True) deleted it
+    # where the command line refused (a bad-input fuzz, 2026-11-25)
+    from adapters_hub._files import MARKER
+
+    model = get_peft_model(
+        make_model("bert", "SEQ_CLS", layers=4), DesignSpaceConfig(preset="lora", budget=0.05, task_type="SEQ_CLS")
+    )
+    run = tmp_path / "run"
+    model.save_pretrained(run / "adapter")
+    (run / MARKER).write_text("{}")
+    (run / "results.json").write_text("{}")
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    for export in (export_to_peft, export_merged):
+        with pytest.raises(FileExistsError, match=r"not an export .*replaces only an earlier export"):
+            export(model, run, overwrite=True)
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
