@@ -53,6 +53,7 @@ BAD_OPTIONS = [
     (["train", "--data", "{tiny}/SST-2", "--model", "{tiny}/model", "--output_dir", "{file}"], "--output_dir"),
     (["train", "--data", "{tiny}/SST-2", "--model", "{tiny}/model", "--adapter", "{tmp}"], "--adapter"),
     (["train", "--data", "{tiny}/SST-2", "--model", "{tiny}/model", "--max_steps", "x"], "--max_steps"),
+    (["train", "--data", "{tiny}/SST-2", "--model", "{tiny}/model", "--seed", "-1"], "--seed must be an int in [0"),
     (["calibrate", "--data", "{tiny}/SST-2", "--model", "{tiny}/model", "--score", "best"], "--score"),
     (["report", "{tmp}/nothing"], "adapter"),
     (["export", "{tmp}", "--output_dir", "{tmp}/out"], "adapter"),

@@ -176,6 +176,8 @@ SEARCH_BAD = [
     (["--search_steps", "0"], "--search_steps must be a positive int"),
     (["--max_length", "513"], "--max_length must be in [1, 512]"),
     (["--task", "mnli"], "--task 'mnli'"),  # the option exists and names what is allowed
+    (["--seed", "-1"], "--seed must be an int in [0, 2**32)"),  # numpy's own error came after the model loaded
+    (["--search_seed", "4294967296"], "--search_seed must be an int in [0, 2**32)"),
 ]
 
 

@@ -411,9 +411,9 @@ def test_device_setting_reaches_the_trainer_and_keys_results_apart(tiny_backbone
 @pytest.mark.parametrize(
     ("field", "value", "match"),
     [
-        ("seed", "1", r"`seed` must be an int >= 0, got '1'"),
-        ("split_seed", -1, r"`split_seed` must be an int >= 0, got -1"),
-        ("seed", 1.0, r"`seed` must be an int >= 0, got 1.0"),
+        ("seed", "1", r"`seed` must be an int >= 0 \(and < 2\*\*32\), got '1'"),
+        ("split_seed", -1, r"`split_seed` must be an int >= 0 \(and < 2\*\*32\), got -1"),
+        ("seed", 1.0, r"`seed` must be an int >= 0 \(and < 2\*\*32\), got 1.0"),
         ("learning_rate", "1e-3", r"`learning_rate` must be > 0 \(a finite float\), got '1e-3'"),
         ("learning_rate", float("nan"), r"`learning_rate` must be > 0"),
         ("budget", True, r"`budget` must be > 0 \(a fraction < 1 or a count >= 1\), got True"),

@@ -49,3 +49,14 @@ def test_the_shared_glue_folders_still_load(task):
     data = load_glue_folder(SHARED / task)
     assert len(data["train"]) > 100 and len(data["dev"]) > 100
     assert {row["label"] for row in data["train"]} == {0, 1}
+
+
+@pytest.mark.parametrize("seed", [None, "abc", 1.5, True])
+def test_split_validation_takes_only_an_int_seed(seed):
+    # None seeded from the OS: a different validation split on every call, where the docstring promises one
+    from trainer_ext.glue import split_validation
+
+    rows = [{"sentence": str(i), "label": i % 2} for i in range(10)]
+    with pytest.raises(TypeError, match=r"`seed` must be an int"):
+        split_validation(rows, seed=seed)
+    assert split_validation(rows, seed=3) == split_validation(rows, seed=3)

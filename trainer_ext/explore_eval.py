@@ -98,8 +98,8 @@ class ExploreSettings:
         for name, low in (("train_samples", 1), ("validation_samples", 1), ("max_steps", 1), ("batch_size", 1),
                           ("max_length", 1), ("seed", 0), ("split_seed", 0)):  # fmt: skip
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}.")
+            if isinstance(value, bool) or not isinstance(value, int) or value < low or value >= 2**32:
+                raise ValueError(f"`{name}` must be an int >= {low} (and < 2**32), got {value!r}.")
         for name, what in (("budget", "a fraction < 1 or a count >= 1"), ("learning_rate", "a finite float")):
             value = getattr(self, name)
             if not _is_positive_number(value):

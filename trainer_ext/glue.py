@@ -225,6 +225,7 @@ def split_validation(rows: Sequence[dict], fraction: float = 0.1, seed: int = 0)
 
     Raises:
         ValueError: if `fraction` is not in (0, 1) or there are fewer than two rows.
+        TypeError: if `seed` is not an int.
 
     Example:
 
@@ -238,6 +239,8 @@ def split_validation(rows: Sequence[dict], fraction: float = 0.1, seed: int = 0)
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"`fraction` must be in (0, 1), got {fraction!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int):  # None would seed from the OS: a new split every call
+        raise TypeError(f"`seed` must be an int (the split is reproducible), got {seed!r}.")
     if len(rows) < 2:
         raise ValueError(f"Need at least 2 rows to split off a validation set, got {len(rows)}.")
     n_val = min(max(1, round(len(rows) * fraction)), len(rows) - 1)

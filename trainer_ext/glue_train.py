@@ -117,6 +117,13 @@ def budget_problem(value: float) -> str | None:
     return None
 
 
+def seed_problem(value: object) -> str | None:
+    """Why `value` is not a seed (an int in [0, 2**32), as numpy's and torch's seeding take), or None."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        return f"must be an int in [0, 2**32), got {value!r}."
+    return None
+
+
 def settings_problems(settings: GlueTrainSettings) -> list[tuple[str, str]]:
     """`(option, message)` for every bad setting, found without loading a model or data."""
     checks = {
@@ -125,6 +132,7 @@ def settings_problems(settings: GlueTrainSettings) -> list[tuple[str, str]]:
         **{n: count_problem(getattr(settings, n), optional=True) for n in ("num_threads", "max_eval_samples")},
         "max_length": max_length_problem(settings.max_length),
         "learning_rate": learning_rate_problem(settings.learning_rate),
+        "seed": seed_problem(settings.seed),
     }
     problems = [(name, message) for name, message in checks.items() if message]
     if not 0 <= settings.warmup_ratio < 1:

@@ -77,6 +77,7 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         learning_rate_problem,
         load_glue_data,
         max_length_problem,
+        seed_problem,
     )
 
     checks = {
@@ -87,6 +88,7 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         **{n: count_problem(getattr(args, n), optional=True) for n in ("max_eval_samples", "num_threads")},
         **{n: count_problem(getattr(args, n)) for n in ("search_steps", "retrain_steps", "eval_steps")},
         **{n: count_problem(getattr(args, n)) for n in ("max_train_samples", "batch_size")},
+        **{n: seed_problem(getattr(args, n)) for n in ("seed", "search_seed")},
     }
     for name, problem in checks.items():
         if problem:
