@@ -704,6 +704,9 @@ def _main(argv: list[str]) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
+    for name, value in vars(args).items():  # `--output_dir=~/x` reaches us unexpanded (the shell expands only `~/x`)
+        if isinstance(value, str) and (value == "~" or value.startswith("~/")):
+            setattr(args, name, os.path.expanduser(value))
     if getattr(args, "quiet", False):
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read by huggingface_hub, transformers and datasets
     logging.basicConfig(

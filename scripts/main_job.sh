@@ -33,7 +33,7 @@ CALLER_DIR="$(pwd)"
 absolute() {  # absolute <path> -> the path relative to the caller's directory, made absolute
     case "$1" in
         /*) printf '%s' "$1" ;;
-        "~"*) printf '%s' "$1" ;;
+        "~"*) printf '%s' "$1" ;;  # expanded by the command line (a shell leaves `--opt=~/x` as it is)
         *) printf '%s/%s' "$CALLER_DIR" "$1" ;;
     esac
 }

@@ -181,3 +181,15 @@ def test_the_task_is_inferred_from_a_relative_data_folder(tiny, monkeypatch):
     assert infer_task(".", None) == "SST-2"
     monkeypatch.chdir(tiny / "SST-2" / "..")
     assert infer_task("SST-2/.", None) == "SST-2"
+
+
+def test_a_tilde_in_an_option_is_the_home_folder(tmp_path, monkeypatch):
+    # `--output_dir=~/x` reaches the program unexpanded: it wrote into a folder named `~` in the current directory
+    import adapters_hub.cli as cli
+
+    seen = {}
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setitem(cli.COMMANDS, "report", lambda parser, args: seen.update(vars(args)) or 0)
+    assert main(["report", "~/adapter", "--plot=~/figs/h.png"]) == 0
+    assert seen["adapter"] == str(tmp_path / "home" / "adapter")
+    assert seen["plot"] == str(tmp_path / "home" / "figs" / "h.png")

@@ -412,3 +412,18 @@ def test_main_job_refuses_the_callers_directory_as_output(tmp_path):
         )
         assert result.returncode == 2, result.stderr[-2000:]
         assert "is the current directory or one of its parents" in result.stderr
+
+
+def test_example_paths_expand_a_tilde(tiny, tmp_path, monkeypatch):
+    import argparse
+
+    from trainer_ext.glue_train import check_example_paths
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "SST-2").symlink_to(tiny / "SST-2")
+    monkeypatch.setenv("HOME", str(home))
+    args = argparse.Namespace(data_dir="~/SST-2", task=None, model_name_or_path=str(tiny / "model"),
+                              output_dir="~/out", overwrite=False)  # fmt: skip
+    check_example_paths(argparse.ArgumentParser(), args)
+    assert (args.data_dir, args.output_dir) == (str(home / "SST-2"), str(home / "out"))

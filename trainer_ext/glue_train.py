@@ -189,7 +189,8 @@ def check_example_paths(parser: Any, args: Any, default_output: Any = None) -> N
 
     Checks `args.data_dir` (a GLUE folder; its task inferred into `args.task` unless given), `args.model_name_or_path`
     (a local model folder; the default MiniLM when unset) and `args.output_dir` (`default_output(args)` when unset;
-    replaced only with `args.overwrite` and only when it holds a previous output of the pack).
+    replaced only with `args.overwrite` and only when it holds a previous output of the pack); a leading `~/` in
+    these paths is expanded.
 
     Example:
 
@@ -204,6 +205,10 @@ def check_example_paths(parser: Any, args: Any, default_output: Any = None) -> N
     """
     from adapters_hub._files import check_output_dir
 
+    for name in ("data_dir", "model_name_or_path", "output_dir", "init_adapter"):  # `--opt=~/x` arrives unexpanded
+        value = getattr(args, name, None)
+        if isinstance(value, str) and (value == "~" or value.startswith("~/")):
+            setattr(args, name, os.path.expanduser(value))
     problem = glue_folder_problem(args.data_dir)
     if problem:
         parser.error(f"--data_dir {problem}")
