@@ -113,7 +113,7 @@ def _tuner_and_name(model: nn.Module, adapter_name: str | None) -> tuple[Any, st
     configs = getattr(model, "peft_config", None)
     if tuner is None or not isinstance(configs, dict):
         raise TypeError(f"Expected a `peft.PeftModel` with an adapter of the pack, got {type(model).__name__}.")
-    name = adapter_name or model.active_adapter
+    name = model.active_adapter if adapter_name is None else adapter_name  # "" is a bad name, not the default
     if name not in configs:
         raise ValueError(f"`adapter_name` must be one of {sorted(configs)}, got {name!r}.")
     return tuner, name, configs[name]
@@ -232,6 +232,8 @@ def export_merged(
     ```
     """
     tuner, name, config = _tuner_and_name(model, adapter_name)
+    if not isinstance(progressbar, bool):  # "no" would count as True
+        raise TypeError(f"`progressbar` must be True or False, got {progressbar!r}.")
     _check_export_dir(out_dir, overwrite, config)  # before any work (checked again on write)
     if _peft_type(config) == "SAMTUNING":
         _check_sam_selected(model, name)

@@ -193,3 +193,14 @@ def test_an_export_never_replaces_a_training_output(tmp_path):
         with pytest.raises(FileExistsError, match=r"not an export .*replaces only an earlier export"):
             export(model, run, overwrite=True)
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
+def test_exports_refuse_an_empty_adapter_name_and_a_non_bool_progressbar(tmp_path):
+    model = get_peft_model(
+        make_model("bert", "SEQ_CLS", layers=4), DesignSpaceConfig(preset="lora", budget=0.05, task_type="SEQ_CLS")
+    )
+    with pytest.raises(ValueError, match=r"`adapter_name` must be one of \['default'\], got ''"):
+        export_to_peft(model, tmp_path / "a", adapter_name="")
+    with pytest.raises(TypeError, match=r"`progressbar` must be True or False, got 'no'"):
+        export_merged(model, tmp_path / "b", progressbar="no")
+    assert os.listdir(tmp_path) == []

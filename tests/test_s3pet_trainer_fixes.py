@@ -309,3 +309,14 @@ def test_a_retry_of_auto_find_batch_size_draws_search_batches_of_its_own_size(tm
     assert [s for s, _ in trainer.p_history] == list(range(1, steps + 1))
     rates = [e["alpha_learning_rate"] for e in trainer.search_log]  # the retry's schedule spans its own steps
     assert rates == pytest.approx([0.1 * (1 - i / steps) for i in range(steps)])
+
+
+def test_derive_structure_refuses_an_empty_strategy_and_non_bool_flags(tmp_path):
+    # strategy="" ran greedy, and from_best="no" / save="no" counted as True (a bad-input fuzz, 2026-11-25)
+    trainer = _trainer(tmp_path)
+    with pytest.raises(ValueError, match=r"`strategy` must be 'greedy' or 'knapsack', got ''"):
+        trainer.derive_structure(strategy="", save=False)
+    for flag in ("from_best", "save"):
+        with pytest.raises(TypeError, match=rf"`{flag}` must be True or False, got 'no'"):
+            trainer.derive_structure(**{flag: "no"})
+    assert not (tmp_path / "s3pet_structure.json").exists()

@@ -558,9 +558,13 @@ class S3PETSearchTrainer(Trainer):
         history starts at the resume). A figure this call cannot write (no α step recorded yet, or no matplotlib) is
         removed from that folder with a warning, so that no other search's figure is left beside this structure.
         """
+        for name, value in (("from_best", from_best), ("save", save)):
+            if not isinstance(value, bool):  # "no" would count as True
+                raise TypeError(f"`{name}` must be True or False, got {value!r}.")
         tuner = self._tuner()
         alphas = self._best_alphas() if from_best else None
-        structure = tuner.derive_structure(strategy=strategy or self.structure_strategy, alpha=alphas)
+        strategy = self.structure_strategy if strategy is None else strategy  # "" is refused below, not the default
+        structure = tuner.derive_structure(strategy=strategy, alpha=alphas)
         structure["from_step"], structure["from_checkpoint"] = self._source_of(alphas)
         if save and self.args.should_save:
             from peft_designspace.s3pet import save_structure
