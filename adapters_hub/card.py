@@ -88,11 +88,17 @@ def report_from_saved(adapter_dir: str | os.PathLike, adapter_name: str = "defau
     """
     from peft_designspace.designspace.report import STRATEGY_OF, report_from_counts
 
+    from .report import read_config
+
     adapter_dir = Path(adapter_dir)
-    config = json.loads((adapter_dir / CONFIG_NAME).read_text())
+    config = read_config(adapter_dir)  # names the file when it is not a JSON object
     plan = config.get("plan")
     if config.get("peft_type") != "DESIGNSPACE" or not isinstance(plan, dict):
         raise ValueError(f"{adapter_dir} holds no design-space adapter with a plan.")
+    if not isinstance(plan.get("layers"), list) or not all(isinstance(layer, dict) for layer in plan["layers"]):
+        raise ValueError(
+            f"{adapter_dir / CONFIG_NAME} has a `plan` without its list of `layers`; save the adapter again."
+        )
     header = read_safetensors_header(adapter_dir / WEIGHTS_NAME)
     layers = sorted(plan["layers"], key=lambda layer: -len(layer["path"]))  # longest path first
     counts: dict[tuple[int, str], int] = {}
@@ -417,7 +423,9 @@ def write_model_card(
     config_file = adapter_dir / CONFIG_NAME
     if not config_file.is_file():
         raise FileNotFoundError(f"{adapter_dir} has no {CONFIG_NAME}; save the adapter before writing its card.")
-    config = json.loads(config_file.read_text())
+    from .report import read_config
+
+    config = read_config(adapter_dir)  # names the file when it is not a JSON object
     readme = adapter_dir / "README.md"
     # parsed first: a README that cannot be read fails before anything in the folder is written
     card = load_card(readme.read_text(encoding="utf-8") if readme.is_file() else "", readme)

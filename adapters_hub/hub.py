@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from peft_designspace._io import is_temporary_name, write_text_atomic
 
-from ._files import MARKER
+from ._files import EXPORT_INFO, MARKER
 from .card import load_card, write_model_card
 from .loading import CONFIG_NAME, WEIGHTS_NAME
 
@@ -195,10 +195,28 @@ def _not_uploaded(name: str) -> bool:
     return is_temporary_name(name) or any(fnmatch.fnmatch(name, pattern) for pattern in NOT_UPLOADED)
 
 
+def _is_output_folder(path: Path) -> bool:
+    # an export or run of the pack written inside the adapter folder (e.g. `export --output_dir adapter/merged`, a
+    # whole merged model): another output, not part of this adapter
+    return path.is_dir() and ((path / MARKER).is_file() or (path / EXPORT_INFO).is_file())
+
+
 def _ignore_not_uploaded(directory: str, names: list[str]) -> set[str]:
     # the pack's output marker (an export folder holds one) is local bookkeeping too, left out without a word
     files = {n for n in names if not os.path.isdir(os.path.join(directory, n))}
-    return {n for n in files if n == MARKER or _not_uploaded(n)}
+    folders = {n for n in names if n not in files and _is_output_folder(Path(directory, n))}
+    return folders | {n for n in files if n == MARKER or _not_uploaded(n)}
+
+
+def _left_out(adapter_dir: Path) -> list[str]:
+    """What `push_folder` does not upload (relative paths): `_ignore_not_uploaded`'s files and folders, except the
+    marker at the top (the folder's own bookkeeping)."""
+    found = []
+    for directory, dirs, files in os.walk(adapter_dir):
+        ignored = _ignore_not_uploaded(directory, dirs + files)
+        dirs[:] = [d for d in dirs if d not in ignored]
+        found += [os.path.relpath(os.path.join(directory, n), adapter_dir) for n in sorted(ignored) if n != MARKER]
+    return sorted(found)
 
 
 def push_folder(
@@ -243,12 +261,12 @@ def push_folder(
 
     _check_push_options(repo_id, private, revision, commit_message)
     _check_adapter_folder(Path(adapter_dir))
-    left_out = sorted(str(f.relative_to(adapter_dir)) for f in Path(adapter_dir).rglob("*") if _not_uploaded(f.name))
+    left_out = _left_out(Path(adapter_dir))
     if left_out:
         warnings.warn(
             f"push_folder leaves out {len(left_out)} file(s) that are not part of a shareable adapter: {left_out[:6]} "
-            "(pickle files and a Trainer checkpoint's optimizer, scheduler, RNG and arguments; `training_args.bin` "
-            "can hold a Hub token).",
+            "(pickle files, a Trainer checkpoint's optimizer, scheduler, RNG and arguments, since `training_args.bin` "
+            "can hold a Hub token, temporary files, and other outputs of the pack written inside the folder).",
             stacklevel=2,
         )
     with tempfile.TemporaryDirectory() as folder:

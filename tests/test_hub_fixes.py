@@ -190,6 +190,26 @@ def test_push_folder_of_a_trainer_checkpoint_uploads_the_adapter_and_not_the_tra
     assert not files & {"training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"}
 
 
+def test_push_folder_leaves_out_an_export_written_inside_the_adapter_folder(hub, tmp_path):
+    # `export adapter --output_dir adapter/merged --format merged` then `push_folder(adapter)` uploaded the whole
+    # merged model too (a bad-input fuzz, 2026-11-25)
+    from huggingface_hub import HfApi
+
+    from adapters_hub._files import EXPORT_INFO
+
+    folder = tmp_path / "adapter"
+    adapted().save_pretrained(folder)
+    (folder / "merged").mkdir()  # as an export writes it
+    (folder / "merged" / EXPORT_INFO).write_text("{}")
+    (folder / "merged" / "model.safetensors").write_bytes(b"a whole merged model")
+    (folder / "notes").mkdir()
+    (folder / "notes" / "a.txt").write_text("mine")  # a folder of the user's own goes up as before
+    with pytest.warns(UserWarning, match=r"leaves out 1 file\(s\).*\['merged'\]"):
+        push_folder(folder, "tester/with-export", token=WRITE)
+    files = set(HfApi(token=WRITE).list_repo_files("tester/with-export"))
+    assert "notes/a.txt" in files and not [f for f in files if f.startswith("merged")]
+
+
 # 7. Trainer.push_to_hub keeps the pack's card (a review of Trainer features, 2026-11-25) ----------------------------
 @pytest.mark.parametrize("method", ["designspace", "s3pet"])
 def test_trainer_push_to_hub_keeps_the_pack_model_card(hub, tmp_path, method):

@@ -184,3 +184,22 @@ def test_card_drops_base_model_tags_that_name_a_local_folder(saved, tmp_path):
     head = write_model_card(folder).read_text().split("---")[1]
     assert local not in head
     assert "- base_model:adapter:org/base-model" in head and "- my-tag" in head
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        ("{'peft_type': 1", r"adapter_config.json' is not valid JSON"),
+        ("[1, 2]", r"adapter_config.json"),
+        ('{"peft_type": "DESIGNSPACE", "plan": {"groups": []}}', r"has a `plan` without its list of `layers`"),
+    ],
+)
+def test_a_broken_config_gives_a_card_error_naming_the_file(saved, tmp_path, config, match):
+    # a bare JSONDecodeError, an AttributeError on a list, or KeyError: 'layers' (a bad-input fuzz, 2026-11-25)
+    folder = copy_adapter(saved, tmp_path)
+    (folder / "adapter_config.json").write_text(config)
+    readme = (folder / "README.md").read_bytes() if (folder / "README.md").exists() else None
+    for call in (report_from_saved, write_model_card):
+        with pytest.raises(ValueError, match=match):
+            call(folder)
+    assert ((folder / "README.md").read_bytes() if (folder / "README.md").exists() else None) == readme
