@@ -355,7 +355,7 @@ def _settings(args: argparse.Namespace, method: str):
 SAM_ONLY_OPTIONS = ("score", "scope", "calibration_batches")
 
 
-def _check_options_apply(parser: argparse.ArgumentParser, args: argparse.Namespace, method: str) -> None:
+def check_options_apply(parser: argparse.ArgumentParser, args: argparse.Namespace, method: str) -> None:
     """An explicitly given option that does not apply to `method` is an error (it would be silently ignored)."""
     given = getattr(args, "given_options", set())
     if method == "sam" and "preset" in given:
@@ -375,7 +375,7 @@ def _take_adapter_settings(parser: argparse.ArgumentParser, args: argparse.Names
             "design-space and SAM adapters."
         )
     given = getattr(args, "given_options", set())
-    _check_options_apply(parser, args, method)
+    check_options_apply(parser, args, method)
     if method == "sam" and "calibration_batches" in given:
         parser.error(
             f"--calibration_batches {args.calibration_batches} does not apply with --adapter {args.adapter!r}: its "
@@ -447,7 +447,7 @@ def _validate_training(parser: argparse.ArgumentParser, args: argparse.Namespace
     if getattr(args, "adapter", None):
         method = _take_adapter_settings(parser, args, _check_adapter_dir(parser, args.adapter, "--adapter"))
     elif hasattr(args, "method"):
-        _check_options_apply(parser, args, args.method)
+        check_options_apply(parser, args, args.method)
     _check_task(parser, args)  # imports trainer_ext and peft_designspace from here on (a few seconds)
     from trainer_ext.glue_train import settings_problems
 

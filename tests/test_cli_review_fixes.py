@@ -149,6 +149,23 @@ def test_train_glue_example_reports_a_bad_label_as_a_usage_error(tiny, tmp_path,
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--method", "sam", "--preset", "lora"], "--preset 'lora' applies to --method designspace only"),
+        (["--preset", "bitfit", "--score", "fisher"], "--score 'fisher' applies to --method sam only"),
+    ],
+)
+def test_train_glue_example_refuses_options_that_do_not_apply(extra, message, tiny, tmp_path, no_model_loads, capsys):
+    # they were silently ignored, as the command line refuses them (a bad-input fuzz, 2026-11-25)
+    example = load_example("examples/designspace/train_glue.py")
+    argv = ["--data_dir", str(tiny / "SST-2"), "--model_name_or_path", str(tiny / "model"), *extra]
+    with pytest.raises(SystemExit) as exit_:
+        example.parse_args([*argv, "--output_dir", str(tmp_path / "o")])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    example.parse_args([*argv[:4], "--method", "sam", "--score", "fisher", "--output_dir", str(tmp_path / "o")])
+
+
 def test_train_glue_example_refuses_then_replaces_a_previous_output(tiny, tmp_path, capsys):
     example = load_example("examples/designspace/train_glue.py")
     out = tmp_path / "o"

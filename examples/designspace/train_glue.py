@@ -93,16 +93,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Replace an existing output folder of a previous run (once the new one is complete).",
     )
     args = parser.parse_args(argv)
+    args.given_options = _given_options(parser, argv)
     args.rows = validate_args(parser, args)
     return args
+
+
+def _given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The options written on the command line (parsed again with no defaults; `parser` keeps them so)."""
+    for action in parser._actions:
+        if action.option_strings:
+            action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
 
 
 def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
     """Check every option and read the data before any model loads; `parser.error` names the faulty option and exits
     2. Returns the data rows (`{"train": [...], "dev": [...]}`)."""
-    from adapters_hub.cli import default_train_output
+    from adapters_hub.cli import check_options_apply, default_train_output
     from trainer_ext.glue_train import DataError, check_example_paths, load_glue_data, settings_problems
 
+    check_options_apply(parser, args, args.method)  # e.g. --preset with --method sam would be silently ignored
     check_example_paths(
         parser, args, default_output=lambda a: default_train_output(a.method, a.task, a.preset, a.score, a.scope)
     )
