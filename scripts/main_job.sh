@@ -4,7 +4,8 @@
 #
 # Usage: bash scripts/main_job.sh [GLUE_DIR] [extra `peft-designspace train` options...]
 #   e.g. bash scripts/main_job.sh ../shared/data/glue/CoLA --preset lora;  bash scripts/main_job.sh --method sam
-#   GLUE_DIR defaults to ../shared/data/glue/SST-2 (relative to the repository root); a given path is taken relative
+#   GLUE_DIR (or a --data option instead of it) defaults to ../shared/data/glue/SST-2 (relative to the repository
+#   root); a given path is taken relative
 #   to the current directory, and so are the paths given to --output_dir, --adapter, --data and --model. Outputs go
 #   to <repo>/outputs/<method>[-<variant>]-<task>/ unless --output_dir is given (the variant names a preset other
 #   than s4, or a SAM score/scope other than the default: outputs/sam-fisher-SST-2);
@@ -15,18 +16,29 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
+DATA_OPTION=""  # a --data option (or an abbreviation) takes the place of GLUE_DIR and its default
+for arg in "$@"; do
+    case "$arg" in --da*) DATA_OPTION="$arg" ;; esac
+done
+DATA_ARGS=()
 if [ $# -ge 1 ] && [ "${1#-}" = "$1" ]; then
+    if [ -n "$DATA_OPTION" ]; then
+        echo "main_job.sh: give the GLUE folder once: as GLUE_DIR ('$1') or as $DATA_OPTION, not both" >&2
+        exit 2
+    fi
     DATA_DIR="$1"
     shift
-else
+elif [ -z "$DATA_OPTION" ]; then
     DATA_DIR="$ROOT/../shared/data/glue/SST-2"
 fi
-if [ ! -d "$DATA_DIR" ]; then
-    echo "main_job.sh: GLUE folder '$DATA_DIR' not found; expected a folder with train.tsv and dev.tsv" \
-        "(e.g. ../shared/data/glue/SST-2)" >&2
-    exit 2
+if [ -z "$DATA_OPTION" ]; then
+    if [ ! -d "$DATA_DIR" ]; then
+        echo "main_job.sh: GLUE folder '$DATA_DIR' not found; expected a folder with train.tsv and dev.tsv" \
+            "(e.g. ../shared/data/glue/SST-2)" >&2
+        exit 2
+    fi
+    DATA_ARGS=(--data "$(cd "$DATA_DIR" && pwd)")
 fi
-DATA_DIR="$(cd "$DATA_DIR" && pwd)"
 
 # Paths in the options are the caller's: make them absolute before `cd "$ROOT"` (a Hub model id stays as it is).
 CALLER_DIR="$(pwd)"
@@ -86,4 +98,4 @@ if [ -x "$ROOT/.venv/bin/peft-designspace" ]; then
 else  # the console script appears with the next `pip install -e .`; the module is the same program
     CLI=("$ROOT/.venv/bin/python" -m adapters_hub.cli)
 fi
-exec "${CLI[@]}" train --data "$DATA_DIR" --overwrite ${ARGS[@]+"${ARGS[@]}"}
+exec "${CLI[@]}" train ${DATA_ARGS[@]+"${DATA_ARGS[@]}"} --overwrite ${ARGS[@]+"${ARGS[@]}"}

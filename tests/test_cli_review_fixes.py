@@ -109,6 +109,24 @@ def test_main_job_takes_a_relative_output_dir_from_the_callers_directory(tiny, t
     assert not (ROOT / "rel").exists()
 
 
+def test_main_job_takes_the_data_from_data_or_glue_dir_once(tiny, tmp_path):
+    # `--data` was refused when the default ../shared folder was missing, and with GLUE_DIR as well the later of the
+    # two won without a word (a bad-input fuzz, 2026-11-25)
+    caller = tmp_path / "caller"
+    (caller / "rel").mkdir(parents=True)
+    (caller / "rel" / "thesis.txt").write_text("hi")
+    common = ["--output_dir", "rel", "--model", str(tiny / "model"), "--max_steps", "0"]
+    script = ["bash", str(ROOT / "scripts" / "main_job.sh")]
+    both = subprocess.run(script + [str(tiny / "SST-2"), "--data", str(tiny / "SST-2"), *common], cwd=caller,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert both.returncode == 2 and "give the GLUE folder once" in both.stderr, both.stderr[-2000:]
+    given = subprocess.run(script + ["--data", str(tiny / "SST-2"), *common], cwd=caller,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert given.returncode == 2, given.stderr[-2000:]
+    assert "previous output" in given.stderr.strip().splitlines()[-1]  # past the data: the CLI checked the output
+    assert (caller / "rel" / "thesis.txt").read_text() == "hi"
+
+
 # 1, 2, 10, 13: a previous output is replaced, presets get their own folder, -q is quiet, logs name the final path --
 def test_default_folders_per_preset_replace_quietly(tiny, tmp_path, capsys, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
