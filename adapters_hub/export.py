@@ -33,6 +33,7 @@ import copy
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,22 @@ def _check_export_dir(out_dir: str | os.PathLike, overwrite: bool, config: Any) 
         raise FileExistsError(
             f"{folder} holds an output of peft-designspace that is not an export (no {INFO_NAME}), such as a "
             "training run's adapter; an export replaces only an earlier export. Choose a new folder."
+        )
+
+
+def _check_inputs_given(check_inputs: Any) -> None:
+    """`check_inputs` must be None or a non-empty dict of model keyword arguments (tensors), checked before any work
+    (a list or a tensor failed inside the model's forward with its whole repr in the message)."""
+    if check_inputs is None:
+        return
+    if (
+        not isinstance(check_inputs, Mapping)
+        or not check_inputs
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in check_inputs.items())
+    ):
+        raise TypeError(
+            "`check_inputs` must be None or a non-empty dict of model inputs (str -> tensor, e.g. a tokenizer's "
+            f"output with `return_tensors='pt'`), got {type(check_inputs).__name__}."
         )
 
 
@@ -234,6 +251,7 @@ def export_merged(
     tuner, name, config = _tuner_and_name(model, adapter_name)
     if not isinstance(progressbar, bool):  # "no" would count as True
         raise TypeError(f"`progressbar` must be True or False, got {progressbar!r}.")
+    _check_inputs_given(check_inputs)
     _check_export_dir(out_dir, overwrite, config)  # before any work (checked again on write)
     if _peft_type(config) == "SAMTUNING":
         _check_sam_selected(model, name)
@@ -306,6 +324,7 @@ def export_to_peft(
     ```
     """
     tuner, name, config = _tuner_and_name(model, adapter_name)
+    _check_inputs_given(check_inputs)
     _check_export_dir(out_dir, overwrite, config)  # before any work (checked again on write)
     peft_type = _peft_type(config)
     if peft_type == "DESIGNSPACE":

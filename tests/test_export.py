@@ -204,3 +204,15 @@ def test_exports_refuse_an_empty_adapter_name_and_a_non_bool_progressbar(tmp_pat
     with pytest.raises(TypeError, match=r"`progressbar` must be True or False, got 'no'"):
         export_merged(model, tmp_path / "b", progressbar="no")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("bad", [[1, 2], torch.zeros(2, 3, dtype=torch.long), {}, {"input_ids": [[1, 2]]}])
+def test_exports_name_bad_check_inputs_before_any_work(tmp_path, bad):
+    # a list or a tensor failed inside the model's forward, its message the whole model's repr (a fuzz, 2026-11-25)
+    model = get_peft_model(
+        make_model("bert", "SEQ_CLS", layers=4), DesignSpaceConfig(preset="lora", budget=0.05, task_type="SEQ_CLS")
+    )
+    for export in (export_to_peft, export_merged):
+        with pytest.raises(TypeError, match=r"`check_inputs` must be None or a non-empty dict of model inputs"):
+            export(model, tmp_path / "out", check_inputs=bad)
+    assert os.listdir(tmp_path) == []
