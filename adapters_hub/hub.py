@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -75,7 +76,7 @@ def push_adapter(
     """
     from huggingface_hub import HfApi
 
-    _check_push_options(repo_id, private, revision, commit_message)
+    _check_push_options(repo_id, private, revision, commit_message, token)
     configs = getattr(model, "peft_config", None) or {}
     name = adapter_name if adapter_name is not None else getattr(model, "active_adapter", None)
     if not isinstance(name, str) or name not in configs:
@@ -155,10 +156,20 @@ def _upload(
     )
 
 
-def _check_push_options(repo_id: object, private: object, revision: object, commit_message: object) -> None:
+PUSH_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # as the Hub takes them (no spaces)
+
+
+def _check_push_options(
+    repo_id: object, private: object, revision: object, commit_message: object, token: object = None
+) -> None:
     """Refuse bad push options by name before anything is created on the Hub (an empty repository was left)."""
-    if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"`repo_id` must be a string 'namespace/name', got {repo_id!r}.")
+    if not isinstance(repo_id, str) or not PUSH_REPO_ID.match(repo_id):
+        raise ValueError(
+            f"`repo_id` must be a string 'namespace/name', got {repo_id!r} (each part of letters, digits, '-', '_' "
+            "and '.', starting with a letter or digit)."
+        )
+    if token is not None and not isinstance(token, bool) and not (isinstance(token, str) and token.strip()):
+        raise ValueError("`token` must be None, a bool (as huggingface_hub takes it) or a non-empty string.")
     if private is not None and not isinstance(private, bool):
         raise TypeError(f"`private` must be None, True or False, got {private!r}.")
     if revision is not None and (not isinstance(revision, str) or not revision.strip()):
@@ -259,7 +270,7 @@ def push_folder(
     """
     from huggingface_hub import HfApi
 
-    _check_push_options(repo_id, private, revision, commit_message)
+    _check_push_options(repo_id, private, revision, commit_message, token)
     _check_adapter_folder(Path(adapter_dir))
     left_out = _left_out(Path(adapter_dir))
     if left_out:

@@ -266,3 +266,24 @@ def test_bad_push_options_are_refused_before_the_repository_is_created(hub, tmp_
     with pytest.raises(error, match=match):
         push_adapter(adapted(), **options)
     assert not repo_exists("tester/opts")
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"repo_id": "tester/na me"}, r"`repo_id` must be a string 'namespace/name'"),
+        ({"repo_id": "tester/-bad"}, r"`repo_id` must be a string 'namespace/name'"),
+        ({"repo_id": " tester/ok"}, r"`repo_id` must be a string 'namespace/name'"),
+        ({"token": ""}, r"`token` must be None, a bool .* or a non-empty string"),
+    ],
+)
+def test_push_names_a_bad_repo_id_or_token_before_anything_is_created(hub, tmp_path, options, match):
+    # huggingface_hub's validation error, or httpx's "Illegal header value b'Bearer '" (a fuzz, 2026-11-25)
+    from huggingface_hub import HfApi
+
+    folder = tmp_path / "adapter"
+    adapted().save_pretrained(folder)
+    kwargs = {"repo_id": "tester/fine", "token": WRITE, **options}
+    with pytest.raises(ValueError, match=match):
+        push_folder(folder, **kwargs)
+    assert not HfApi(token=WRITE).repo_exists("tester/fine")
