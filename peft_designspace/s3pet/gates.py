@@ -103,11 +103,12 @@ def keep_probabilities(
     # p is at least float32 (also for an α cast to bfloat16 or float16 with the model): in half precision 1 − p
     # rounds to 0 for any confident candidate, and the gates' log(1 − p) becomes infinite
     p = torch.sigmoid((alpha.double() - b) / beta).to(torch.promote_types(alpha.dtype, torch.float32))
+    p = p / p.sum() * p.sum().detach()
     # only an exact 0 or 1 is nudged (to the nearest finite logit), as the reference does: a wider clamp (1e-7 once)
-    # raised every far-out candidate and missed the budget by 1.5e-6 on T5-large's 912
+    # raised every far-out candidate and missed the budget by 1.5e-6 on T5-large's 912. After the renormalisation,
+    # whose rounding can turn the largest value below 1 back into 1
     info = torch.finfo(p.dtype)
     p = p.clamp(info.tiny, 1 - info.eps / 2)
-    p = p / p.sum() * p.sum().detach()
     return p, b, abs(expected_size(p, sizes) - budget) / budget
 
 
