@@ -197,10 +197,10 @@ def atomic_output_dir(
     ```
     """
     protect = list(protect)
+    remove_stale_temporaries(path)  # first: it may put back a previous output that a killed run had swapped out
     path = check_output_dir(path, overwrite=overwrite, only_pack_outputs=only_pack_outputs, protect=protect)
     path = path.absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     try:
         yield tmp

@@ -229,7 +229,8 @@ def export_merged(
         adapter_name (`str`, *optional*): the adapter to merge; defaults to the active one.
         tokenizer (*optional*): saved into the folder too when given.
         overwrite (`bool`, *optional*, defaults to `False`): replace an existing non-empty `out_dir` that holds
-            an earlier output of the pack (never another folder, nor the base model's own folder).
+            an earlier export (never another output of the pack such as a training run, a folder of your own, nor
+            the base model's own folder).
         check_inputs (`dict`, *optional*): model inputs; the merged model's outputs are compared with the adapted
             model's and the largest difference is recorded.
         progressbar (`bool`, *optional*, defaults to `False`): show a progress bar while merging.
@@ -304,7 +305,8 @@ def export_to_peft(
         out_dir (`str` or `os.PathLike`): the output folder.
         adapter_name (`str`, *optional*): the adapter to export; defaults to the active one.
         overwrite (`bool`, *optional*, defaults to `False`): replace an existing non-empty `out_dir` that holds
-            an earlier output of the pack (never another folder, nor the base model's own folder).
+            an earlier export (never another output of the pack such as a training run, a folder of your own, nor
+            the base model's own folder).
         check_inputs (`dict`, *optional*): model inputs to compare the exported model's outputs with the adapted
             model's before anything is written; the largest difference is recorded.
 

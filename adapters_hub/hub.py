@@ -215,7 +215,7 @@ def _is_output_folder(path: Path) -> bool:
 def _ignore_not_uploaded(directory: str, names: list[str]) -> set[str]:
     # the pack's output marker (an export folder holds one) is local bookkeeping too, left out without a word
     files = {n for n in names if not os.path.isdir(os.path.join(directory, n))}
-    folders = {n for n in names if n not in files and _is_output_folder(Path(directory, n))}
+    folders = {n for n in names if n not in files and (is_temporary_name(n) or _is_output_folder(Path(directory, n)))}
     return folders | {n for n in files if n == MARKER or _not_uploaded(n)}
 
 

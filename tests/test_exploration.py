@@ -552,6 +552,29 @@ def test_explore_resumes_in_its_own_folder_and_expands_the_home_folder(tmp_path,
     check_model_and_output(args)
 
 
+def test_an_exploration_folder_is_not_replaced_by_another_command(tmp_path):
+    # its own marker, not the pack's output marker: `train --overwrite` would have replaced the whole exploration
+    from adapters_hub._files import check_output_dir
+    from trainer_ext.explore_cli import EXPLORATION_MARKER
+
+    (tmp_path / "ex").mkdir()
+
+    (tmp_path / "ex" / EXPLORATION_MARKER).write_text("{}")
+    (tmp_path / "ex" / "results").mkdir()
+    with pytest.raises(FileExistsError, match="does not hold a previous output of peft-designspace"):
+        check_output_dir(tmp_path / "ex", overwrite=True, only_pack_outputs=True)
+
+
+def test_explore_expands_a_tilde_before_reading_the_data(tmp_path, monkeypatch, capsys):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.tsv").write_text("sentence\tlabel\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        explore_main(["--data_dir=~/data", "--output_dir=~/ex", "--model_name_or_path", "~/none", "-q"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--model_name_or_path" in err and "holds no train.tsv" not in err, err
+
+
 def test_result_keys_agree_whether_the_task_is_given_or_inferred_from_the_folder(tmp_path):
     """The command line fills the task in from the folder name; the stored results of docs/exploration were keyed
     by `run_exploration` with `task=None`, so `--report_only` found none of them (a review, 2026-11-25)."""

@@ -57,7 +57,10 @@ def test_push_leaves_out_the_temporaries_of_killed_writes(tmp_path):
     ]
     for name in names:
         (tmp_path / name).write_text("x")
-    assert _ignore_not_uploaded(str(tmp_path), names) == set(names[:3])
+    killed_export = tmp_path / ".merged.tmp-4242-zz"  # a killed export's folder: no marker yet, a whole model
+    killed_export.mkdir()
+    (killed_export / "model.safetensors").write_text("x")
+    assert _ignore_not_uploaded(str(tmp_path), [*names, killed_export.name]) == {*names[:3], killed_export.name}
 
 
 def test_a_replacement_killed_between_its_renames_gets_its_previous_output_back(tmp_path):
@@ -69,6 +72,22 @@ def test_a_replacement_killed_between_its_renames_gets_its_previous_output_back(
         removed = remove_stale_temporaries(out)
     assert (out / "adapter_config.json").read_text() == "{}"
     assert removed == [hidden.parent] and not hidden.parent.exists()
+
+
+def test_a_previous_output_is_put_back_before_the_output_folder_is_checked(tmp_path):
+    # put back after the check, it made the final re-check refuse the finished run and delete it
+    from adapters_hub._files import atomic_output_dir
+
+    out = tmp_path / "run"
+    hidden = tmp_path / f".run.old-{_dead_pid()}-q1" / "previous"
+    hidden.mkdir(parents=True)
+    (hidden / "results.json").write_text("{}")
+    entered = []
+    with pytest.warns(UserWarning, match="previous output is back"):
+        with pytest.raises(FileExistsError, match="already exists and is not empty"):
+            with atomic_output_dir(out):
+                entered.append(True)  # the work of the run
+    assert not entered and (out / "results.json").read_text() == "{}"
 
 
 # exploration ------------------------------------------------------------------------------------------------------

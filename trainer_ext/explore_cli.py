@@ -109,6 +109,11 @@ def stages_from_args(args: argparse.Namespace, num_groups: int) -> list[Stage]:
     return [known[n] for n in names]
 
 
+# marks an exploration's folder (resumed in place); not the pack's output marker, which would let `train --overwrite`
+# replace the whole exploration
+EXPLORATION_MARKER = ".peft-designspace-exploration"
+
+
 def check_model_and_output(args: argparse.Namespace) -> None:
     """Check `--model_name_or_path`, `--output_dir`, `--report` and `--plots_dir` without creating or loading
     anything (ValueError naming the option if bad). `~` in these paths is expanded."""
@@ -122,7 +127,7 @@ def check_model_and_output(args: argparse.Namespace) -> None:
             f"--model_name_or_path {model!r} is {what}; expected a local transformers model folder with "
             "config.json (explore runs offline), or leave it unset for the packaged MiniLM-L6."
         )
-    from adapters_hub._files import MARKER, _never_replaced, check_creatable
+    from adapters_hub._files import _never_replaced, check_creatable
 
     inputs = [args.data_dir, model]
     output = Path(args.output_dir)
@@ -136,11 +141,11 @@ def check_model_and_output(args: argparse.Namespace) -> None:
     if (
         output.is_dir()
         and any(output.iterdir())
-        and not ((output / MARKER).exists() or (output / RESULTS_DIR).is_dir())
+        and not ((output / EXPLORATION_MARKER).exists() or (output / RESULTS_DIR).is_dir())
     ):
         raise ValueError(
             f"--output_dir {args.output_dir!r} is not empty and holds no earlier exploration (no {RESULTS_DIR}/ "
-            f"folder, no {MARKER} file); its files would be overwritten. Choose a new or empty folder."
+            f"folder, no {EXPLORATION_MARKER} file); its files would be overwritten. Choose a new or empty folder."
         )
     try:
         check_creatable(args.output_dir)  # the exploration writes into the folder itself (it resumes from it)
@@ -195,6 +200,9 @@ def check_task_and_data(args: argparse.Namespace) -> None:
 
 def run_explore(args: argparse.Namespace) -> int:
     """Run the exploration described by parsed `add_explore_arguments` options; return the exit status."""
+    for name in ("data_dir", "model_name_or_path", "output_dir", "report", "plots_dir", "space"):
+        if getattr(args, name, None):  # `--data_dir=~/x` reaches us unexpanded
+            setattr(args, name, os.path.expanduser(getattr(args, name)))
     if not os.path.isfile(os.path.join(args.data_dir, "train.tsv")):  # before any model is loaded
         raise ValueError(
             f"--data_dir {args.data_dir!r} holds no train.tsv; expected a GLUE folder such as "
@@ -209,10 +217,8 @@ def run_explore(args: argparse.Namespace) -> int:
     space = space_from_args(args)
     stages = stages_from_args(args, space.num_groups)
     check_task_and_data(args)  # last: reads the TSV files
-    from adapters_hub._files import MARKER
-
     os.makedirs(args.output_dir, exist_ok=True)  # marked as the exploration's: a later run may resume in it
-    marker = Path(args.output_dir) / MARKER
+    marker = Path(args.output_dir) / EXPLORATION_MARKER
     if not marker.exists():
         marker.write_text(json.dumps({"written_by": "peft-designspace explore"}) + "\n", encoding="utf-8")
     settings = ExploreSettings(
