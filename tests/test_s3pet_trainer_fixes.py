@@ -152,6 +152,13 @@ def test_a_tie_with_the_best_evaluation_takes_the_later_alpha_as_the_reference(t
     assert not all(torch.equal(a, b) for a, b in zip(metric.alphas[4], metric.alphas[6]))  # α moved in between
     for got, want in zip(trainer._best_alphas(), metric.alphas[6]):
         torch.testing.assert_close(got, want.float())
+    # a checkpoint-6 that holds other α (left by an earlier run in the same folder) is not named
+    from safetensors.torch import load_file, save_file
+
+    weights_file = tmp_path / "checkpoint-6" / "adapter_model.safetensors"
+    weights = {k: (v + 1 if k.endswith("s3pet_alpha") else v) for k, v in load_file(weights_file).items()}
+    save_file(weights, weights_file)
+    assert trainer.derive_structure(save=False)["from_checkpoint"] is None
 
 
 # 2. constructor validation ---------------------------------------------------------------------------------------

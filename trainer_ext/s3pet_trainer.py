@@ -502,6 +502,13 @@ class S3PETSearchTrainer(Trainer):
         checkpoint = self.state.best_model_checkpoint
         if not checkpoint:
             return None
+        found, problem = self._saved_alphas(checkpoint)
+        if problem:
+            warnings.warn(f"{problem}, so the structure is derived from the live α instead.", stacklevel=3)
+        return found
+
+    def _saved_alphas(self, checkpoint: str) -> tuple[list[torch.Tensor] | None, str | None]:
+        """`(α, None)` as saved in `checkpoint`, or `(None, why not)`."""
         from safetensors.torch import load_file
 
         tuner = self._tuner()
@@ -509,24 +516,15 @@ class S3PETSearchTrainer(Trainer):
         folder = checkpoint if name == "default" else os.path.join(checkpoint, name)
         path = os.path.join(folder, "adapter_model.safetensors")
         if not os.path.isfile(path):
-            warnings.warn(
-                f"The best checkpoint has no {path} (adapter {name!r}), so the structure is derived from the live α "
-                "instead.",
-                stacklevel=3,
-            )
-            return None
+            return None, f"The best checkpoint has no {path} (adapter {name!r})"
         weights = load_file(path)
         found = []
         for layer_path, _ in _layer_paths(tuner, name):
             key = f"base_model.model.{layer_path}.s3pet_alpha"
             if key not in weights:
-                warnings.warn(
-                    f"{path} holds no α ({key!r} is missing), so the structure is derived from the live α instead.",
-                    stacklevel=3,
-                )
-                return None
+                return None, f"{path} holds no α ({key!r} is missing)"
             found.append(weights[key])
-        return found
+        return found, None
 
     def _source_of(self, alphas: list[torch.Tensor] | None) -> tuple[int | None, str | None]:
         """`(step, checkpoint)` the α of `_best_alphas` belongs to: the checkpoint only when one holds that step."""
@@ -539,9 +537,12 @@ class S3PETSearchTrainer(Trainer):
         step = self._best["step"]
         if saved_step == step:
             return step, checkpoint
-        # a later evaluation that tied Trainer's best (which keeps the first): its own checkpoint, when saved
+        # a later evaluation that tied Trainer's best (which keeps the first): its own checkpoint, when saved by this
+        # run (a folder of that name left by an earlier run in the same output folder holds other α)
         folder = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
-        return step, folder if os.path.isdir(folder) else None
+        saved, _ = self._saved_alphas(folder) if os.path.isdir(folder) else (None, None)
+        same = saved is not None and all(torch.equal(a.float(), b.float()) for a, b in zip(saved, alphas))
+        return step, folder if same else None
 
     def derive_structure(self, strategy: str | None = None, from_best: bool = True, save: bool = True) -> dict:
         """Discretise the search: α from the best evaluation (by `metric_for_best_model`) when there is one.
