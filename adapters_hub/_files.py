@@ -136,6 +136,19 @@ def check_creatable(folder: str | os.PathLike, path: str | os.PathLike | None = 
         raise PermissionError(f"{parent} is not writable, so {path} cannot be created; choose another output path.")
 
 
+def expand_home(args: object, names: Iterable[str] | None = None) -> None:
+    """Expand a leading `~` in the path options `names` of `args` (an `argparse.Namespace`), in place.
+
+    A shell leaves `--opt=~/x` as it is, so the program gets a literal `~`. With `names=None` every string option is
+    looked at, and only `~` and `~/...` are expanded (any option may hold text); named options also take `~user/...`.
+    """
+    for name in list(vars(args)) if names is None else names:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value.startswith("~"):
+            if names is not None or value == "~" or value.startswith("~/"):
+                setattr(args, name, os.path.expanduser(value))
+
+
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Remove the hidden `.<name>.tmp-<pid>-*` and `.<name>.old-<pid>-*` siblings of `path` left by runs whose
     process is gone.

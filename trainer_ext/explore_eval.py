@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from peft_designspace.designspace.space import (
@@ -107,15 +107,13 @@ class ExploreSettings:
         self._check_config_kwargs()
 
     def _check_config_kwargs(self) -> None:
-        from dataclasses import fields as dataclass_fields
-
         from peft_designspace import DesignSpaceConfig
 
         if not isinstance(self.config_kwargs, dict):
             raise ValueError(
                 f"`config_kwargs` must be a dict of `DesignSpaceConfig` fields, got {self.config_kwargs!r}."
             )
-        allowed = {f.name for f in dataclass_fields(DesignSpaceConfig) if f.init}
+        allowed = {f.name for f in fields(DesignSpaceConfig) if f.init}
         allowed -= set(DESIGN_FIELDS + BOOKKEEPING_FIELDS)
         wrong = [k for k in self.config_kwargs if k not in allowed]
         if wrong:

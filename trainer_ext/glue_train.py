@@ -203,12 +203,9 @@ def check_example_paths(parser: Any, args: Any, default_output: Any = None) -> N
     error: --data_dir ...
     ```
     """
-    from adapters_hub._files import check_output_dir
+    from adapters_hub._files import check_output_dir, expand_home
 
-    for name in ("data_dir", "model_name_or_path", "output_dir", "init_adapter"):  # `--opt=~/x` arrives unexpanded
-        value = getattr(args, name, None)
-        if isinstance(value, str) and (value == "~" or value.startswith("~/")):
-            setattr(args, name, os.path.expanduser(value))
+    expand_home(args, ("data_dir", "model_name_or_path", "output_dir", "init_adapter"))
     problem = glue_folder_problem(args.data_dir)
     if problem:
         parser.error(f"--data_dir {problem}")

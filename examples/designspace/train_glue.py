@@ -93,17 +93,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Replace an existing output folder of a previous run (once the new one is complete).",
     )
     args = parser.parse_args(argv)
-    args.given_options = _given_options(parser, argv)
+    from adapters_hub.cli import given_options
+
+    args.given_options = given_options(parser, argv)  # the options to check against the method
     args.rows = validate_args(parser, args)
     return args
-
-
-def _given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
-    """The options written on the command line (parsed again with no defaults; `parser` keeps them so)."""
-    for action in parser._actions:
-        if action.option_strings:
-            action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv)))
 
 
 def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
