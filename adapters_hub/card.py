@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from peft_designspace._io import write_text_atomic
 from peft_designspace._registry import CARD_BEGIN
 
+from ._repo_ids import is_hub_id
 from .loading import CONFIG_NAME, PACK_TYPES, WEIGHTS_NAME, read_safetensors_header
 
 if TYPE_CHECKING:
@@ -46,7 +47,6 @@ GENERATED_LINES = (
 )
 GENERATED_LINE_RES = (re.compile(r"- PEFT \S+"),)  # PEFT's version line
 QUANTIZATION_ENTRY_RE = re.compile(r"- \w+: .*")  # `- name: value`, only right after QUANTIZATION_PREFIX
-REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # Settings that are bookkeeping rather than choices of the method.
 HIDDEN_SETTINGS = {
     "plan",
@@ -327,7 +327,7 @@ def _merge_body(old: str, section: str) -> str:
 
 
 def _is_hub_id(name: object) -> bool:
-    return isinstance(name, str) and bool(REPO_ID_RE.match(name)) and not os.path.exists(name)
+    return is_hub_id(name) and not os.path.exists(name)
 
 
 def _local_base_tag(tag: str) -> bool:

