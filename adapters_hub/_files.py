@@ -51,7 +51,7 @@ def is_pack_output(path: str | os.PathLike) -> bool:
     return bool(names) and all(any(fnmatch.fnmatchcase(n, pattern) for pattern in KNOWN_OUTPUT_NAMES) for n in names)
 
 
-def _never_replaced(path: Path, protect: Iterable[str | os.PathLike]) -> str | None:
+def never_replaced(path: Path, protect: Iterable[str | os.PathLike]) -> str | None:
     """Why the existing or future folder `path` (resolved) must never be replaced, or None."""
     cwd = Path.cwd().resolve()
     if path == cwd or path in cwd.parents:
@@ -68,6 +68,15 @@ def _never_replaced(path: Path, protect: Iterable[str | os.PathLike]) -> str | N
         kept = Path(item).resolve()
         if path == kept or path in kept.parents:
             return f"is (or holds) {os.fspath(item)!r}, an input of this run"
+    return None
+
+
+def inside_inputs(path: str | os.PathLike, inputs: Iterable[str | os.PathLike | None]) -> str | None:
+    """Why `path` is or lies in one of the run's input folders (the data, the model), or None."""
+    resolved = Path(path).resolve()
+    for item in inputs:
+        if item is not None and (resolved == Path(item).resolve() or Path(item).resolve() in resolved.parents):
+            return f"lies in {os.fspath(item)!r}, an input of this run"
     return None
 
 
@@ -101,7 +110,7 @@ def check_output_dir(
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a folder; choose another output path.")
-    why = _never_replaced(path.resolve(), protect)
+    why = never_replaced(path.resolve(), protect)
     if why:
         raise FileExistsError(f"{path} {why}; it is never used as an output folder, choose a new subfolder.")
     if path.exists() and any(path.iterdir()):

@@ -118,7 +118,7 @@ PATH_OPTIONS = ("data_dir", "model_name_or_path", "output_dir", "report", "plots
 def check_model_and_output(args: argparse.Namespace) -> None:
     """Check `--model_name_or_path`, `--output_dir`, `--report` and `--plots_dir` without creating or loading
     anything (ValueError naming the option if bad). `~` in these paths is expanded."""
-    from adapters_hub._files import _never_replaced, check_creatable, expand_home
+    from adapters_hub._files import check_creatable, expand_home, inside_inputs, never_replaced
 
     expand_home(args, PATH_OPTIONS)  # (also here for direct callers; a second expansion changes nothing)
     model = args.model_name_or_path
@@ -132,7 +132,7 @@ def check_model_and_output(args: argparse.Namespace) -> None:
     output = Path(args.output_dir)
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output_dir {args.output_dir!r} exists and is not a folder; choose a folder path.")
-    why = _never_replaced(output.resolve(), inputs) or _inside(output, inputs)
+    why = never_replaced(output.resolve(), inputs) or inside_inputs(output, inputs)
     if why:
         raise ValueError(f"--output_dir {args.output_dir!r} {why}; choose a new folder for the exploration.")
     # the exploration resumes in its folder, so it writes there in place: only into an earlier exploration's folder
@@ -152,7 +152,7 @@ def check_model_and_output(args: argparse.Namespace) -> None:
         raise ValueError(f"--output_dir {err}") from None
     if args.report:
         report = Path(args.report)
-        why = _inside(report, inputs)
+        why = inside_inputs(report, inputs)
         if why or report.suffix != ".md":
             raise ValueError(f"--report {args.report!r} {why or 'must be a Markdown file (.md)'}.")
         if report.exists() and (not report.is_file() or not report.read_text(errors="replace").startswith(TITLE)):
@@ -161,18 +161,9 @@ def check_model_and_output(args: argparse.Namespace) -> None:
                 f"{TITLE!r}); choose another path, it is not overwritten."
             )
     if args.plots_dir:
-        why = _inside(Path(args.plots_dir), inputs) or _never_replaced(Path(args.plots_dir).resolve(), inputs)
+        why = inside_inputs(Path(args.plots_dir), inputs) or never_replaced(Path(args.plots_dir).resolve(), inputs)
         if why:
             raise ValueError(f"--plots_dir {args.plots_dir!r} {why}; choose a new folder for the plots.")
-
-
-def _inside(path: Path, inputs: list) -> str | None:
-    """Why `path` lies in one of the run's input folders (the data, the model), or None."""
-    resolved = path.resolve()
-    for item in inputs:
-        if item is not None and (resolved == Path(item).resolve() or Path(item).resolve() in resolved.parents):
-            return f"lies in {os.fspath(item)!r}, an input of this run"
-    return None
 
 
 def check_task_and_data(args: argparse.Namespace) -> None:
