@@ -152,14 +152,12 @@ class SAMTuningLayer(nn.Module, PackTunerLayer):
 
         Placeholders are marked when made and unmarked by calibration and by `load_state_dict` (PEFT's loaders use
         it). transformers' `load_adapter` sets the tensors another way, so a marked layer whose indices no longer
-        read 0, 1, ... counts as loaded too. A layer without entries holds nothing either way.
+        read 0, 1, ... counts as loaded too. A layer without entries holds nothing either way, and one whose entries
+        are all of its weight holds the same selection either way.
         """
         if adapter_name not in self.placeholders:
             return False
-        flat = self.samtuning_weight_indices[adapter_name]
-        if flat.numel() == 0:
-            return False
-        return torch.equal(flat, torch.arange(flat.numel(), dtype=flat.dtype, device=flat.device))
+        return _looks_like_placeholder(self.samtuning_weight_indices[adapter_name], self.numel("weight"))
 
     def pattern(self, adapter_name: str, part: str) -> SparsePattern:
         """The (cached) CSR structures of one part; rebuilt when its index buffer changes."""
@@ -359,9 +357,18 @@ def probe_forward(anchor: torch.Tensor, sinks: dict[str, object], leaves: dict[s
     return probe
 
 
+def _looks_like_placeholder(flat: torch.Tensor, numel: int) -> bool:
+    """Whether weight indices read 0, 1, ..., n-1 for some 0 < n < `numel`: the placeholders `update_layer` makes (a
+    calibrated selection is never exactly the first entries, short of all of them)."""
+    n = flat.numel()
+    return 0 < n < numel and torch.equal(flat, torch.arange(n, dtype=flat.dtype, device=flat.device))
+
+
 def _selection_loaded(module: SAMTuningLayer, state_dict: dict, prefix: str, *args) -> None:
     """`load_state_dict` pre-hook: the adapters whose weight indices are being loaded hold a selection from then on
-    (any loader: PEFT's, transformers' `load_adapter`, a plain `load_state_dict`)."""
+    (any loader: PEFT's, transformers' `load_adapter`, a plain `load_state_dict`), unless what is loaded is itself
+    an uncalibrated adapter's placeholders."""
     for name in list(module.placeholders):
-        if f"{prefix}samtuning_weight_indices.{name}" in state_dict:
+        loaded = state_dict.get(f"{prefix}samtuning_weight_indices.{name}")
+        if isinstance(loaded, torch.Tensor) and not _looks_like_placeholder(loaded, module.numel("weight")):
             module.placeholders.discard(name)
