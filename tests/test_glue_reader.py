@@ -3,6 +3,7 @@
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from trainer_ext.glue import load_glue_folder
@@ -60,3 +61,35 @@ def test_split_validation_takes_only_an_int_seed(seed):
     with pytest.raises(TypeError, match=r"`seed` must be an int"):
         split_validation(rows, seed=seed)
     assert split_validation(rows, seed=3) == split_validation(rows, seed=3)
+
+
+@pytest.mark.parametrize(
+    ("rows", "num_labels", "match"),
+    [
+        ([{"sentence": "a"}, {"sentence": "b", "label": 1.7}], None, r"rows\[0\]\['label'\] must be a non-negative"),
+        ([{"sentence": "a", "label": 1}, {"sentence": "b", "label": 1.7}], None, r"rows\[1\].* got 1\.7"),
+        ([{"sentence": "a", "label": "positive"}], None, r"rows\[0\].* got 'positive'"),
+        ([{"sentence": "a", "label": True}], None, r"rows\[0\].* got True"),
+        ([{"sentence": "a", "label": -1}], None, r"rows\[0\].* got -1"),
+        (
+            [{"sentence": "a", "label": 0}, {"sentence": "b", "label": 2}],
+            2,
+            r"rows\[1\]\['label'\] is 2, out of range",
+        ),
+        ([{"sentence": "a", "label": 0}], 0, r"`num_labels` must be a positive int or None, got 0"),
+    ],
+)
+def test_tokenize_glue_names_a_bad_label(rows, num_labels, match, tiny):
+    """`int(row["label"])` took 1.7 as 1 and True as 1, a missing label was a bare KeyError, and a label out of the
+    classifier's range failed only inside the loss, mid-training."""
+    from transformers import AutoTokenizer
+
+    from trainer_ext import tokenize_glue
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny / "model")
+    with pytest.raises(ValueError, match=match):
+        tokenize_glue(rows, tokenizer, num_labels=num_labels)
+    ok = tokenize_glue(
+        [{"sentence": "a", "label": np.int64(1)}, {"sentence": "b", "label": 0}], tokenizer, num_labels=2
+    )
+    assert ok["labels"] == [1, 0]

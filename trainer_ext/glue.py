@@ -252,7 +252,9 @@ def split_validation(rows: Sequence[dict], fraction: float = 0.1, seed: int = 0)
     return train, val
 
 
-def tokenize_glue(rows: Sequence[dict], tokenizer: Any, max_length: int = 128) -> datasets.Dataset:
+def tokenize_glue(
+    rows: Sequence[dict], tokenizer: Any, max_length: int = 128, num_labels: int | None = None
+) -> datasets.Dataset:
     """Tokenize GLUE rows into a `datasets.Dataset` for `transformers.Trainer`.
 
     Single sentences (`sentence`) and pairs (`sentence1`, `sentence2`) are detected from the rows. Sequences are
@@ -262,13 +264,16 @@ def tokenize_glue(rows: Sequence[dict], tokenizer: Any, max_length: int = 128) -
         rows (`Sequence[dict]`): rows from `load_glue_folder`.
         tokenizer: a Hugging Face tokenizer.
         max_length (`int`, *optional*, defaults to `128`): truncation length in tokens.
+        num_labels (`int`, *optional*): the classifier's number of labels; when given, every label must be below it
+            (a label out of range otherwise fails only inside the loss, mid-training).
 
     Returns:
         `datasets.Dataset`: columns `input_ids`, `attention_mask` (and `token_type_ids` when the tokenizer makes them)
         and `labels`.
 
     Raises:
-        ValueError: if `rows` is empty, has no text column, or `max_length` is not positive.
+        ValueError: if `rows` is empty, has no text column, a row's `label` is missing, not an int or out of range,
+            or `max_length` is not positive.
 
     Example:
 
@@ -285,8 +290,11 @@ def tokenize_glue(rows: Sequence[dict], tokenizer: Any, max_length: int = 128) -
 
     if not rows:
         raise ValueError("`rows` is empty: nothing to tokenize.")
-    if max_length < 1:
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
         raise ValueError(f"`max_length` must be a positive int, got {max_length!r}.")
+    if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1):
+        raise ValueError(f"`num_labels` must be a positive int or None, got {num_labels!r}.")
+    labels = [_row_label(i, row, num_labels) for i, row in enumerate(rows)]
     first = rows[0]
     if "sentence1" in first and "sentence2" in first:
         encoded = tokenizer(
@@ -300,8 +308,21 @@ def tokenize_glue(rows: Sequence[dict], tokenizer: Any, max_length: int = 128) -
     else:
         raise ValueError(f"Rows need a `sentence` column or `sentence1`/`sentence2` columns, got {sorted(first)}.")
     columns = {key: list(value) for key, value in encoded.items()}
-    columns["labels"] = [int(row["label"]) for row in rows]
+    columns["labels"] = labels
     return datasets.Dataset.from_dict(columns)
+
+
+def _row_label(index: int, row: dict, num_labels: int | None) -> int:
+    """Row `index`'s label as an int, or a ValueError naming the row (`int()` took 1.7 as 1 and "x" without a row)."""
+    label = row.get("label") if isinstance(row, dict) else None
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or label < 0:
+        raise ValueError(
+            f"rows[{index}]['label'] must be a non-negative int (a class index), got {label!r}; "
+            "`load_glue_folder` maps the raw labels."
+        )
+    if num_labels is not None and label >= num_labels:
+        raise ValueError(f"rows[{index}]['label'] is {label}, out of range for num_labels={num_labels}.")
+    return int(label)
 
 
 def matthews_corrcoef(labels: Sequence[int] | np.ndarray, predictions: Sequence[int] | np.ndarray) -> float:
