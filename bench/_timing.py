@@ -67,9 +67,12 @@ def add_timing_arguments(parser: argparse.ArgumentParser, steps: int = 20) -> No
     )
 
 
-def check_timing_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Validate the options of `add_timing_arguments` and fill in `args.max_rounds`."""
-    for name in ("steps", "round_steps"):
+def check_timing_arguments(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, positive: tuple[str, ...] = ()
+) -> None:
+    """Validate the options of `add_timing_arguments` and the bench's own counts named in `positive` (each must be
+    >= 1), and fill in `args.max_rounds`."""
+    for name in ("steps", "round_steps", *positive):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0:

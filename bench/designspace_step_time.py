@@ -126,10 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-progress", action="store_true", help="Hide the tqdm progress bar.")
     args = parser.parse_args(argv)
-    for name in ("threads", "batch_size", "seq_len"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    check_timing_arguments(parser, args)
+    check_timing_arguments(parser, args, positive=("threads", "batch_size", "seq_len"))
     if not args.budget > 0 or (args.budget >= 1 and args.budget != int(args.budget)):
         parser.error("--budget must be a fraction in (0, 1) or a whole count >= 1")
     args.methods = [m for m in ALL_METHODS if m in set(args.methods) | {BASELINE, "s4"}]

@@ -90,7 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="Write the results as JSON here.")
     add_timing_arguments(parser, steps=10)
     args = parser.parse_args(argv)
-    check_timing_arguments(parser, args)
+    check_timing_arguments(parser, args, positive=("lora_rank", "batch_size", "seq_len", "threads"))
+    if not (args.lr > 0 and args.target_ratio > 0):
+        parser.error("--lr and --target-ratio must be > 0")
     if BASELINE not in args.methods:
         parser.error(f"--methods must include the baseline {BASELINE!r}")
     if not args.budget > 0:

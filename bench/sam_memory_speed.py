@@ -164,12 +164,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if "--quick" in argv:
         parser.set_defaults(**QUICK)
     args = parser.parse_args(argv)
-    for name in ("rank", "threads", "batch_size", "seq_len", "linear_size", "linear_tokens", "saved_tokens"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.calib_batches < 1:
-        parser.error("--calib-batches must be >= 1")
-    check_timing_arguments(parser, args)
+    counts = ("rank", "threads", "batch_size", "seq_len", "linear_size", "linear_tokens", "saved_tokens")
+    check_timing_arguments(parser, args, positive=(*counts, "calib_batches"))
     args.methods = [m for m in ALL_METHODS if m in set(args.methods) | {BASELINE}]
     args.cases = [c for c in CASES if c in args.cases]
     return args
