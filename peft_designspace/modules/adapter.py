@@ -5,7 +5,8 @@ h ──► down (d_in → r) ──► act ──► up (r → d_out) ──►
 ```
 
 Sequential placement adds `Δh(h)` to the output `h` of a projection (before the residual add); parallel placement
-feeds the projection's input instead. `up` starts at zero, so the adapter is an identity at initialisation.
+feeds the projection's input instead. `up` starts at zero, so the adapter is an identity at initialisation, and
+`down`'s bias at zero (a random one can leave a ReLU unit inactive on every token, where it never gets a gradient).
 Trainable parameters: `d_in·r + r + r·d_out + d_out`.
 """
 
@@ -43,6 +44,7 @@ class Bottleneck(nn.Module):
         self.down = nn.Linear(in_features, hidden)
         self.act = ACTIVATIONS[activation]()
         self.up = nn.Linear(hidden, out_features)
+        nn.init.zeros_(self.down.bias)  # a random bias left ReLU units dead on every token, never to learn
         if zero_init:
             nn.init.zeros_(self.up.weight)
             nn.init.zeros_(self.up.bias)
