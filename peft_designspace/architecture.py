@@ -108,6 +108,7 @@ class LayerInfo:
         norms (`list[str]`): every norm module of the layer.
         features (`dict[str, tuple[int, int]]`): `(in, out)` of each linear, `(size, size)` of each norm.
         norm_has_bias (`dict[str, bool]`): whether each norm has a bias parameter of its own.
+        linear_has_bias (`dict[str, bool]`): whether each linear has a bias parameter of its own.
         attention_heads (`tuple[int, int] | None`): `(num_kv_heads, head_dim)` of the self-attention, if found.
     """
 
@@ -119,6 +120,7 @@ class LayerInfo:
     norms: list[str] = field(default_factory=list)
     features: dict[str, tuple[int, int]] = field(default_factory=dict)
     norm_has_bias: dict[str, bool] = field(default_factory=dict)
+    linear_has_bias: dict[str, bool] = field(default_factory=dict)
     attention_heads: tuple[int, int] | None = None
 
     def modules_for(self, role: str) -> list[str]:
@@ -215,6 +217,7 @@ def resolve_architecture(model: nn.Module, layer_stacks: list[str] | None = None
                 if is_linear(module):
                     info.linears.append(full)
                     info.features[full] = linear_features(module)
+                    info.linear_has_bias[full] = getattr(module, "bias", None) is not None
                 elif is_norm(module):
                     info.norms.append(full)
                     size = module.weight.numel()

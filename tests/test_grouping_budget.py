@@ -312,8 +312,27 @@ def test_layer_costs_llama_gqa_and_rmsnorm():
     costs = _costs("llama")
     assert costs.unit["lora"] == (32 + 32) + (32 + 16)  # q_proj 32->32, v_proj 32->16 (2 kv heads)
     assert costs.unit["prefix"] == 2 * 2 * 8
-    assert costs.bitfit == 32 + 16 + 16 + 32 + 64 + 64 + 32  # RMSNorms have no bias: left out by default
-    assert _costs("llama", bitfit_norms=True).bitfit == costs.bitfit + 2 * 32
+    # the projections have no biases, so BitFit adds them and the two RMSNorms get deltas too (as on T5)
+    assert costs.bitfit == 32 + 16 + 16 + 32 + 64 + 64 + 32 + 2 * 32
+    assert _costs("llama", bitfit_norms=True).bitfit == costs.bitfit
+    assert _costs("llama", bitfit_norms=False).bitfit == costs.bitfit - 2 * 32
+
+
+def test_t5_bitfit_follows_methods_md():
+    """methods.md §1.4/§1.5: on T5, BitFit adds biases on q/k/v/o/wi/wo *and on the layer norms*: `4d + d_ff + d +
+    (#LN)·d` per encoder layer (the layer norms were left out: 224 of 288 at d=32, d_ff=64)."""
+    costs = _costs("t5")
+    arch = costs.layer
+    assert not any(arch.linear_has_bias.values()) and len(arch.norms) == 2
+    d, d_ff = 32, 64
+    assert costs.bitfit == 4 * d + d_ff + d + 2 * d
+    assert _costs("bert").bitfit == _costs("bert", bitfit_norms=True).bitfit  # LayerNorms: as before
+
+
+@pytest.mark.parametrize("layers", range(4, 25))
+def test_decreasing_groups_mirror_increasing(layers):
+    """9 layers gave increasing (1, 2, 2, 4) but decreasing (5, 2, 1, 1)."""
+    assert group_sizes(layers, 4, "decreasing") == group_sizes(layers, 4, "increasing")[::-1]
 
 
 def test_build_plan_absolute_budget_and_json():
@@ -372,3 +391,20 @@ def test_a_fixed_size_past_the_model_is_refused_before_anything_is_allocated(mon
         get_peft_model(bases[1], DesignSpaceConfig(group_strategies=[["lora"]] * 4, lora_rank=10**5, **adapters))
     with pytest.raises(InfeasibleBudgetError, match=r"tune fewer groups, lower `adapter_size=10000000`, or drop"):
         get_peft_model(bases[2], DesignSpaceConfig(adapter_size=10**7, **adapters))  # the others fitted: infeasible
+
+
+def test_every_s4_plan_is_within_two_percent_of_its_budget_or_says_so():
+    """methods.md §1.3/§1.5: the realised total is within ±2% of the budget. A plan 3.7% over (budget 3,100 on an
+    8-layer BERT) was accepted without a warning, the tolerance being 5%."""
+    model = make_model("bert", layers=8)
+    arch, base = resolve_architecture(model), sum(p.numel() for p in model.parameters())
+    for budget in range(2000, 6000, 50):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                plan = build_plan(DesignSpaceConfig(preset="s4", budget=budget), arch, base)
+            except InfeasibleBudgetError:
+                continue
+        off = abs(plan["realised"] / plan["target"] - 1)
+        warned = any(issubclass(w.category, DesignSpaceWarning) and "off the budget" in str(w.message) for w in caught)
+        assert off <= 0.02 or warned, (budget, plan["realised"])

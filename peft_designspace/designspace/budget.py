@@ -31,7 +31,7 @@ from .grouping import allocation_weights, assign_groups
 
 SIZED = ("adapter", "lora", "prefix")
 FIELDS = {"adapter": "adapter_size", "lora": "lora_rank", "prefix": "prefix_length"}  # the size fields of SIZED
-TOLERANCE = 0.05
+TOLERANCE = 0.02  # methods.md §1.3/§1.5: the realised total is within ±2% of the budget
 
 
 class InfeasibleBudgetError(ValueError):
@@ -100,10 +100,19 @@ def layer_costs(layer: LayerInfo, config: DesignSpaceConfig, strategies: set[str
     const["adapter"] = sum(layer.features[p][1] for p in sites)
     kv_heads, head_dim = layer.attention_heads or (0, 0)
     unit["prefix"], const["prefix"] = 2 * kv_heads * head_dim, 0
-    norms = [n for n in layer.norms if config.bitfit_norms or (config.bitfit_norms is None and layer.norm_has_bias[n])]
+    norms = [n for n in layer.norms if _bitfit_on_norm(config.bitfit_norms, layer, n)]
     bitfit_modules = layer.linears + norms
     bitfit = sum(layer.features[p][1] for p in bitfit_modules)
     return LayerCosts(layer, lora_modules, sites, unit, const, bitfit_modules, bitfit)
+
+
+def _bitfit_on_norm(setting: bool | None, layer: LayerInfo, norm: str) -> bool:
+    """Whether BitFit tunes a delta on `norm`. With `bitfit_norms=None`: a norm with a bias of its own, and every
+    norm of a layer whose projections have no biases (T5, Llama): BitFit adds biases there, as `methods.md` §1.4
+    does on T5's projections and layer norms, and such deltas cannot be merged whatever the norms get."""
+    if setting is not None:
+        return setting
+    return layer.norm_has_bias[norm] or not any(layer.linear_has_bias.get(p, True) for p in layer.linears)
 
 
 def layer_groups(config: DesignSpaceConfig, arch: ArchitectureInfo) -> list[int]:

@@ -63,8 +63,9 @@ class DesignSpaceConfig(PackConfigMixin, PeftConfig):
             `"sequential"`: after the adapter sites' projections; `"parallel"`: beside them.
         adapter_sites (`list[str]`, *optional*, defaults to `["attn_out", "ffn_out"]`):
             Where a layer's adapters go: after the attention-output projection (`attn_out`) and/or the FFN-output
-            projection (`ffn_out`). The default is Houlsby's two sites; `["ffn_out"]` is the single Pfeiffer-style
-            site after the FFN that `docs/designspace.md` discusses.
+            projection (`ffn_out`). The default is Houlsby's two sites; `["ffn_out"]` is the single site after the
+            FFN of `methods.md` §1.4 (Pfeiffer's site and size, with Houlsby's placement before the residual add and
+            LayerNorm; see `docs/designspace.md`).
         adapter_activation (`str`, *optional*, defaults to `"relu"`):
             Activation inside the bottleneck: `relu`, `gelu`, `tanh` or `silu`.
         prefix_length (`int`, *optional*):
@@ -83,8 +84,9 @@ class DesignSpaceConfig(PackConfigMixin, PeftConfig):
         lora_targets (`list[str]`, *optional*, defaults to `["query", "value"]`):
             Roles that get LoRA: `query`, `key`, `value`, `attn_out`, `ffn_in`, `ffn_out`.
         bitfit_norms (`bool`, *optional*):
-            Norm modules in BitFit. `None`: norms that have a bias of their own (LayerNorm), so every BitFit part
-            can be merged; `True`: also bias-free norms (RMSNorm; their deltas cannot be merged); `False`: none.
+            Norm modules in BitFit. `None`: norms that have a bias of their own (LayerNorm), and every norm of a
+            layer whose projections have no biases (T5, Llama; `methods.md` §1.4); `True`: every norm; `False`:
+            none. Deltas on bias-free norms or projections cannot be merged.
         layer_stacks (`list[str]`, *optional*):
             Module paths of the layer lists, bottom first, for models whose layers are not found automatically.
         init_weights (`bool`, *optional*, defaults to `True`):
@@ -142,7 +144,9 @@ class DesignSpaceConfig(PackConfigMixin, PeftConfig):
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scale numerator (scale = alpha / rank)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
     lora_targets: list[str] = field(default_factory=lambda: ["query", "value"], metadata={"help": "LoRA roles."})
-    bitfit_norms: bool | None = field(default=None, metadata={"help": "Norms in BitFit: None=with bias, True, False."})
+    bitfit_norms: bool | None = field(
+        default=None, metadata={"help": "Norms in BitFit: None=with bias (all on bias-free layers), True, False."}
+    )
     layer_stacks: list[str] | None = field(default=None, metadata={"help": "Explicit layer-list module paths."})
     init_weights: bool = field(default=True, metadata={"help": "Identity initialisation of the adapter parts."})
     modules_to_save: list[str] | None = field(default=None, metadata={"help": "Extra modules trained and saved."})

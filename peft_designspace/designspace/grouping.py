@@ -94,6 +94,8 @@ def group_sizes(num_layers: int, num_groups: int, grouping: str | list[int]) -> 
         num_groups (`int`): number of groups.
         grouping (`str` or `list[int]`): a pattern name, or explicit sizes that must sum to `num_layers`.
     """
+    if grouping == "decreasing":  # the mirror image of increasing (rounding ties went to the bottom in both)
+        return group_sizes(num_layers, num_groups, "increasing")[::-1]
     if isinstance(grouping, str):
         weights = pattern_weights(num_groups, grouping)
         sizes = apportion(num_layers, weights)

@@ -317,7 +317,7 @@ class DesignSampler:
     Args:
         model (`nn.Module`): the base model (no adapters); only its layers and parameter count are read.
         budget (`float`): a fraction (< 1) of the base parameters or an absolute count (>= 1).
-        tolerance (`float`, *optional*, defaults to `0.05`): accepted relative distance of the realised count.
+        tolerance (`float`, *optional*, defaults to `0.02`): accepted relative distance of the realised count.
         config_kwargs (`dict`, *optional*): further `DesignSpaceConfig` fields that change costs
             (`adapter_mode`, `lora_targets`, `bitfit_norms`, `layer_stacks`).
     """
