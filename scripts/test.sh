@@ -9,4 +9,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup_env.sh"
 
 cd "$ROOT"
-exec "$ROOT/.venv/bin/python" -m pytest -q -p no:cacheprovider tests "$@"
+# the whole suite unless a test path is given (`tests` before a file would collect every test as well)
+target=tests
+for arg in "$@"; do
+    case "$arg" in
+        tests|tests/*|./tests*) target= ;;
+    esac
+done
+exec "$ROOT/.venv/bin/python" -m pytest -q -p no:cacheprovider $target "$@"
