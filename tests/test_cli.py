@@ -221,3 +221,20 @@ def test_push_refuses_repo_ids_the_hub_refuses(repo_id, tiny, tmp_path, no_model
     (adapter / "adapter_model.safetensors").write_bytes(b"")
     code, _, err = run(["push", str(adapter), repo_id], capsys)
     assert code == 2 and f"repo_id {repo_id!r} must be namespace/name" in err, err
+
+
+def test_export_overwrite_of_a_non_export_is_refused_before_loading(tiny, tmp_path, no_model_loads, capsys):
+    """`export --overwrite` onto a training run's folder loaded the model and ran the export, then failed with exit 1
+    (the export's own check); it is now a usage error, exit 2, before anything loads (a docs review, 2026-11-25)."""
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".peft-designspace-output").write_text("")
+    (run_dir / "budget_report.json").write_text("{}")
+    argv = ["export", str(adapter), "--output_dir", str(run_dir), "--overwrite", "--model", str(tiny / "model")]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "--output_dir" in err and "not an export" in err, err
+    assert sorted(p.name for p in run_dir.iterdir()) == [".peft-designspace-output", "budget_report.json"]
