@@ -614,3 +614,23 @@ def test_an_evaluator_score_that_is_not_an_error_is_refused_before_it_is_stored(
     with pytest.raises(ValueError, match=r"The evaluator returned .* it must return a finite error >= 0"):
         evaluate_design(design, settings, str(tmp_path), evaluator=lambda d: score)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "match"),
+    [
+        ("--num_samples", "1", "`num_samples` must be an int >= 2"),
+        ("--max_steps", "0", "max_steps"),
+        ("--workers", "0", "`workers` must be a positive int"),
+    ],
+)
+def test_bad_counts_leave_no_output_folder(tiny_backbone, tmp_path, capsys, option, value, match):
+    """`--num_samples 1` and `--max_steps 0` exited 2 but left the output folder with its marker behind (a docs
+    review, 2026-11-25): every option is now checked before the folder is made."""
+    model_dir, data_dir = tiny_backbone
+    output = tmp_path / "out"
+    argv = ["--data_dir", data_dir, "--model_name_or_path", model_dir, "--output_dir", str(output), option, value]
+    with pytest.raises(SystemExit) as exit_info:
+        explore_main([*argv, "--quiet"])
+    assert exit_info.value.code == 2 and match in capsys.readouterr().err
+    assert not output.exists()

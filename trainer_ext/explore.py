@@ -134,6 +134,17 @@ def _in_space(design: dict, space: DesignSpace) -> bool:
     )
 
 
+def check_counts(num_samples: object, workers: object) -> None:
+    """Raise a ValueError naming `num_samples` (an int >= 2) or `workers` (an int >= 1) when bad."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
+        raise ValueError(
+            "`num_samples` must be an int >= 2 (an error distribution needs at least two samples), "
+            f"got {num_samples!r}."
+        )
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"`workers` must be a positive int, got {workers!r}.")
+
+
 def run_exploration(
     settings: ExploreSettings,
     output_dir: str,
@@ -169,13 +180,10 @@ def run_exploration(
             stored results up to the first stage with missing designs, and a partial report is written.
 
     Raises:
-        ValueError: `num_samples` < 2, an empty or contradictory space, or a budget that no design meets.
+        ValueError: `num_samples` < 2, `workers` < 1, an empty or contradictory space, or a budget that no design
+            meets.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
-        raise ValueError(
-            "`num_samples` must be an int >= 2 (an error distribution needs at least two samples), "
-            f"got {num_samples!r}."
-        )
+    check_counts(num_samples, workers)
     space = space if space is not None else DesignSpace()
     stages = list(stages) if stages is not None else paper_stages(space.num_groups)
     results_dir = os.path.join(output_dir, RESULTS_DIR)

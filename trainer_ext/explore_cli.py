@@ -206,11 +206,10 @@ def run_explore(args: argparse.Namespace) -> int:
         )
     space = space_from_args(args)
     stages = stages_from_args(args, space.num_groups)
-    check_task_and_data(args)  # last: reads the TSV files
-    os.makedirs(args.output_dir, exist_ok=True)  # marked as the exploration's: a later run may resume in it
-    marker = Path(args.output_dir) / EXPLORATION_MARKER
-    if not marker.exists():
-        marker.write_text(json.dumps({"written_by": "peft-designspace explore"}) + "\n", encoding="utf-8")
+    check_task_and_data(args)  # reads the TSV files
+    from .explore import check_counts, run_exploration  # the façade imports this module
+
+    check_counts(args.num_samples, args.workers)
     settings = ExploreSettings(
         data_dir=args.data_dir,
         model_name_or_path=args.model_name_or_path,
@@ -223,9 +222,11 @@ def run_explore(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         max_length=args.max_length,
         device=args.device,
-    )
-    from .explore import run_exploration  # the façade imports this module
-
+    )  # checks its fields: all before the output folder is made
+    os.makedirs(args.output_dir, exist_ok=True)  # marked as the exploration's: a later run may resume in it
+    marker = Path(args.output_dir) / EXPLORATION_MARKER
+    if not marker.exists():
+        marker.write_text(json.dumps({"written_by": "peft-designspace explore"}) + "\n", encoding="utf-8")
     result = run_exploration(
         settings,
         args.output_dir,
