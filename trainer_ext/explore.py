@@ -288,6 +288,13 @@ def _shown(result: dict) -> dict:
 
 
 def _finish_partial(settings, start_space, space, outcomes, all_results, report_path, stopped):
+    if _is_finished_report(report_path):  # e.g. `--report_only` without the options of the finished exploration
+        root, ext = os.path.splitext(report_path)
+        partial_path = f"{root}.partial{ext or '.md'}"
+        logger.warning(
+            "%s is the report of a finished exploration and is kept; the partial one is %s", report_path, partial_path
+        )
+        report_path = partial_path
     in_space = [r for r in all_results.values() if _in_space(r["design"], space)]
     best = _shown(min(in_space, key=lambda r: (r["error"], r["key"]))) if in_space else None
     result = ExplorationResult(
@@ -302,6 +309,15 @@ def _finish_partial(settings, start_space, space, outcomes, all_results, report_
     )
     write_report(result, settings, start_space, all_results, None)
     return result
+
+
+def _is_finished_report(path: str) -> bool:
+    """Whether `path` is an exploration report with an outcome (not a partial one)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return "\n## Outcome\n" in f.read()
+    except OSError:
+        return False
 
 
 def _finish(settings, output_dir, start_space, space, outcomes, all_results, evaluated, report_path, sampler, **final):
