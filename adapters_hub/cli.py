@@ -156,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         "an error.",
     )
     _add_training(train)
-    _add_output(train, "outputs/<method>[-<variant>]-<task>, <variant> naming a non-default --preset (or --score)")
+    _add_output(
+        train, "outputs/<method>[-<variant>]-<task>, <variant> naming a non-default --preset (SAM: --score, --scope)"
+    )
 
     calibrate = command(
         "calibrate",

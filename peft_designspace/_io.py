@@ -112,9 +112,11 @@ def write_json_atomic(data: Any, path: str | os.PathLike) -> Path:
     Example:
 
     ```py
-    >>> from peft_designspace._io import write_json_atomic
-    >>> write_json_atomic({"a": 1}, "/tmp/a.json")
-    PosixPath('/tmp/a.json')
+    >>> import json, os, tempfile
+    >>> from trainer_ext import write_json_atomic
+    >>> path = write_json_atomic({"a": 1}, os.path.join(tempfile.mkdtemp(), "a.json"))
+    >>> json.loads(path.read_text())
+    {'a': 1}
     ```
     """
     return write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")

