@@ -35,7 +35,7 @@ EXIT_CODES = """exit status:
   0    success
   1    the run failed (training error, reload check mismatch, export not expressible, upload refused, ...)
   2    bad options or input, reported before any model is loaded; the message names the option
-  3    the feature is not available in this installation (e.g. `search` before S3PET ships)
+  3    the feature is not available in this installation (e.g. `search` without S3PET)
   130  interrupted (Ctrl-C or SIGTERM); nothing half-written is left behind"""
 
 logger = logging.getLogger("peft-designspace")

@@ -637,3 +637,23 @@ def test_bad_counts_leave_no_output_folder(tiny_backbone, tmp_path, capsys, opti
         explore_main([*argv, "--quiet"])
     assert exit_info.value.code == 2 and match in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_explore_fails_like_the_other_commands(tmp_path, capsys, monkeypatch):
+    """A failed run printed a traceback and `explore` had neither `--debug` nor the exit-status help of the other
+    commands (a docs review, 2026-11-25)."""
+    import trainer_ext.explore_cli as explore_cli
+
+    with pytest.raises(SystemExit):
+        explore_main(["--help"])
+    assert "exit status:\n  0    success" in capsys.readouterr().out
+
+    def broken(args):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(explore_cli, "run_explore", broken)
+    argv = ["--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"), "-q"]
+    assert explore_main(argv) == 1
+    assert capsys.readouterr().err.splitlines()[0] == "peft-designspace explore: error: RuntimeError: out of memory"
+    with pytest.raises(RuntimeError, match="out of memory"):
+        explore_main([*argv, "--debug"])

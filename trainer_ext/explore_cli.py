@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 
 from peft_designspace.designspace.refine import Stage, paper_stages
@@ -56,6 +57,7 @@ def add_explore_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--report", default=None, help="Report path (default: <output_dir>/report.md).")
     parser.add_argument("--plots_dir", default=None, help="Plot folder (default: <output_dir>/plots).")
     parser.add_argument("-q", "--quiet", action="store_true", help="No progress bars.")
+    parser.add_argument("--debug", action="store_true", help="Show the full traceback when the run fails.")
     parser.add_argument(
         "--report_only", action="store_true", help="Train nothing: report the stages the stored results complete."
     )
@@ -248,7 +250,7 @@ def run_explore(args: argparse.Namespace) -> int:
     return 0
 
 
-class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults in the help, as in the other commands, except where the help text already describes them."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
@@ -259,10 +261,13 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def explore_main(argv: list[str] | None = None) -> int:
     """`peft-designspace explore` as a function: parse `argv`, run, return the exit status (2 on bad input)."""
+    from adapters_hub.cli import EXIT_CODES  # light: the command line imports nothing heavy at the top
+
     parser = add_explore_arguments(
         argparse.ArgumentParser(
             prog="peft-designspace explore",
             description="Explore the S4 design space.",
+            epilog=EXIT_CODES,
             formatter_class=_DefaultsFormatter,
         )
     )
@@ -280,4 +285,13 @@ def explore_main(argv: list[str] | None = None) -> int:
         return run_explore(args)
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:  # a failed run: exit 1 with one line, as the other commands
+        if args.debug:
+            raise
+        print(
+            f"{parser.prog}: error: {type(err).__name__}: {err}\n(run with --debug for the traceback)", file=sys.stderr
+        )
+        return 1
     return 2
