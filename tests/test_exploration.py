@@ -330,6 +330,8 @@ def test_report_only_replays_finished_stages_and_stops_at_missing_results(model,
     kwargs = {"space": space, "num_samples": 2, "model": model, "progress": False}
     first = run_exploration(settings, str(tmp_path), stages=paper_stages(4)[:1], evaluator=synthetic_error, **kwargs)
     finished = open(first.report_path).read()
+    plots = {p: p.stat().st_mtime_ns for p in (tmp_path / "plots").iterdir()}
+    assert plots
     # an "interrupted" full run; results are keyed by how they were scored, so the replay names the evaluator too
     partial = run_exploration(settings, str(tmp_path), evaluate=False, evaluator=synthetic_error, **kwargs)
     assert [s.best for s in partial.stages] == [first.stages[0].best] == ["spindle"]
@@ -337,6 +339,8 @@ def test_report_only_replays_finished_stages_and_stops_at_missing_results(model,
     assert partial.evaluated == 0 and "## Not finished" in open(partial.report_path).read()
     # the finished exploration's report is kept (a replay with other options replaced it by an empty partial one)
     assert open(first.report_path).read() == finished and partial.report_path.endswith("report.partial.md")
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "plots").iterdir()} == plots  # its plots too
+    assert [p.name for p in (tmp_path / "plots.partial").iterdir()] == ["stage1_grouping.png"]
 
 
 def test_a_space_with_nothing_to_sample_scores_its_one_design_the_given_way(model, tmp_path, monkeypatch):

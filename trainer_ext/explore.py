@@ -239,7 +239,9 @@ def run_exploration(
         missing = len({result_key(d, settings, evaluator) for d in designs}) - len(results)
         if missing:
             stopped = f"{stage.title} (stage {index}): {len(results)} of {len(results) + missing} designs evaluated"
-            return _finish_partial(settings, start_space, space, outcomes, all_results, report_path, stopped)
+            return _finish_partial(
+                settings, start_space, space, outcomes, all_results, report_path, plots_dir, stopped
+            )
         evaluated += sum(not r["cached"] for r in results.values())
         all_results.update(results)
         errors = {
@@ -247,7 +249,9 @@ def run_exploration(
             for label, (_, ds) in samples.items()
         }
         best = select_best(errors)
-        plot = plot_edfs(stage.title, errors, os.path.join(plots_dir, f"stage{index}_{stage.name}.png"))
+        plot = f"stage{index}_{stage.name}.png"
+        if evaluate:  # drawn as the stages finish; a replay draws them at the end, once their folder is known
+            plot = plot_edfs(stage.title, errors, os.path.join(plots_dir, plot))
         outcomes.append(
             StageOutcome(
                 stage.name,
@@ -262,7 +266,7 @@ def run_exploration(
         )
         space = space.constrain(stage.component, samples[best][0], stage.group)
         logger.info("Stage %s: kept %s", stage.name, best)
-    final = {"evaluator": evaluator, "seed": seed, "evaluate": evaluate}
+    final = {"evaluator": evaluator, "seed": seed, "evaluate": evaluate, "plots_dir": plots_dir}
     return _finish(
         settings, output_dir, start_space, space, outcomes, all_results, evaluated, report_path, sampler, **final
     )
@@ -287,14 +291,27 @@ def _shown(result: dict) -> dict:
     return {**result, "design": canonical_design(result["design"])}
 
 
-def _finish_partial(settings, start_space, space, outcomes, all_results, report_path, stopped):
+def _draw_plots(outcomes: list[StageOutcome], plots_dir: str) -> None:
+    """Draw each compared stage's EDF plot into `plots_dir` (`outcome.plot` holds its file name until then)."""
+    for outcome in outcomes:
+        if outcome.plot is not None and not os.path.dirname(outcome.plot):  # not drawn yet
+            outcome.plot = plot_edfs(outcome.title, outcome.candidates, os.path.join(plots_dir, outcome.plot))
+
+
+def _finish_partial(settings, start_space, space, outcomes, all_results, report_path, plots_dir, stopped):
     if _is_finished_report(report_path):  # e.g. `--report_only` without the options of the finished exploration
         root, ext = os.path.splitext(report_path)
         partial_path = f"{root}.partial{ext or '.md'}"
+        partial_plots = os.path.normpath(plots_dir) + ".partial"
         logger.warning(
-            "%s is the report of a finished exploration and is kept; the partial one is %s", report_path, partial_path
+            "%s is the report of a finished exploration and is kept with its plots; the partial one is %s (plots in "
+            "%s)",
+            report_path,
+            partial_path,
+            partial_plots,
         )
-        report_path = partial_path
+        report_path, plots_dir = partial_path, partial_plots
+    _draw_plots(outcomes, plots_dir)
     in_space = [r for r in all_results.values() if _in_space(r["design"], space)]
     best = _shown(min(in_space, key=lambda r: (r["error"], r["key"]))) if in_space else None
     result = ExplorationResult(
@@ -335,10 +352,13 @@ def _finish(settings, output_dir, start_space, space, outcomes, all_results, eva
         )
         if not results:  # `evaluate=False` and the design is not stored yet
             stopped = "the final space (its one design is not evaluated yet)"
-            return _finish_partial(settings, start_space, space, outcomes, all_results, report_path, stopped)
+            return _finish_partial(
+                settings, start_space, space, outcomes, all_results, report_path, final["plots_dir"], stopped
+            )
         evaluated += sum(not r["cached"] for r in results.values())
         all_results.update(results)
         in_space = list(results.values())
+    _draw_plots(outcomes, final["plots_dir"])
     best = _shown(min(in_space, key=lambda r: (r["error"], r["key"])))
     config = design_config(best["design"], settings.budget, task_type="SEQ_CLS", **settings.config_kwargs)
     os.makedirs(output_dir, exist_ok=True)
