@@ -152,12 +152,17 @@ class SAMTuningLayer(nn.Module, PackTunerLayer):
 
         Placeholders are marked when made and unmarked by calibration and by `load_state_dict` (PEFT's loaders use
         it). transformers' `load_adapter` sets the tensors another way, so a marked layer whose indices no longer
-        read 0, 1, ... counts as loaded too. A layer without entries holds nothing either way, and one whose entries
-        are all of its weight holds the same selection either way.
+        read 0, 1, ... counts as loaded too (through that loader, a real selection of exactly the first entries of
+        every marked layer would still read as placeholders). A layer without entries holds nothing either way, and
+        one whose entries are all of its weight holds the same selection either way. Values are not looked at: an
+        adapter trained without calibration still holds placeholders.
         """
         if adapter_name not in self.placeholders:
             return False
-        return _looks_like_placeholder(self.samtuning_weight_indices[adapter_name], self.numel("weight"))
+        flat = self.samtuning_weight_indices[adapter_name]
+        if not 0 < flat.numel() < self.numel("weight"):  # nothing, or all of the weight: the same either way
+            return False
+        return torch.equal(flat, torch.arange(flat.numel(), dtype=flat.dtype, device=flat.device))
 
     def pattern(self, adapter_name: str, part: str) -> SparsePattern:
         """The (cached) CSR structures of one part; rebuilt when its index buffer changes."""
@@ -357,18 +362,14 @@ def probe_forward(anchor: torch.Tensor, sinks: dict[str, object], leaves: dict[s
     return probe
 
 
-def _looks_like_placeholder(flat: torch.Tensor, numel: int) -> bool:
-    """Whether weight indices read 0, 1, ..., n-1 for some 0 < n < `numel`: the placeholders `update_layer` makes (a
-    calibrated selection is never exactly the first entries, short of all of them)."""
-    n = flat.numel()
-    return 0 < n < numel and torch.equal(flat, torch.arange(n, dtype=flat.dtype, device=flat.device))
-
-
 def _selection_loaded(module: SAMTuningLayer, state_dict: dict, prefix: str, *args) -> None:
     """`load_state_dict` pre-hook: the adapters whose weight indices are being loaded hold a selection from then on
-    (any loader: PEFT's, transformers' `load_adapter`, a plain `load_state_dict`), unless what is loaded is itself
-    an uncalibrated adapter's placeholders."""
+    (any loader: PEFT's, transformers' `load_adapter`, a plain `load_state_dict`).
+
+    Whatever the indices read: a real selection can be the first entries of a layer (top-k breaks ties towards the
+    lower index), and a saved adapter always holds one (saving an uncalibrated adapter is refused). Only a raw
+    `state_dict()` of an uncalibrated adapter carries placeholders, and loading it marks them as a selection.
+    """
     for name in list(module.placeholders):
-        loaded = state_dict.get(f"{prefix}samtuning_weight_indices.{name}")
-        if isinstance(loaded, torch.Tensor) and not _looks_like_placeholder(loaded, module.numel("weight")):
+        if f"{prefix}samtuning_weight_indices.{name}" in state_dict:
             module.placeholders.discard(name)
