@@ -634,7 +634,8 @@ def cmd_push(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     _check_adapter_dir(parser, args.adapter, "adapter")
     if not is_hub_id(args.repo_id, namespace_required=True):
         parser.error(
-            f"repo_id {args.repo_id!r} must be namespace/name (letters, digits, '-', '_', '.'; no '--' or '..')."
+            f"repo_id {args.repo_id!r} must be namespace/name (letters, digits, '-', '_', '.'; no '--', '..', "
+            "leading or trailing '-' or '.', or trailing '.git')."
         )
     from .hub import push_folder
 

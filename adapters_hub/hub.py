@@ -163,7 +163,7 @@ def _check_push_options(
     if not is_hub_id(repo_id, namespace_required=True):
         raise ValueError(
             f"`repo_id` must be a string 'namespace/name', got {repo_id!r} (each part of letters, digits, '-', '_' "
-            "and '.', starting and ending with a letter, digit or '_', no '--' or '..')."
+            "and '.', starting and ending with a letter, digit or '_', no '--' or '..', not ending in '.git')."
         )
     if token is not None and not isinstance(token, bool) and not (isinstance(token, str) and token.strip()):
         raise ValueError("`token` must be None, a bool (as huggingface_hub takes it) or a non-empty string.")

@@ -198,8 +198,10 @@ def test_a_tilde_in_an_option_is_the_home_folder(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        ("bert-base-uncased", "HF_HUB_OFFLINE is set and the model is not in the local cache"),  # a legacy id
-        ("google-bert/bert-base-uncased", "HF_HUB_OFFLINE is set and the model is not in the local cache"),
+        # ids no cache holds (a cached bert-base-uncased would pass the check); like `bert-base-uncased`, the first
+        # has no namespace
+        ("no-such-model-of-peft-designspace", "HF_HUB_OFFLINE is set and the model is not in the local cache"),
+        ("peft-designspace/no-such-model", "HF_HUB_OFFLINE is set and the model is not in the local cache"),
         ("me/bert--base", "neither a model folder nor a Hub model id"),  # the Hub refuses '--' and '..'
         ("me/bert.", "neither a model folder nor a Hub model id"),
     ],

@@ -89,7 +89,10 @@ def test_tokenize_glue_names_a_bad_label(rows, num_labels, match, tiny):
     tokenizer = AutoTokenizer.from_pretrained(tiny / "model")
     with pytest.raises(ValueError, match=match):
         tokenize_glue(rows, tokenizer, num_labels=num_labels)
-    ok = tokenize_glue(
-        [{"sentence": "a", "label": np.int64(1)}, {"sentence": "b", "label": 0}], tokenizer, num_labels=2
-    )
-    assert ok["labels"] == [1, 0]
+    import torch
+
+    rows = [{"sentence": "a", "label": np.int64(1)}, {"sentence": "b", "label": 0}]
+    rows += [{"sentence": "c", "label": np.array(1)}, {"sentence": "d", "label": torch.tensor(0)}]
+    assert tokenize_glue(rows, tokenizer, num_labels=2)["labels"] == [1, 0, 1, 0]
+    with pytest.raises(ValueError, match=r"rows\[0\].* got tensor\(True\)"):
+        tokenize_glue([{"sentence": "a", "label": torch.tensor(True)}], tokenizer)

@@ -327,6 +327,10 @@ def test_t5_bitfit_follows_methods_md():
     d, d_ff = 32, 64
     assert costs.bitfit == 4 * d + d_ff + d + 2 * d
     assert _costs("bert").bitfit == _costs("bert", bitfit_norms=True).bitfit  # LayerNorms: as before
+    # Qwen2: q/k/v have biases, o and the FFN do not, so BitFit adds some and the norms get deltas too
+    qwen2 = _costs("qwen2")
+    assert any(qwen2.layer.linear_has_bias.values()) and not all(qwen2.layer.linear_has_bias.values())
+    assert qwen2.bitfit == _costs("qwen2", bitfit_norms=True).bitfit > _costs("qwen2", bitfit_norms=False).bitfit
 
 
 @pytest.mark.parametrize("layers", range(4, 25))

@@ -8,9 +8,10 @@ three so that callers get plain rows with an integer `label`.
 from __future__ import annotations
 
 import csv
+import operator
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -315,15 +316,24 @@ def tokenize_glue(
 
 def _row_label(index: int, row: dict, num_labels: int | None) -> int:
     """Row `index`'s label as an int, or a ValueError naming the row (`int()` took 1.7 as 1 and "x" without a row)."""
-    label = row.get("label") if isinstance(row, dict) else None
-    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or label < 0:
+    label = row.get("label") if isinstance(row, Mapping) else None
+    try:  # ints, numpy and torch integers (0-d arrays and tensors too); floats and strings have no exact index
+        value = None if _is_bool(label) else operator.index(label)
+    except TypeError:
+        value = None
+    if value is None or value < 0:
         raise ValueError(
             f"rows[{index}]['label'] must be a non-negative int (a class index), got {label!r}; "
             "`load_glue_folder` maps the raw labels."
         )
-    if num_labels is not None and label >= num_labels:
-        raise ValueError(f"rows[{index}]['label'] is {label}, out of range for num_labels={num_labels}.")
-    return int(label)
+    if num_labels is not None and value >= num_labels:
+        raise ValueError(f"rows[{index}]['label'] is {value}, out of range for num_labels={num_labels}.")
+    return value
+
+
+def _is_bool(value: object) -> bool:
+    """True for Python, numpy and torch booleans (`operator.index(True)` is 1)."""
+    return isinstance(value, (bool, np.bool_)) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool")
 
 
 def matthews_corrcoef(labels: Sequence[int] | np.ndarray, predictions: Sequence[int] | np.ndarray) -> float:

@@ -108,11 +108,12 @@ def layer_costs(layer: LayerInfo, config: DesignSpaceConfig, strategies: set[str
 
 def _bitfit_on_norm(setting: bool | None, layer: LayerInfo, norm: str) -> bool:
     """Whether BitFit tunes a delta on `norm`. With `bitfit_norms=None`: a norm with a bias of its own, and every
-    norm of a layer whose projections have no biases (T5, Llama): BitFit adds biases there, as `methods.md` §1.4
-    does on T5's projections and layer norms, and such deltas cannot be merged whatever the norms get."""
+    norm of a layer where some projection has no bias (T5, Llama, Qwen2's o/FFN): BitFit adds biases there, as
+    `methods.md` §1.4 does on T5's projections and layer norms, and such deltas cannot be merged whatever the norms
+    get."""
     if setting is not None:
         return setting
-    return layer.norm_has_bias[norm] or not any(layer.linear_has_bias.get(p, True) for p in layer.linears)
+    return layer.norm_has_bias[norm] or not all(layer.linear_has_bias.get(p, True) for p in layer.linears)
 
 
 def layer_groups(config: DesignSpaceConfig, arch: ArchitectureInfo) -> list[int]:

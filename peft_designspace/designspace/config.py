@@ -85,8 +85,8 @@ class DesignSpaceConfig(PackConfigMixin, PeftConfig):
             Roles that get LoRA: `query`, `key`, `value`, `attn_out`, `ffn_in`, `ffn_out`.
         bitfit_norms (`bool`, *optional*):
             Norm modules in BitFit. `None`: norms that have a bias of their own (LayerNorm), and every norm of a
-            layer whose projections have no biases (T5, Llama; `methods.md` §1.4); `True`: every norm; `False`:
-            none. Deltas on bias-free norms or projections cannot be merged.
+            layer where some projection has no bias (T5, Llama, Qwen2; `methods.md` §1.4); `True`: every norm;
+            `False`: none. Deltas on bias-free norms or projections cannot be merged.
         layer_stacks (`list[str]`, *optional*):
             Module paths of the layer lists, bottom first, for models whose layers are not found automatically.
         init_weights (`bool`, *optional*, defaults to `True`):

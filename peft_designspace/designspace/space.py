@@ -12,7 +12,7 @@ way. A *design* fixes the four components of a `DesignSpaceConfig`:
 
 A `DesignSpace` holds one domain per component (the strategy domain once per group); a *constraint* shrinks a
 domain to one value (`constrain`). Sampling draws every component uniformly and independently from its domain, so
-designs are uniform over the product space; designs whose plan misses the budget by more than ±5% are rejected and
+designs are uniform over the product space; designs whose plan misses the budget by more than ±2% are rejected and
 redrawn, which keeps the samples uniform over the designs that meet it.
 
 Example:
