@@ -1,6 +1,7 @@
 """What the pack's wrappers of linear-like layers share: LoRA and bias deltas merged into the base layer."""
 
 import contextlib
+import copy
 import sys
 import warnings
 from collections.abc import Iterator
@@ -34,18 +35,37 @@ def base_weight(layer) -> torch.Tensor:
 
 
 def unpack_for_cpu(weight) -> None:
-    """Undo bitsandbytes' CPU packing of a 4-bit weight in place, with the `absmax` layout restored (see
-    `base_weight`); nothing for any other weight."""
+    """Undo bitsandbytes' CPU packing of a 4-bit weight in place; nothing for any other weight.
+
+    The 4-bit codes are only rearranged by the packing, and bitsandbytes' inverse gives them back exactly. The quant
+    state is not: the packing rounds `absmax` to bfloat16 (0.26% of the weights' scale) and the inverse quantizes a
+    nested `absmax` again (0.5%), so the frozen base would change for good at the first evaluation. The state as it
+    was before the packing (kept by the guard's hook, see `guard_cpu_packing`) is put back instead; without it, the
+    inverse's state with its `absmax` layout restored (see `base_weight`).
+    """
     state = getattr(weight, "quant_state", None)
     if state is None or not getattr(state, "packing_format_for_cpu", False):
         return
     from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
 
     nested = state.original_nested
+    source, original = getattr(weight, "_designspace_state_before_packing", (None, None))
+    packed_state = state
     weight.data, state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
-    if not nested and state.absmax.dim() == 2:
+    if source is packed_state:  # the packing changed this very object in place: its copy holds the state as it was
+        state = original
+    elif not nested and state.absmax.dim() == 2:
         state.absmax = state.absmax.T.reshape(-1).to(torch.float32)
     weight.quant_state = state
+
+
+def _keep_state_before_packing(weight) -> None:
+    """Keep a shallow copy of an unpacked 4-bit weight's quant state: the packing replaces its attributes (`absmax`,
+    `state2`, ...) by new objects in place, so the copy keeps the originals for `unpack_for_cpu`, which uses it only
+    for that same state object (not after a merge gave the weight a new state)."""
+    state = getattr(weight, "quant_state", None)
+    if state is not None and not getattr(state, "packing_format_for_cpu", False):
+        weight._designspace_state_before_packing = (state, copy.copy(state))
 
 
 def guard_cpu_packing(model: nn.Module) -> None:
@@ -74,6 +94,8 @@ def _unpack_before_training_forward(module: nn.Module, args: tuple) -> None:
     x = args[0] if args else None
     if module.training or (isinstance(x, torch.Tensor) and x.requires_grad):
         unpack_for_cpu(module.weight)
+    else:  # bitsandbytes may pack the weight in this forward
+        _keep_state_before_packing(module.weight)
 
 
 def _unpack_before_saving(module: nn.Module, prefix: str, keep_vars: bool) -> None:

@@ -174,3 +174,34 @@ def test_a_4bit_weight_not_quantized_yet_counts_its_values():
     layer.weight = bnb.nn.Params4bit(torch.randn(16, 16), requires_grad=False)  # quantized on its move to a device
     assert not layer.weight.bnb_quantized
     assert count_base_parameters(layer) == 256
+
+
+@pytest.mark.parametrize("double_quant", [False, True], ids=["absmax", "nested-absmax"])
+def test_an_inference_pass_leaves_the_frozen_base_exactly_as_loaded(tmp_path, double_quant):
+    """The guard unpacked with bitsandbytes' inverse, whose quant state has `absmax` rounded to bfloat16 (0.26% of
+    the weights' scale) and a nested `absmax` quantized again (0.5%): the frozen base changed for good at the first
+    evaluation, and with double quant a reloaded adapter and `disable_adapter` no longer matched (a review of the
+    quantized paths, 2026-11-25). The state from before the packing is put back now."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    _quantized(tmp_path, "llama", "CAUSAL_LM", 4, 128)
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True, llm_int8_skip_modules=["lm_head"], bnb_4bit_use_double_quant=double_quant
+    )
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base", quantization_config=quant, dtype=torch.float32)
+    model = get_peft_model(base, DesignSpaceConfig(preset="lora", budget=0.05, task_type="CAUSAL_LM"))
+    layers = [m for m in base.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    before = [_dequantized(module) for module in layers]
+    model.eval()
+    for module in layers:  # an inference forward on an AVX512-BF16 CPU: the guard's hook, then bitsandbytes' packing
+        x = torch.zeros(1, module.in_features)
+        for hook in module._forward_pre_hooks.values():
+            hook(module, (x,))
+        _pack(module)
+    model.train()
+    for module in layers:  # a training forward: the guard's hook unpacks
+        for hook in module._forward_pre_hooks.values():
+            hook(module, (torch.zeros(1, module.in_features, requires_grad=True),))
+    for module, weight in zip(layers, before):
+        assert not getattr(module.weight.quant_state, "packing_format_for_cpu", False)
+        assert torch.equal(_dequantized(module), weight)
