@@ -205,7 +205,8 @@ class SAMTuningLayer(nn.Module, PackTunerLayer):
             self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
-        """Undo [`~SAMTuningLayer.merge`], restoring the merged entries' original values exactly."""
+        """Undo [`~SAMTuningLayer.merge`], restoring the merged entries' original values (exactly on float weights; a
+        bitsandbytes weight is quantized again, which rounds the whole tensor)."""
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.")
             return
