@@ -27,8 +27,9 @@ def base_weight(layer) -> torch.Tensor:
     they were plain: a merge wrote weights 0.13 off on a tiny Llama (the whole scale of its weights). The packing is
     undone here first, as bitsandbytes itself does before saving; the next such forward packs again. Its inverse
     (0.50.2) leaves a non-nested `absmax` in the packed (transposed, bfloat16) layout, read then in the wrong order
-    (0.044 off for weights of scale 0.09); that layout is restored here too. What stays is bfloat16's rounding of
-    `absmax` (4e-4 for those weights), a loss of the packing itself.
+    (0.044 off for weights of scale 0.09); that layout is restored here too. A weight packed by a forward under
+    `guard_cpu_packing` gets its state from before the packing back, exactly; for one packed otherwise, what stays is
+    bfloat16's rounding of `absmax` (4e-4 for those weights).
     """
     unpack_for_cpu(getattr(layer.get_base_layer(), "weight", None))
     return layer.get_base_weight()
