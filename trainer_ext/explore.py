@@ -44,6 +44,7 @@ from peft_designspace.designspace.space import (
     DesignSpace,
     _label,
     canonical_design,
+    check_num_samples,
     design_config,
     tunable_label,
 )
@@ -54,6 +55,7 @@ from .explore_eval import (
     DEFAULT_BACKBONE,
     RESULTS_DIR,
     ExploreSettings,
+    check_workers,
     evaluate_design,
     evaluate_designs,
     load_result,
@@ -134,17 +136,6 @@ def _in_space(design: dict, space: DesignSpace) -> bool:
     )
 
 
-def check_counts(num_samples: object, workers: object) -> None:
-    """Raise a ValueError naming `num_samples` (an int >= 2) or `workers` (an int >= 1) when bad."""
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
-        raise ValueError(
-            "`num_samples` must be an int >= 2 (an error distribution needs at least two samples), "
-            f"got {num_samples!r}."
-        )
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"`workers` must be a positive int, got {workers!r}.")
-
-
 def run_exploration(
     settings: ExploreSettings,
     output_dir: str,
@@ -183,7 +174,8 @@ def run_exploration(
         ValueError: `num_samples` < 2, `workers` < 1, an empty or contradictory space, or a budget that no design
             meets.
     """
-    check_counts(num_samples, workers)
+    check_num_samples(num_samples)
+    check_workers(workers)
     space = space if space is not None else DesignSpace()
     stages = list(stages) if stages is not None else paper_stages(space.num_groups)
     results_dir = os.path.join(output_dir, RESULTS_DIR)

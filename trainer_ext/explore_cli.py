@@ -13,10 +13,11 @@ from pathlib import Path
 from peft_designspace.designspace.refine import Stage, paper_stages
 from peft_designspace.designspace.space import (
     DesignSpace,
+    check_num_samples,
     design_label,
 )
 
-from .explore_eval import DEVICES, RESULTS_DIR, ExploreSettings
+from .explore_eval import DEVICES, RESULTS_DIR, ExploreSettings, check_workers
 from .explore_report import TITLE
 
 logger = logging.getLogger(__name__)
@@ -209,9 +210,10 @@ def run_explore(args: argparse.Namespace) -> int:
     space = space_from_args(args)
     stages = stages_from_args(args, space.num_groups)
     check_task_and_data(args)  # reads the TSV files
-    from .explore import check_counts, run_exploration  # the façade imports this module
+    from .explore import run_exploration  # the façade imports this module
 
-    check_counts(args.num_samples, args.workers)
+    check_num_samples(args.num_samples)
+    check_workers(args.workers)
     settings = ExploreSettings(
         data_dir=args.data_dir,
         model_name_or_path=args.model_name_or_path,

@@ -342,6 +342,12 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def check_workers(workers: object) -> None:
+    """Raise a ValueError unless `workers` is a positive int."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"`workers` must be a positive int, got {workers!r}.")
+
+
 def evaluate_designs(
     designs: Sequence[dict],
     settings: ExploreSettings,
@@ -361,8 +367,7 @@ def evaluate_designs(
     """
     from tqdm.auto import tqdm
 
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"`workers` must be a positive int, got {workers!r}.")
+    check_workers(workers)
     os.makedirs(results_dir, exist_ok=True)
     unique = {result_key(d, settings, evaluator): d for d in designs}
     results: dict[str, dict] = {}

@@ -311,6 +311,15 @@ def design_config(design: dict, budget: float, **kwargs) -> DesignSpaceConfig:
 
 
 @dataclass
+def check_num_samples(num_samples: object) -> None:
+    """Raise a ValueError unless `num_samples` is an int >= 2 (an error distribution needs two samples)."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
+        raise ValueError(
+            f"`num_samples` must be an int >= 2 (an error distribution needs at least two samples), "
+            f"got {num_samples!r}."
+        )
+
+
 class DesignSampler:
     """Draws designs that meet a trainable-parameter budget on a given model, uniformly and reproducibly.
 
@@ -367,11 +376,7 @@ class DesignSampler:
             ValueError: `num_samples` < 2 (an error distribution needs two samples), or a design cannot be planned
                 on this model for another reason (the planner's own message).
         """
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
-            raise ValueError(
-                f"`num_samples` must be an int >= 2 (an error distribution needs at least two samples), "
-                f"got {num_samples!r}."
-            )
+        check_num_samples(num_samples)
         rng = random.Random(seed)
         designs: list[dict] = []
         tries = 0
