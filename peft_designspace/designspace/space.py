@@ -310,7 +310,6 @@ def design_config(design: dict, budget: float, **kwargs) -> DesignSpaceConfig:
     )
 
 
-@dataclass
 def check_num_samples(num_samples: object) -> None:
     """Raise a ValueError unless `num_samples` is an int >= 2 (an error distribution needs two samples)."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
@@ -320,6 +319,7 @@ def check_num_samples(num_samples: object) -> None:
         )
 
 
+@dataclass
 class DesignSampler:
     """Draws designs that meet a trainable-parameter budget on a given model, uniformly and reproducibly.
 
