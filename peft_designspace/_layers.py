@@ -51,9 +51,9 @@ def unpack_for_cpu(weight) -> None:
 
     nested = state.original_nested
     source, original = getattr(weight, "_designspace_state_before_packing", (None, None))
-    packed_state = state
+    kept = source is state  # the packing changed this very object in place: its copy holds the state as it was
     weight.data, state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
-    if source is packed_state:  # the packing changed this very object in place: its copy holds the state as it was
+    if kept:
         state = original
     elif not nested and state.absmax.dim() == 2:
         state.absmax = state.absmax.T.reshape(-1).to(torch.float32)
