@@ -652,12 +652,29 @@ def test_explore_fails_like_the_other_commands(tmp_path, capsys, monkeypatch):
         explore_main(["--help"])
     assert "exit status:\n  0    success" in capsys.readouterr().out
 
-    def broken(args):
+    def broken(args, checked):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(explore_cli, "run_explore", broken)
+    monkeypatch.setattr(explore_cli, "check_explore_options", lambda args: None)
+    monkeypatch.setattr(explore_cli, "_run_checked", broken)
     argv = ["--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"), "-q"]
     assert explore_main(argv) == 1
     assert capsys.readouterr().err.splitlines()[0] == "peft-designspace explore: error: RuntimeError: out of memory"
     with pytest.raises(RuntimeError, match="out of memory"):
         explore_main([*argv, "--debug"])
+
+
+def test_a_value_error_of_the_run_exits_1_not_2(tiny_backbone, tmp_path, capsys, monkeypatch):
+    """A ValueError raised mid-run (e.g. no candidate of a later stage meets the budget) exited 2, the status of bad
+    options checked before anything is written; the run had already written its folder and results."""
+    import trainer_ext.explore as explore
+
+    def no_candidate(*args, **kwargs):
+        raise ValueError("no design of stage 'allocation' meets the budget")
+
+    monkeypatch.setattr(explore, "run_exploration", no_candidate)
+    model_dir, data_dir = tiny_backbone
+    argv = ["--data_dir", data_dir, "--model_name_or_path", model_dir, "--output_dir", str(tmp_path / "o"), "-q"]
+    assert explore_main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("peft-designspace explore: error: ValueError: no design of stage 'allocation'"), err

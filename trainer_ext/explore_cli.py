@@ -192,7 +192,16 @@ def check_task_and_data(args: argparse.Namespace) -> None:
 
 
 def run_explore(args: argparse.Namespace) -> int:
-    """Run the exploration described by parsed `add_explore_arguments` options; return the exit status."""
+    """Run the exploration described by parsed `add_explore_arguments` options; return the exit status.
+
+    Bad options raise `ValueError` (or `FileNotFoundError`) naming the option before anything is written; errors of
+    the run itself (e.g. no candidate of a later stage meets the budget) come from the run."""
+    return _run_checked(args, check_explore_options(args))
+
+
+def check_explore_options(args: argparse.Namespace) -> tuple[ExploreSettings, DesignSpace, list[Stage]]:
+    """Check every option of `args` against the files it names, before anything is written; return the run's
+    settings, starting space and stages (ValueError or FileNotFoundError naming the option if one is bad)."""
     from adapters_hub._files import expand_home
 
     expand_home(args, PATH_OPTIONS)  # `--data_dir=~/x` reaches us unexpanded
@@ -210,8 +219,6 @@ def run_explore(args: argparse.Namespace) -> int:
     space = space_from_args(args)
     stages = stages_from_args(args, space.num_groups)
     check_task_and_data(args)  # reads the TSV files
-    from .explore import run_exploration  # the façade imports this module
-
     check_num_samples(args.num_samples)
     check_workers(args.workers)
     settings = ExploreSettings(
@@ -227,6 +234,14 @@ def run_explore(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         device=args.device,
     )  # checks its fields: all before the output folder is made
+    return settings, space, stages
+
+
+def _run_checked(args: argparse.Namespace, checked: tuple[ExploreSettings, DesignSpace, list[Stage]]) -> int:
+    """Run the exploration with what `check_explore_options` returned; return the exit status."""
+    from .explore import run_exploration  # the façade imports this module
+
+    settings, space, stages = checked
     os.makedirs(args.output_dir, exist_ok=True)  # marked as the exploration's: a later run may resume in it
     marker = Path(args.output_dir) / EXPLORATION_MARKER
     if not marker.exists():
@@ -284,12 +299,14 @@ def explore_main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
     logging.getLogger().setLevel(level)  # also when logging was configured before (basicConfig is then a no-op)
     try:
-        return run_explore(args)
-    except (ValueError, FileNotFoundError) as err:
+        checked = check_explore_options(args)
+    except (ValueError, FileNotFoundError) as err:  # bad options: nothing was written
         parser.exit(2, f"{parser.prog}: error: {err}\n")
+    try:
+        return _run_checked(args, checked)
     except KeyboardInterrupt:
         raise
-    except Exception as err:  # a failed run: exit 1 with one line, as the other commands
+    except Exception as err:  # a failed run, ValueError included: exit 1 with one line, as the other commands
         if args.debug:
             raise
         print(
