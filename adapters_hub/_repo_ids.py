@@ -31,3 +31,23 @@ def is_hub_id(name: object, *, namespace_required: bool = False) -> bool:
     if len(parts) > 2 or (namespace_required and len(parts) != 2):
         return False
     return all(_PART.fullmatch(part) for part in parts)
+
+
+_CONFIG = re.compile(r"[\w.-]+", re.ASCII)
+
+
+def is_hub_dataset(name: object) -> bool:
+    """Whether `name` reads as a Hub dataset the command line accepts: a repository id, then `:config` optionally.
+
+    Example:
+
+    ```py
+    >>> from adapters_hub._repo_ids import is_hub_dataset
+    >>> is_hub_dataset("nyu-mll/glue:sst2"), is_hub_dataset("glue"), is_hub_dataset("a--b:sst2")
+    (True, True, False)
+    ```
+    """
+    if not isinstance(name, str):
+        return False
+    repo, colon, config = name.partition(":")
+    return is_hub_id(repo) and (not colon or _CONFIG.fullmatch(config) is not None)

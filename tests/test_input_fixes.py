@@ -273,6 +273,7 @@ def _run_examples(obj: object, globs: dict) -> None:
 
 
 def _docstring_targets() -> list:
+    from adapters_hub import _repo_ids
     from peft_designspace import _io, _layers
     from peft_designspace.designspace import config, model, refine, space
     from peft_designspace.s3pet import model as s3pet_model
@@ -281,6 +282,8 @@ def _docstring_targets() -> list:
 
     return [
         pytest.param(_io.atomic_path, vars(_io), id="io-atomic-path"),
+        pytest.param(_repo_ids.is_hub_id, {}, id="repo-ids-is-hub-id"),
+        pytest.param(_repo_ids.is_hub_dataset, {}, id="repo-ids-is-hub-dataset"),
         pytest.param(_layers.added, vars(_layers), id="layers-added"),
         pytest.param(_layers.check_finite_deltas, vars(_layers), id="layers-check-finite-deltas"),
         pytest.param(_layers.keeping_requires_grad, vars(_layers), id="layers-keeping-requires-grad"),
