@@ -28,8 +28,12 @@ class WrapperTunerMixin:
         """Add `adapter_name` to `target` when it already is a tuner layer, else wrap it in `wrapper_cls` in place."""
         if isinstance(target, self.tuner_layer_cls):
             target.update_layer(adapter_name, **options)
+            target.train(target.training)  # the new parts in the layer's mode
             return target
         new_module = wrapper_cls(target, adapter_name, **options)
+        # in the mode of the module it wraps: new modules start in train mode, so a model loaded with
+        # `from_pretrained` (eval mode) had its new adapter parts (their dropout, S3PET's sampled gates) in train mode
+        new_module.train(target.training)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)

@@ -294,6 +294,30 @@ def test_gates_stay_on_the_layers_after_the_forward():
     assert layer.gates["default"] and all(g.requires_grad for g in layer.gates["default"].values())
 
 
+def test_a_submodule_called_directly_refuses_gates_drawn_for_the_other_mode():
+    """Calling the encoder directly in eval mode after a training forward silently used that forward's sampled gates
+    (0.1 off the `z = p` output, a review of 2026-11-25); `gated_call()` draws gates for such a call."""
+    model = _search_model("bert", task="SEQ_CLS")
+    inputs = make_inputs("bert", "SEQ_CLS")
+    features = {k: v for k, v in inputs.items() if k != "labels"}
+    encoder = model.base_model.model.bert
+    model.eval()
+    with torch.no_grad():
+        model(**inputs)  # eval forward: z = p
+        expected = encoder(**features).last_hidden_state
+    model.train()
+    model(**inputs)  # training forward: sampled gates
+    model.eval()
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"drawn for a train-mode forward.*runs in eval mode"):
+        encoder(**features)
+    with torch.no_grad(), model.base_model.gated_call():
+        got = encoder(**features).last_hidden_state
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    model.train()  # and the other way round: the gates left by the eval call are p, without noise
+    with pytest.raises(RuntimeError, match=r"drawn for an eval-mode forward.*runs in train mode"):
+        encoder(**features)
+
+
 # α shapes -------------------------------------------------------------------------------------------------------
 def test_alpha_of_the_wrong_count_is_rejected():
     model = _search_model("bert")

@@ -41,8 +41,10 @@ class S3PETLayer(PackTunerLayer):
         self.merged_adapters: list[str] = []
         self._disable_adapters = False
         self.part_types: dict[str, list[str]] = {}  # adapter -> its parts, in TYPES order (= the α order)
-        # adapter -> part type -> gate (search mode), set by the tuner before each forward
+        # adapter -> part type -> gate (search mode), set by the tuner before each forward, with the mode they were
+        # drawn for (samples in train mode, p in eval mode)
         self.gates: dict[str, dict[str, torch.Tensor]] = {}
+        self.gates_drawn_training: dict[str, bool] = {}
 
     def _add_alpha(self, adapter_name: str, types: list[str], searching: bool) -> None:
         self.part_types[adapter_name] = sorted(
@@ -56,6 +58,7 @@ class S3PETLayer(PackTunerLayer):
         super().delete_adapter(adapter_name)
         self.part_types.pop(adapter_name, None)
         self.gates.pop(adapter_name, None)
+        self.gates_drawn_training.pop(adapter_name, None)
 
     def __getstate__(self) -> dict:
         # The gates belong to one forward and carry its autograd graph, which cannot be copied (`copy.deepcopy`
@@ -64,6 +67,7 @@ class S3PETLayer(PackTunerLayer):
         # new ones on its next forward.
         state = nn.Module.__getstate__(self)
         state["gates"] = {}
+        state["gates_drawn_training"] = {}
         return state
 
     def gate(self, adapter_name: str, kind: str) -> torch.Tensor | float:
@@ -71,7 +75,20 @@ class S3PETLayer(PackTunerLayer):
             return 1.0
         gates = self.gates.get(adapter_name)
         if gates is None:
-            raise RuntimeError("S3PET search gates were not set; run the model through its PeftModel.")
+            raise RuntimeError(
+                "S3PET search gates were not set; run the model through its PeftModel, or call a submodule inside "
+                "`with peft_model.base_model.gated_call(): ...`."
+            )
+        if self.gates_drawn_training.get(adapter_name) != self.training:
+            # a submodule called directly after a forward of the whole model in the other mode: its gates would be
+            # that forward's samples in eval mode (or p without noise in train mode), silently
+            now, drawn = ("train", "an eval") if self.training else ("eval", "a train")
+            raise RuntimeError(
+                f"The S3PET search gates of adapter {adapter_name!r} were drawn for {drawn}-mode forward, but this "
+                f"layer runs in {now} mode: a submodule was called directly. Call it inside "
+                "`with peft_model.base_model.gated_call(): ...` (one draw for the call), or run the model through "
+                "its PeftModel."
+            )
         return gates[kind]
 
     def unmergeable_parts(self, adapter_names: list[str]) -> list[str]:

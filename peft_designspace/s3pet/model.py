@@ -267,12 +267,25 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
         given = [k for k in ("adapter_names", "alora_offsets") if kwargs.get(k) is not None]
         if given:
             raise ValueError(f"S3PET does not support {given} (per-sample adapters); call set_adapter() instead.")
-        with self._gated_call():
+        with self.gated_call():
             yield
 
     @contextlib.contextmanager
-    def _gated_call(self) -> Iterator[None]:
-        """One call that draws its gates once (calls inside it keep them)."""
+    def gated_call(self) -> Iterator[None]:
+        """One call that draws the search gates once, for the model's mode: samples in train mode, `z = p` in eval.
+
+        Calls of the whole model inside it keep its gates. Needed only to call a submodule directly (the forward of
+        the whole model, its encoder and `generate()` draw their own); outside it, a submodule reads the gates of the
+        last forward, and refuses them when they were drawn for the other mode.
+
+        Example:
+
+        ```py
+        >>> model.eval()  # doctest: +SKIP
+        >>> with model.base_model.gated_call():  # doctest: +SKIP
+        ...     features = model.base_model.model.bert(**inputs).last_hidden_state
+        ```
+        """
         try:  # entered inside the `try`: a refresh that raises (e.g. refused checkpointing) still leaves the call
             self._enter_gated_call()
             yield
@@ -287,7 +300,7 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
         gates drawn there are kept); a plain `PeftModel` (no `task_type`) calls the base model's `generate()` within
         that context.
         """
-        with self._gated_call():
+        with self.gated_call():
             return self.model.generate(*args, **kwargs)
 
     def _register_gate_hooks(self) -> list:
@@ -341,6 +354,7 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
             for layer in self._layers_in_order(name):
                 types = layer.part_types[name]
                 layer.gates[name] = dict(zip(types, parts[start : start + len(types)]))
+                layer.gates_drawn_training[name] = self.model.training
                 start += len(types)
 
     def _check_checkpointing(self, adapter_name: str) -> None:
