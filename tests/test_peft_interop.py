@@ -132,3 +132,20 @@ def test_s4_prefixes_follow_the_base_dtype_like_lora():
     assert prefixes == {torch.bfloat16}
     upcast = get_peft_model(make_model("llama", "CAUSAL_LM", layers=4).to(torch.bfloat16), config)
     assert {p.dtype for n, p in upcast.named_parameters() if "designspace_prefix_kv" in n} == {torch.float32}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_adapter_layers_take_the_mode_of_the_model_they_go_into(method):
+    """New modules start in train mode: injected into a model in eval mode (as `from_pretrained` gives it), the
+    adapter parts were in train mode (their dropout on) until the next `model.eval()` or `model.train()`."""
+    from peft.utils import ModulesToSaveWrapper
+
+    def modes(model):  # PEFT's own modules (PeftModel, the tuner, the head's copy) start in train mode, as with LoRA
+        head = {id(m) for w in model.modules() if isinstance(w, ModulesToSaveWrapper) for m in w.modules()}
+        return {m.training for m in model.base_model.model.modules() if id(m) not in head}
+
+    for training in (False, True):
+        model = get_peft_model(make_model(MODEL, TASK, layers=4).train(training), _config(method))
+        assert modes(model) == {training}, training
+        model.add_adapter("other", _config(method))  # parts added to existing layers too
+        assert modes(model) == {training}, training

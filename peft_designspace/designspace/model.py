@@ -132,6 +132,7 @@ class DesignSpaceModel(WrapperTunerMixin, BaseTuner):
             prefix_attention.install(attention)
         else:
             holder.update_layer(adapter_name, **options)
+        holder.train(attention.training)  # in the attention module's mode, as the wrappers (`_wrap_or_update`)
 
     # merging and unloading (`merge_and_unload(partial=...)` and `unmergeable_parts` come from the mixin) --------
     def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
