@@ -141,6 +141,20 @@ def test_a_best_evaluation_at_a_saved_step_names_its_checkpoint(tmp_path):
     assert structure["from_checkpoint"] == trainer.state.best_model_checkpoint == str(tmp_path / "checkpoint-4")
 
 
+def test_a_checkpoint_of_an_earlier_run_at_the_best_step_is_not_named(tmp_path):
+    """Trainer names `checkpoint-<best step>` as the best checkpoint when that folder exists, also when an earlier run
+    in the same output folder left it and this run did not save the step: the structure named it as its source
+    (a review of 2026-11-25)."""
+    _trainer(tmp_path, max_steps=4, save_steps=2, seed=1).train()  # leaves checkpoint-2 and checkpoint-4
+    trainer, metric = _scripted_trainer(tmp_path, [0.1, 0.9, 0.2], max_steps=6, save_steps=3)
+    trainer.train()
+    assert trainer.state.best_model_checkpoint == str(tmp_path / "checkpoint-4")  # the earlier run's folder
+    structure = trainer.derive_structure(save=False)
+    assert (structure["from_step"], structure["from_checkpoint"]) == (4, None)
+    for got, want in zip(trainer._best_alphas(), metric.alphas[4]):
+        torch.testing.assert_close(got, want.float())
+
+
 def test_a_tie_with_the_best_evaluation_takes_the_later_alpha_as_the_reference(tmp_path):
     # the reference keeps the search at `score >= best`: among equal evaluations the latest; Trainer's own best
     # checkpoint keeps the first

@@ -535,12 +535,13 @@ class S3PETSearchTrainer(Trainer):
         if self._best is None:
             return saved_step, checkpoint
         step = self._best["step"]
-        if saved_step == step:
-            return step, checkpoint
-        # a later evaluation that tied Trainer's best (which keeps the first): its own checkpoint, when saved by this
-        # run (a folder of that name left by an earlier run in the same output folder holds other α)
-        folder = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
-        saved, _ = self._saved_alphas(folder) if os.path.isdir(folder) else (None, None)
+        # Trainer's best checkpoint, or for a later evaluation that tied Trainer's best (which keeps the first) its
+        # own folder; either only when it holds this α: a folder of that name left by an earlier run in the same
+        # output folder holds other α, and Trainer names it as the best when this run did not save that step
+        folder = (
+            checkpoint if saved_step == step else os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+        )
+        saved, _ = self._saved_alphas(folder) if folder and os.path.isdir(folder) else (None, None)
         same = saved is not None and all(torch.equal(a.float(), b.float()) for a, b in zip(saved, alphas))
         return step, folder if same else None
 
