@@ -156,12 +156,57 @@ def test_structure_rejects_a_budget_below_its_total():
     assert load_structure({**structure, "budget": 64})["budget"] == 64
 
 
-@pytest.mark.parametrize("version", [99, 0, "1", 1.0, None])
+@pytest.mark.parametrize("version", [99, 0])
 def test_structure_rejects_a_version_it_cannot_read(version):
     structure = {**_structure({"path": QUERY, "type": "lora", "size": 64}), "version": version}
     with pytest.raises(ValueError, match=r"`structure\['version'\]` is .*reads versions 1 to 1"):
         load_structure(structure)
     assert load_structure({**structure, "version": 1})["version"] == 1
+
+
+@pytest.mark.parametrize("field", ["version", "total", "budget"])
+@pytest.mark.parametrize("value", ["1", 64.0, None])
+def test_structure_fields_that_are_not_ints_say_so(field, value):
+    """`"version": 1.0` asked to upgrade the package, and `"total": 64.0` said it "is 64.0, but the sizes add up to
+    64" (a review of 2026-11-25)."""
+    structure = {**_structure({"path": QUERY, "type": "lora", "size": 64}), field: value}
+    with pytest.raises(ValueError, match=rf"`structure\['{field}'\]` must be an int .*got {value!r}") as info:
+        load_structure(structure)
+    assert "upgrade" not in str(info.value) and "add up to" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_structure_with_numpy_or_torch_p_saves_and_reads_back(kind, tmp_path):
+    """A `p` of numpy or torch was accepted, then `save_pretrained` failed (not JSON serializable) and
+    `save_structure` wrote it as a string that `load_structure` refused as a diverged search."""
+    import numpy as np
+
+    from peft_designspace.s3pet.structure import save_structure
+
+    p = np.float32(0.25) if kind == "numpy" else torch.tensor(0.25)
+    structure = _structure({"path": QUERY, "type": "lora", "size": 64, "p": p})
+    loaded = load_structure(structure)
+    assert type(loaded["modules"][0]["p"]) is float and loaded["modules"][0]["p"] == 0.25
+    assert structure["modules"][0]["p"] is p  # the input is left alone
+    model = get_peft_model(make_model("bert"), S3PETConfig(structure=structure))
+    model.save_pretrained(tmp_path / "adapter")
+    save_structure(structure, tmp_path / "structure.json")
+    assert load_structure(tmp_path / "structure.json")["modules"][0]["p"] == 0.25
+
+
+@pytest.mark.parametrize(("task", "head"), [("SEQ_CLS", "classifier"), (None, "pooler.dense")])
+def test_structure_on_a_module_saved_in_full_is_refused_naming_it(task, head):
+    """A module on the task head (PEFT's `modules_to_save`) failed inside PEFT with a TypeError naming neither the
+    structure nor the module."""
+    structure = _structure({"path": "classifier", "type": "lora", "size": 34})
+    base = make_model("bert", task)
+    if task is None:
+        structure = _structure({"path": "bert.pooler.dense", "type": "lora", "size": 64})
+        config = S3PETConfig(structure=structure, modules_to_save=["pooler"])
+    else:
+        config = S3PETConfig(structure=structure, task_type=task)
+    with pytest.raises(ValueError, match=rf"module 0 puts a 'lora' module on .* inside '.*{head.split('.')[0]}'"):
+        get_peft_model(base, config)
 
 
 @pytest.mark.parametrize(
@@ -213,6 +258,13 @@ def test_heatmap_places_modules_without_layer_by_the_first_integer_in_their_path
 def test_search_space_rejects_unknown_keys(key):
     with pytest.raises(ValueError, match=rf"`search_space\[0\]` has unknown keys \['{key}'\]"):
         S3PETConfig(search_space=[{"type": "lora", "roles": ["query"], key: 4}])
+
+
+@pytest.mark.parametrize("roles", [[["query"]], ["query", 3], [None]])
+def test_search_space_roles_must_be_names(roles):
+    """Nested lists failed with a bare "unhashable type: 'list'"."""
+    with pytest.raises(ValueError, match=r"`search_space\[0\]\['roles'\]` must be a non-empty list of role names"):
+        S3PETConfig(search_space=[{"type": "lora", "roles": roles}])
 
 
 def test_search_space_rejects_a_rank_on_other_types():

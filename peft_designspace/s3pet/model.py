@@ -31,6 +31,17 @@ def _structure_size(module: nn.Module, kind: str, rank: int, reduction: int) -> 
     return -1  # the type cannot sit on this module
 
 
+def _saved_in_full(path: str, modules_to_save: list[str] | set[str] | None) -> str | None:
+    """The module of `modules_to_save` that holds the module at `path` (PEFT matches their names at the end of a
+    module's path), or `None`."""
+    parts = path.split(".")
+    for end in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:end])
+        if any(prefix == name or prefix.endswith("." + name) for name in modules_to_save or ()):
+            return prefix
+    return None
+
+
 def resolve_search_budget(budget: float | int, base_params: int, candidates: list[Candidate]) -> int:
     """The parameter count a search budget stands for, checked against the search space.
 
@@ -156,6 +167,13 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
                 raise ValueError(
                     f"The structure's module {i} names {path!r}, which {type(model).__name__} lacks: it was "
                     "searched on another model."
+                )
+            head = _saved_in_full(path, config.modules_to_save)
+            if head is not None:
+                raise ValueError(
+                    f"The structure's module {i} puts a {kind!r} module on {path!r}, inside {head!r}, which "
+                    "`modules_to_save` trains and saves in full (the task head of a SEQ_CLS, TOKEN_CLS or QA model "
+                    "always is): remove the module from the structure."
                 )
             rank = module_rank(entry, i)
             size = _structure_size(module, kind, rank, config.lra_reduction)

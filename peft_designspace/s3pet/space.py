@@ -7,7 +7,7 @@ Candidate types (one gate each), with their exact sizes:
 - `bitfit` on a projection or a norm: a bias delta on its output; `out` parameters.
 - `lnfit` on a norm: a delta on its scale; `size` parameters.
 - `lra` after the attention block / the FFN block (on the `attn_out` / `ffn_out` projection's output): a rank-1
-  factorised bottleneck; `3d + 3·(d // 32)` parameters.
+  factorised bottleneck; `3d + 3·max(1, d // lra_reduction)` (`lra_reduction` 32 by default) parameters.
 
 Spaces: `"m"` (S3PET-M: LoRA and BitFit on every projection, LNFit and BitFit on every norm, LRA after every
 attention and FFN block), `"l"` (S3PET-L: LoRA on every projection), or a list of entries
@@ -104,8 +104,8 @@ def normalize_space(space) -> list[dict]:
                 f"{entry['type']!r}."
             )
         roles = entry.get("roles", list(TYPE_ROLES[entry["type"]]))
-        if not isinstance(roles, (list, tuple)) or not roles:
-            raise ValueError(f"`search_space[{i}]['roles']` must be a non-empty list, got {roles!r}.")
+        if not isinstance(roles, (list, tuple)) or not roles or not all(isinstance(r, str) for r in roles):
+            raise ValueError(f"`search_space[{i}]['roles']` must be a non-empty list of role names, got {roles!r}.")
         unknown = sorted(set(roles) - set(TYPE_ROLES[entry["type"]]))
         if unknown:
             raise ValueError(

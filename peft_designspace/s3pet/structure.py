@@ -147,7 +147,9 @@ def load_structure(structure) -> dict:
             f'"format": "{FORMAT}" and a "modules" list.'
         )
     version = structure.get("version", VERSION)
-    if not _is_int(version) or not 1 <= version <= VERSION:
+    if not _is_int(version):
+        raise ValueError(f"`structure['version']` must be an int (1 to {VERSION}), got {version!r}.")
+    if not 1 <= version <= VERSION:
         raise ValueError(
             f"`structure['version']` is {version!r}, but this release reads versions 1 to {VERSION}: upgrade "
             "peft-designspace to read a structure written by a newer one."
@@ -188,13 +190,25 @@ def load_structure(structure) -> dict:
             )
         seen[key] = i
     structure = dict(structure)
+    # numpy or torch numbers in `p` become floats: the copy must save as JSON (and read back) like the search's own
+    structure["modules"] = [{**m, "p": float(m["p"])} if "p" in m else dict(m) for m in modules]
     total = sum(m["size"] for m in modules)
-    if structure.setdefault("total", total) != total or not _is_int(structure["total"]):
+    if not _is_int(structure.setdefault("total", total)):
+        raise ValueError(
+            f"`structure['total']` must be an int (the sum of the modules' sizes, {total:,}), got "
+            f"{structure['total']!r}; fix it or leave it out."
+        )
+    if structure["total"] != total:
         raise ValueError(
             f"`structure['total']` is {structure['total']!r}, but the modules' sizes add up to {total:,}; fix it "
             "or leave it out."
         )
-    if not _is_int(structure.setdefault("budget", total)) or structure["budget"] < total:
+    if not _is_int(structure.setdefault("budget", total)):
+        raise ValueError(
+            f"`structure['budget']` must be an int (a parameter count >= the total, {total:,}), got "
+            f"{structure['budget']!r}; fix it or leave it out."
+        )
+    if structure["budget"] < total:
         raise ValueError(
             f"`structure['budget']` is {structure['budget']!r}, but the kept modules hold {total:,} parameters: a "
             "structure never exceeds its budget. Give an int >= the total, or leave it out."
@@ -240,6 +254,20 @@ def _is_finite(value: object) -> bool:
         return False
 
 
+def _json_value(value: object) -> object:
+    """What strict JSON holds for a value `json` does not know: numbers (numpy, one-element tensors) as numbers, a
+    path as its string; anything else as its `str` (a number written as a string would not read back as one)."""
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if hasattr(value, "numel") and hasattr(value, "item") and value.numel() == 1:  # a torch tensor
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
+
+
 def save_structure(structure: dict, path: str | os.PathLike) -> Path:
     """Write `structure` as strict JSON through a temporary file in the same folder, then rename it into place.
 
@@ -247,7 +275,7 @@ def save_structure(structure: dict, path: str | os.PathLike) -> Path:
         ValueError: when `structure` holds inf or nan (which strict JSON cannot hold); nothing is written then.
     """
     try:
-        text = json.dumps(structure, indent=2, default=str, allow_nan=False)
+        text = json.dumps(structure, indent=2, default=_json_value, allow_nan=False)
     except ValueError as err:
         modules = structure.get("modules") if isinstance(structure, dict) else None
         bad = [
