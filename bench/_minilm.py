@@ -23,6 +23,31 @@ def build_base(seed: int):
     return BertForSequenceClassification(BertConfig(**MODEL_SHAPE, num_labels=2))
 
 
+def meta_base():
+    """The model of `build_base` on the meta device: its modules and counts without memory or init time, to check
+    options against before any real model is built."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    with torch.device("meta"):
+        return BertForSequenceClassification(BertConfig(**MODEL_SHAPE, num_labels=2))
+
+
+def check_seq_len(parser, seq_len: int) -> None:
+    """`--seq-len` must fit the position embeddings (BERT fails deep in its forward otherwise)."""
+    limit = MODEL_SHAPE["max_position_embeddings"]
+    if seq_len > limit:
+        parser.error(f"--seq-len must be <= {limit} (the model's max_position_embeddings), got {seq_len}")
+
+
+def encoder_linear_names(base) -> list[str]:
+    """The last name parts of the `nn.Linear` modules of the encoder, sorted (the classifier head is trained in full
+    by every method, not adapted)."""
+    from torch import nn
+
+    return sorted({name.rsplit(".", 1)[-1] for name, m in base.bert.named_modules() if isinstance(m, nn.Linear)})
+
+
 def make_batch(batch_size: int, seq_len: int, seed: int) -> dict:
     """Random token ids, a full attention mask and random labels."""
     import torch

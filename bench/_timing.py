@@ -5,9 +5,10 @@
 - `ForeignLoad`: cores that *other* processes used over an interval (Linux `/proc/stat` busy time minus this
   process's CPU time), to tell clean timed steps from contended ones on a shared machine.
 - `run_rounds` / `summarise`: warm-up, then rounds in which every method runs a few timed steps, the method order
-  rotating, until every method has enough clean steps; medians, spreads and ratios to a baseline method.
+  rotating, until every method has enough clean steps; medians, spreads and ratios to a baseline method, both sides
+  of a ratio over the same selection of steps. `verdict`: a target check that refuses to judge contended ratios.
 - `measure_memory`: peak RSS per method, each in a fresh process (`VmHWM`, reset through `/proc/self/clear_refs`
-  after the setup so that the training steps' own peak is seen).
+  after the setup so that the training steps' own peak is seen); a process that fails is recorded, not waited for.
 - `profile_methods`, `environment`, `write_json`: profiler tables, versions and machine facts, atomic JSON output.
 """
 
@@ -19,6 +20,7 @@ import importlib.util
 import math
 import os
 import platform
+import queue as queue_module
 import statistics
 import subprocess
 import sys
@@ -67,6 +69,11 @@ def add_timing_arguments(parser: argparse.ArgumentParser, steps: int = 20) -> No
     )
 
 
+def option(name: str) -> str:
+    """The command-line spelling of an `args` attribute: `round_steps` -> `--round-steps`."""
+    return "--" + name.replace("_", "-")
+
+
 def check_timing_arguments(
     parser: argparse.ArgumentParser, args: argparse.Namespace, positive: tuple[str, ...] = ()
 ) -> None:
@@ -74,16 +81,41 @@ def check_timing_arguments(
     >= 1), and fill in `args.max_rounds`."""
     for name in ("steps", "round_steps", *positive):
         if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+            parser.error(f"{option(name)} must be an int >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
-        parser.error("--warmup must be >= 0")
-    if args.wait_quiet < 0 or not args.max_foreign_load > 0:
-        parser.error("--wait-quiet must be >= 0 and --max-foreign-load > 0")
+        parser.error(f"--warmup must be an int >= 0, got {args.warmup}")
+    if not (math.isfinite(args.wait_quiet) and args.wait_quiet >= 0):
+        parser.error(f"--wait-quiet must be a finite number of seconds >= 0, got {args.wait_quiet}")
+    if not (math.isfinite(args.max_foreign_load) and args.max_foreign_load > 0):
+        parser.error(f"--max-foreign-load must be a finite number of cores > 0, got {args.max_foreign_load}")
     base_rounds = math.ceil(args.steps / args.round_steps)
     if args.max_rounds is None:
         args.max_rounds = base_rounds if args.no_filter else 4 * base_rounds
     if args.max_rounds < base_rounds:
-        parser.error(f"--max-rounds must be >= ceil(steps / round-steps) = {base_rounds}")
+        parser.error(f"--max-rounds must be >= ceil(steps / round-steps) = {base_rounds}, got {args.max_rounds}")
+
+
+def check_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """Each option of `names` must be a finite number > 0."""
+    for name in names:
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            parser.error(f"{option(name)} must be a finite number > 0, got {value}")
+
+
+def check_json_path(parser: argparse.ArgumentParser, path: Path | None) -> None:
+    """`--json` must name a file (not a folder) in an existing, writable folder: checked before the run, whose
+    results would otherwise be lost at the final write."""
+    if path is None:
+        return
+    path = Path(path).expanduser()
+    folder = path.resolve().parent
+    if path.is_dir():
+        parser.error(f"--json must be a file path, got {str(path)!r}, which is a folder")
+    if not folder.is_dir():
+        parser.error(f"--json must be in an existing folder, got {str(path)!r} ({str(folder)!r} does not exist)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        parser.error(f"--json must be in a writable folder, got {str(path)!r} ({str(folder)!r} is not writable)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -193,10 +225,15 @@ class Method:
     def clean_steps(self) -> list[Step]:
         return [s for s in self.steps if s.clean]
 
-    def used_steps(self) -> list[Step]:
-        """The clean steps, or every step when fewer than `MIN_CLEAN` are clean."""
-        clean = self.clean_steps()
-        return clean if len(clean) >= MIN_CLEAN else self.steps
+    def short_of_clean(self) -> bool:
+        """Fewer than `MIN_CLEAN` clean steps (and not every step clean)."""
+        return len(self.clean_steps()) < min(MIN_CLEAN, len(self.steps))
+
+
+def selection(method: Method, baseline: Method) -> str:
+    """Which steps a ratio of `method` to `baseline` uses, the same on both sides: `"clean"` unless either is short
+    of clean steps, then `"all"` (a clean median over a contended one would be no ratio of speeds)."""
+    return "all" if method.short_of_clean() or baseline.short_of_clean() else "clean"
 
 
 def timed_step(method: Method, batch: dict, load: ForeignLoad, round_index: int, threshold: float | None) -> Step:
@@ -240,7 +277,35 @@ def run_rounds(methods: list[Method], batch: dict, args: argparse.Namespace, loa
             bar.update(progress() - bar.n)
         rounds += 1
     bar.close()
-    return {"rounds": rounds, "filtering": filtering, "waited_s": waited}
+    run = {"rounds": rounds, "filtering": filtering, "waited_s": waited}
+    # timing blocks of steps per reading would lift the filter's resolution; short steps are flagged instead
+    warning = short_step_warning(methods, args.max_foreign_load) if filtering else None
+    if warning is not None:
+        run["warning"] = warning
+    return run
+
+
+def filter_resolution_ms(threshold: float, cpus: int | None = None, tick_s: float | None = None) -> float:
+    """The shortest step whose foreign load the filter can judge against `threshold` cores.
+
+    `/proc/stat` counts whole clock ticks per CPU while `process_time` is exact, so one reading is off by up to about
+    `cpus` ticks: over a step of T seconds that is `cpus * tick / T` cores, above `threshold` when T is shorter.
+    """
+    cpus = cpus or os.cpu_count() or 1
+    tick_s = tick_s or 1 / os.sysconf("SC_CLK_TCK")
+    return 1e3 * cpus * tick_s / threshold
+
+
+def short_step_warning(methods: list[Method], threshold: float, cpus: int | None = None) -> str | None:
+    """A warning naming the methods whose median step is too short for the contention filter, or `None`."""
+    limit = filter_resolution_ms(threshold, cpus)
+    short = [m.name for m in methods if m.steps and statistics.median(s.wall_ms for s in m.steps) < limit]
+    if not short:
+        return None
+    return (
+        f"steps of {', '.join(short)} are shorter than the contention filter can judge (~{limit:.0f} ms = CPUs x "
+        f"clock tick / --max-foreign-load {threshold:g}): their clean/contended labels are mostly tick noise"
+    )
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -251,8 +316,15 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def summarise(method: Method, baseline: Method) -> dict:
-    used, base_used = method.used_steps(), baseline.used_steps()
+def summarise(method: Method, baseline: Method, filtering: bool) -> dict:
+    """Statistics of `method` and its ratios to `baseline`, both over the steps `selection` picks.
+
+    `filtering`: whether the run labelled steps clean or contended (`run_rounds`' `filtering`); without it no step
+    is known to be contended, and no row or ratio is flagged.
+    """
+    chosen = selection(method, baseline)
+    used = method.clean_steps() if chosen == "clean" else method.steps
+    base_used = baseline.clean_steps() if chosen == "clean" else baseline.steps
     walls = [s.wall_ms for s in used]
     median = statistics.median(walls)
     base_median = statistics.median(s.wall_ms for s in base_used)
@@ -270,7 +342,9 @@ def summarise(method: Method, baseline: Method) -> dict:
         "details": method.details,
         "steps_total": len(method.steps),
         "steps_clean": len(method.clean_steps()),
-        "contended": len(method.clean_steps()) < MIN_CLEAN,
+        "contended": filtering and method.short_of_clean(),
+        "selection": chosen,
+        "ratio_contended": filtering and chosen == "all",
         "median_ms": median,
         "min_ms": min(walls),
         "mean_ms": statistics.fmean(walls),
@@ -287,6 +361,24 @@ def summarise(method: Method, baseline: Method) -> dict:
         "all_steps_median_ms": statistics.median(s.wall_ms for s in method.steps),
         "steps": [asdict(s) for s in method.steps],
     }
+
+
+def verdict(row: dict, limit: float) -> dict:
+    """`{"value", "limit", "met", "judged"}` of the target `row["ratio"] <= limit`; a ratio over contended steps is
+    not judged (`met` None), since contention can move it either way."""
+    judged = not row["ratio_contended"]
+    return {
+        "value": row["ratio"],
+        "limit": limit,
+        "met": row["ratio"] <= limit if judged else None,
+        "judged": judged,
+    }
+
+
+def verdict_text(found: dict) -> str:
+    if not found["judged"]:
+        return "not judged: contended"
+    return "MET" if found["met"] else "NOT MET"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -350,37 +442,73 @@ def memory_worker(setup: Callable, setup_args: tuple, threads: int, steps: int, 
     queue.put((max(setup_peak, steps_peak), steps_peak - start))
 
 
+class MemoryJobError(RuntimeError):
+    """A memory process died, or ran past its time, before reporting."""
+
+
 def measure_memory(
-    setup: Callable, jobs: dict[str, tuple], threads: int, steps: int = 2, env: dict[str, str] | None = None
-) -> dict[str, tuple[float, float]]:
-    """`{name: (peak RSS MiB, growth of the peak during `steps` training steps MiB)}`, one fresh process per job.
+    setup: Callable,
+    jobs: dict[str, tuple],
+    threads: int,
+    steps: int = 2,
+    env: dict[str, str] | None = None,
+    timeout: float = 600.0,
+) -> dict[str, dict]:
+    """Peak memory per job, one fresh process each: `{name: {"peak_rss_mib", "step_rss_growth_mib"}}` (the growth
+    of the peak during `steps` training steps), the fields of a result row.
 
     `setup` must be a module-level function (it is pickled by reference into a spawned process); `jobs` maps a name
     to its `setup` arguments. `env`: extra environment variables of the child processes (e.g. glibc `MALLOC_*`
-    tunables, read when a process starts).
+    tunables, read when a process starts). A job whose process fails (an exception, an OOM kill) or runs past
+    `timeout` seconds gets `None` figures and a `memory_error`, so that the timing results survive it.
     """
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     results = {}
     for name, setup_args in jobs.items():
-        queue = context.Queue()
-        process = context.Process(target=memory_worker, args=(setup, setup_args, threads, steps, queue))
-        saved = {key: os.environ.get(key) for key in env or {}}
-        os.environ.update(env or {})
         try:
-            process.start()
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-        try:
-            results[name] = queue.get(timeout=600)
-        finally:
-            process.join(timeout=60)
+            peak, growth = _memory_job(context, setup, setup_args, threads, steps, env or {}, timeout)
+        except MemoryJobError as error:
+            print(f"memory of {name}: {error}; recorded as unavailable", file=sys.stderr)
+            results[name] = {"peak_rss_mib": None, "step_rss_growth_mib": None, "memory_error": str(error)}
+        else:
+            results[name] = {"peak_rss_mib": peak, "step_rss_growth_mib": growth}
     return results
+
+
+def _memory_job(
+    context, setup: Callable, setup_args: tuple, threads: int, steps: int, env: dict[str, str], timeout: float
+) -> tuple[float, float]:
+    queue = context.Queue()
+    process = context.Process(target=memory_worker, args=(setup, setup_args, threads, steps, queue))
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        process.start()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            alive = process.is_alive()  # read before the get: a result put just before exiting is still taken
+            try:
+                return queue.get(timeout=1.0)
+            except queue_module.Empty:
+                pass
+            if not alive:
+                process.join()
+                raise MemoryJobError(f"the memory process exited with code {process.exitcode} before reporting")
+            if time.monotonic() > deadline:
+                raise MemoryJobError(f"the memory process reported nothing in {timeout:g} s and was stopped")
+    finally:
+        if process.is_alive():
+            process.terminate()
+        process.join(timeout=60)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -22,7 +22,10 @@ over. So:
 * the statistics are over the clean steps (over all steps, flagged, for a method with fewer than 3 clean ones): median
   and min wall time, p10-p90 spread, the ratio of the median (and of the min) to PEFT LoRA's, the paired ratio
   (median over rounds of the method's round median over LoRA's in the same round, with its range), and the median
-  CPU time of the process per step (`time.process_time`, all threads).
+  CPU time of the process per step (`time.process_time`, all threads). Both sides of a ratio use the same steps:
+  the clean ones when both methods have 3 or more, else all of them; a target is then not judged (contended);
+* a reading of `/proc/stat` is only as fine as the clock tick, so steps shorter than about CPUs x tick /
+  `--max-foreign-load` (200 ms on 2 CPUs at the defaults) cannot be told clean reliably: the run warns when they are.
 
 Peak RSS is measured afterwards, one fresh process per method (`--no-memory` skips it).
 
@@ -40,18 +43,30 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
-from _minilm import MODEL_SHAPE, build_base, lora_cost_per_rank, make_batch, method_params
+from _minilm import (
+    MODEL_SHAPE,
+    build_base,
+    check_seq_len,
+    encoder_linear_names,
+    lora_cost_per_rank,
+    make_batch,
+    meta_base,
+    method_params,
+)
 from _timing import (
     MIN_CLEAN,
     ForeignLoad,
     Method,
     add_timing_arguments,
+    check_json_path,
+    check_positive,
     check_timing_arguments,
     environment,
     import_pack,
@@ -61,6 +76,8 @@ from _timing import (
     profile_methods,
     run_rounds,
     summarise,
+    verdict,
+    verdict_text,
     write_json,
 )
 
@@ -99,7 +116,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "always included.",
     )
     parser.add_argument(
-        "--lora-targets", nargs="+", default=["query", "value"], help="Module names that get PEFT LoRA."
+        "--lora-targets",
+        nargs="+",
+        default=["query", "value"],
+        help="Module names that get PEFT LoRA (last name parts of the encoder's nn.Linear modules: dense, key, "
+        "query, value).",
     )
     add_timing_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=32, help="Sequences per batch.")
@@ -127,10 +148,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true", help="Hide the tqdm progress bar.")
     args = parser.parse_args(argv)
     check_timing_arguments(parser, args, positive=("threads", "batch_size", "seq_len"))
-    if not args.budget > 0 or (args.budget >= 1 and args.budget != int(args.budget)):
-        parser.error("--budget must be a fraction in (0, 1) or a whole count >= 1")
+    check_positive(parser, args, ("lr", "target_ratio"))
+    check_seq_len(parser, args.seq_len)
+    check_json_path(parser, args.json)
+    budget = args.budget
+    if not (math.isfinite(budget) and budget > 0) or (budget >= 1 and budget != int(budget)):
+        parser.error(f"--budget must be a fraction in (0, 1) or a whole count >= 1, got {budget:g}")
     args.methods = [m for m in ALL_METHODS if m in set(args.methods) | {BASELINE, "s4"}]
+    check_on_model_shape(parser, args)
     return args
+
+
+def check_on_model_shape(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`--lora-targets` must name encoder linears and `--budget` must be feasible for every timed design-space
+    method: checked by building them on the meta device (no memory, no init) before any real model."""
+    import_pack()
+    from peft_designspace.designspace.budget import InfeasibleBudgetError
+
+    _quiet_warnings()
+    allowed = encoder_linear_names(meta_base())
+    unknown = [name for name in args.lora_targets if name not in allowed]
+    if unknown:
+        parser.error(f"--lora-targets must be among {', '.join(allowed)}, got {' '.join(unknown)}")
+    for name in args.methods:
+        if name == BASELINE:
+            continue
+        try:
+            build_method(name, args, base=meta_base())
+        except InfeasibleBudgetError as error:
+            parser.error(f"--budget {args.budget:g} is infeasible for {name}: {error}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -147,13 +193,13 @@ def closest_rank(target: int, cost: int) -> int:
     return min((low, low + 1), key=lambda r: (abs(r * cost - target), r))
 
 
-def build_method(name: str, args: argparse.Namespace, lora_rank: int | None = None):
-    """Return `(model, description, details)` for method `name`, on a freshly seeded base."""
+def build_method(name: str, args: argparse.Namespace, lora_rank: int | None = None, base=None):
+    """Return `(model, description, details)` for method `name`, on a freshly seeded base (or on `base`)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     pack = import_pack()
-    base = build_base(args.seed)
+    base = build_base(args.seed) if base is None else base
     budget = int(args.budget) if args.budget >= 1 else args.budget
     torch.manual_seed(args.seed + 2)
     if name == BASELINE:
@@ -190,7 +236,11 @@ def memory_setup(name: str, args: argparse.Namespace, lora_rank: int | None):
 # output
 
 
-def format_table(rows: list[dict], memory: dict | None) -> str:
+def _mib(value: float | None) -> str:
+    return "    - MiB" if value is None else f"{value:>5.0f} MiB"
+
+
+def format_table(rows: list[dict], memory: bool) -> str:
     header = (
         f"{'method':<10} {'trainable':>9} {'+head':>5} {'clean':>7} {'median ms':>9} {'min ms':>8} "
         f"{'p10-p90 ms':>15} {'x LoRA':>6} {'paired x LoRA (range)':>21} {'min x LoRA':>10} {'CPU ms':>8} "
@@ -208,9 +258,8 @@ def format_table(rows: list[dict], memory: dict | None) -> str:
             f"{row['ratio']:>6.3f} {paired:>21} {row['min_ratio']:>10.3f} {row['cpu_median_ms']:>8.1f} "
             f"{row['cpu_ratio']:>10.3f}"
         )
-        if memory and row["method"] in memory:
-            peak, growth = memory[row["method"]]
-            line += f" {peak:>5.0f} MiB {growth:>5.0f} MiB"
+        if memory:
+            line += f" {_mib(row.get('peak_rss_mib'))} {_mib(row.get('step_rss_growth_mib'))}"
         lines.append(line)
     return "\n".join(lines)
 
@@ -271,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     run = run_rounds(methods, batch, args, load)
     run["duration_s"] = time.perf_counter() - started
     load_after = load_average()
-    rows = [summarise(m, baseline) for m in methods]
+    rows = [summarise(m, baseline, run["filtering"]) for m in methods]
 
     profiles = profile_methods([s4, baseline], batch) if args.profile else None
 
@@ -284,24 +333,26 @@ def main(argv: list[str] | None = None) -> int:
         jobs = {name: (name, args, rank) for name in args.methods}
         memory = measure_memory(memory_setup, jobs, args.threads)
         for row in rows:
-            row["peak_rss_mib"], row["step_rss_growth_mib"] = memory[row["method"]]
+            row.update(memory[row["method"]])
 
     print()
-    print(format_table(rows, memory))
+    print(format_table(rows, memory is not None))
     s4_row = next(r for r in rows if r["method"] == "s4")
-    met = s4_row["ratio"] <= args.target_ratio
+    target = verdict(s4_row, args.target_ratio)
     print(
         f"\nS4 / PEFT LoRA median step time: {s4_row['ratio']:.3f} "
         f"(paired per round {s4_row['paired_ratio_median']:.3f}, "
         f"range {s4_row['paired_ratio_min']:.3f}-{s4_row['paired_ratio_max']:.3f}; mins {s4_row['min_ratio']:.3f}; "
-        f"CPU time {s4_row['cpu_ratio']:.3f}); target <= {args.target_ratio:g}: {'MET' if met else 'NOT MET'}"
+        f"CPU time {s4_row['cpu_ratio']:.3f}); target <= {args.target_ratio:g}: {verdict_text(target)}"
     )
+    if run.get("warning"):
+        print(f"warning: {run['warning']}")
     print(
         f"{run['rounds']} rounds in {run['duration_s']:.0f} s"
         + (f", {run['waited_s']:.0f} s of it in quiet checks before the blocks (>= 0.5 s each)" if filtering else "")
         + (
             f"; clean = timed steps during which other processes used < {args.max_foreign_load:g} cores "
-            f"('!': fewer than {MIN_CLEAN} clean, all steps used)"
+            f"('!': fewer than {MIN_CLEAN} clean; then all steps of it and of LoRA are used for its ratios)"
             if filtering
             else "; no contention filter: every step counts"
         )
@@ -332,7 +383,12 @@ def main(argv: list[str] | None = None) -> int:
             "lora_params_per_rank": cost,
             "run": run,
             "results": rows,
-            "target": {"ratio": args.target_ratio, "s4_ratio": s4_row["ratio"], "met": met},
+            "target": {
+                "ratio": args.target_ratio,
+                "s4_ratio": s4_row["ratio"],
+                "met": target["met"],
+                "judged": target["judged"],
+            },
             "profiles": profiles,
         }
         write_json(args.json, payload)

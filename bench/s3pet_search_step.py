@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import os
 import sys
 import time
@@ -33,11 +34,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _minilm import MODEL_SHAPE, build_base, make_batch, method_params  # noqa: E402
+from _minilm import MODEL_SHAPE, build_base, check_seq_len, make_batch, meta_base, method_params  # noqa: E402
 from _timing import (  # noqa: E402
     ForeignLoad,
     Method,
     add_timing_arguments,
+    check_json_path,
+    check_positive,
     check_timing_arguments,
     environment,
     import_pack,
@@ -47,6 +50,8 @@ from _timing import (  # noqa: E402
     run_rounds,
     summarise,
     train_step,
+    verdict,
+    verdict_text,
     write_json,
 )
 
@@ -60,8 +65,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "BERT on CPU, and measure peak memory per method in fresh processes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="Methods to run.")
-    parser.add_argument("--budget", type=float, default=1.389e-4, help="S3PET budget (fraction of the backbone).")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        choices=METHODS,
+        help=f"Methods to run (in this order, duplicates dropped); must include {BASELINE}, the reference of the "
+        "ratios.",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=1.389e-4,
+        help="S3PET budget: a fraction of the backbone's parameters in (0, 1), or a whole count >= 1; at least the "
+        "smallest candidate of --space.",
+    )
     parser.add_argument("--space", default="m", choices=("m", "l"), help="S3PET search space.")
     parser.add_argument("--lora-rank", type=int, default=8, help="Rank of the PEFT LoRA baseline (query, value).")
     parser.add_argument("--batch-size", type=int, default=32, help="Sequences per batch.")
@@ -91,18 +109,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_timing_arguments(parser, steps=10)
     args = parser.parse_args(argv)
     check_timing_arguments(parser, args, positive=("lora_rank", "batch_size", "seq_len", "threads"))
-    if not (args.lr > 0 and args.target_ratio > 0):
-        parser.error("--lr and --target-ratio must be > 0")
+    check_positive(parser, args, ("lr", "target_ratio"))
+    check_seq_len(parser, args.seq_len)
+    check_json_path(parser, args.json)
     if BASELINE not in args.methods:
-        parser.error(f"--methods must include the baseline {BASELINE!r}")
-    if not args.budget > 0:
-        parser.error("--budget must be > 0")
+        parser.error(f"--methods must include the baseline {BASELINE!r}, got {' '.join(args.methods)}")
+    args.methods = [m for m in METHODS if m in args.methods]
     if args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             parser.error("--device cuda: torch sees no CUDA device")
+    if any(m != BASELINE for m in args.methods):
+        check_budget(parser, args)
     return args
+
+
+def check_budget(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`--budget` must be a fraction in (0, 1) or a whole count >= 1 that fits the search space (at least its
+    smallest candidate, less than all of it), checked on the model's shape on the meta device."""
+    budget = args.budget
+    if not (math.isfinite(budget) and budget > 0) or (budget >= 1 and budget != int(budget)):
+        parser.error(f"--budget must be a fraction in (0, 1) or a whole count >= 1, got {budget:g}")
+    import_pack()
+    from peft_designspace.s3pet.model import count_base_parameters, resolve_search_budget
+    from peft_designspace.s3pet.space import enumerate_candidates
+
+    base = meta_base()
+    candidates = enumerate_candidates(base, args.space)
+    try:
+        resolve_search_budget(int(budget) if budget >= 1 else budget, count_base_parameters(base), candidates)
+    except ValueError as error:
+        parser.error(f"--budget {budget:g} does not fit search space {args.space!r}: {error}")
 
 
 def _search_step(model, optimizer, arch_optimizer, alphas, search_batch, second_order: bool, lr: float):
@@ -233,6 +271,10 @@ def _cuda_name() -> str:
     return torch.cuda.get_device_name()
 
 
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def parameter_mib(model) -> float:
     return sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
 
@@ -253,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         params, head = method_params(model)
         details["model_param_mib"] = round(parameter_mib(model), 3)
         methods.append(Method(name, description, model, optimizer, params, head, details, step=step))
-    baseline = methods[0]
+    baseline = next(m for m in methods if m.name == BASELINE)
     if args.device == "cuda":
         for method in methods:
             _synchronized(method)
@@ -263,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     run = run_rounds(methods, batch, args, load)
     run["duration_s"] = time.perf_counter() - started
-    rows = [summarise(m, baseline) for m in methods]
+    rows = [summarise(m, baseline, run["filtering"]) for m in methods]
     memory = None
     if not args.no_memory and args.device == "cuda":
         memory = cuda_memory(methods, batch)
@@ -276,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         memory = measure_memory(memory_setup, {name: (name, args) for name in args.methods}, args.threads)
         for row in rows:
-            row["peak_rss_mib"], row["step_rss_growth_mib"] = memory[row["method"]]
+            row.update(memory[row["method"]])
 
     where = f"{args.threads} threads" if args.device == "cpu" else f"CUDA ({_cuda_name()})"
     print(
@@ -295,14 +337,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['median_ms']:>10.1f} {row['ratio']:>6.2f} {row['steps_clean']:>3}/{row['steps_total']:<2}"
         )
         if memory:
-            line += f" {row['peak_rss_mib']:>9.0f} {row['step_rss_growth_mib']:>9.0f}"
+            line += f" {_mib(row['peak_rss_mib']):>9} {_mib(row['step_rss_growth_mib']):>9}"
         print(line)
+    if run.get("warning"):
+        print(f"warning: {run['warning']}")
     search = next((r for r in rows if r["method"] == "s3pet-search"), None)
+    target = None
     if search is not None:
-        met = search["ratio"] <= args.target_ratio
+        target = verdict(search, args.target_ratio)
         print(
             f"\nS3PET first-order search step / PEFT LoRA step: {search['ratio']:.2f} (paired "
-            f"{search['paired_ratio_median']:.2f}); target <= {args.target_ratio:g}: {'MET' if met else 'NOT MET'}"
+            f"{search['paired_ratio_median']:.2f}); target <= {args.target_ratio:g}: {verdict_text(target)}"
         )
     if args.json is not None:
         payload = {
@@ -313,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": {**MODEL_SHAPE, "num_labels": 2, "base_param_mib": base_mib},
             "run": run,
             "results": rows,
+            "target": target,
         }
         write_json(args.json, payload)
         print(f"wrote {args.json}")

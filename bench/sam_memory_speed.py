@@ -25,7 +25,8 @@ Measured per method:
   that input;
 * step time: one step = `zero_grad` + forward + backward + `AdamW.step`, timed in rotating rounds with the contention
   filter of `bench/_timing.py` (see `bench/designspace_step_time.py` for the methodology); median over clean steps,
-  ratios to PEFT LoRA;
+  ratios to PEFT LoRA over the same selection of steps on both sides (all steps when either has fewer than 3 clean
+  ones: the ratio is then contended and its target not judged);
 * peak memory: growth of the peak RSS (`VmHWM`, reset after the setup and the calibration) over 2 training steps,
   one fresh process per case and method, with glibc told to return every freed block over 64 KiB to the system
   (`MALLOC_MMAP_THRESHOLD_=65536`), so that the RSS follows the live tensors (`--no-memory` skips it);
@@ -60,6 +61,8 @@ from _timing import (
     ForeignLoad,
     Method,
     add_timing_arguments,
+    check_json_path,
+    check_positive,
     check_timing_arguments,
     environment,
     import_pack,
@@ -69,6 +72,8 @@ from _timing import (
     profile_methods,
     run_rounds,
     summarise,
+    verdict,
+    verdict_text,
     write_json,
 )
 from torch import nn
@@ -109,7 +114,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--rank", type=int, default=8, help="LoRA rank r; fixes the count C = sum r*(in+out) every method gets."
+        "--rank",
+        type=int,
+        default=8,
+        help="LoRA rank r; fixes the count C = sum r*(in+out) every method gets. 2r must stay below the width of "
+        "the square layers (384 for minilm, --linear-size for linear).",
     )
     parser.add_argument(
         "--methods",
@@ -166,9 +175,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     counts = ("rank", "threads", "batch_size", "seq_len", "linear_size", "linear_tokens", "saved_tokens")
     check_timing_arguments(parser, args, positive=(*counts, "calib_batches"))
+    check_positive(parser, args, ("lr", "target_ratio", "target_saved_mib"))
+    check_json_path(parser, args.json)
     args.methods = [m for m in ALL_METHODS if m in set(args.methods) | {BASELINE}]
     args.cases = [c for c in CASES if c in args.cases]
+    if "minilm" in args.cases:
+        _minilm.check_seq_len(parser, args.seq_len)
+    check_rank(parser, args)
     return args
+
+
+def check_rank(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`--rank` r must leave every adapted layer partly frozen: C = r·(in + out) per layer below in·out, i.e.
+    2r < size for a square layer (SAM, SHiRA and Supertuning cannot select a whole layer or more)."""
+    sizes = {"linear": args.linear_size, "minilm": _minilm.MODEL_SHAPE["hidden_size"]}  # minilm: its 384² layers
+    for case in args.cases:
+        if not 2 * args.rank < sizes[case]:
+            parser.error(
+                f"--rank must be < {sizes[case] / 2:g} for the {case} case (2·rank below its {sizes[case]}-wide "
+                f"square layers), got {args.rank}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -437,7 +463,7 @@ def run_case(case: str, args: argparse.Namespace, load: ForeignLoad) -> dict:
     baseline = next(m for m in methods if m.name == BASELINE)
     rows = []
     for method in methods:
-        row = summarise(method, baseline)
+        row = summarise(method, baseline, run["filtering"])
         row.update(facts[method.name])
         row.pop("adapted_layers")
         rows.append(row)
@@ -452,7 +478,7 @@ def run_case(case: str, args: argparse.Namespace, load: ForeignLoad) -> dict:
         jobs = {name: (case, name, args, plan) for name in args.methods}
         memory = measure_memory(memory_setup, jobs, args.threads, env=MALLOC_ENV)
         for row in rows:
-            row["peak_rss_mib"], row["step_rss_growth_mib"] = memory[row["method"]]
+            row.update(memory[row["method"]])
     return {
         "plan": plan,
         "adapted_layers": list(next(iter(layer_sets.values()))),
@@ -523,11 +549,7 @@ def check_targets(cases: dict, args: argparse.Namespace) -> dict:
             continue
         bound = sam["method_params"] * (4 + 4) + FILE_SLACK
         found = {
-            "step_ratio": {
-                "value": sam["ratio"],
-                "limit": args.target_ratio,
-                "met": sam["ratio"] <= args.target_ratio,
-            },
+            "step_ratio": verdict(sam, args.target_ratio),
             "file_bytes": {"value": sam["file_bytes"], "limit": bound, "met": sam["file_bytes"] <= bound},
         }
         if case == "linear":
@@ -588,10 +610,13 @@ def main(argv: list[str] | None = None) -> int:
         run = result["run"]
         print(
             f"{run['rounds']} rounds in {run['duration_s']:.0f} s; clean = timed steps during which other processes "
-            f"used < {args.max_foreign_load:g} cores ('!': fewer than {MIN_CLEAN} clean, all steps used)"
+            f"used < {args.max_foreign_load:g} cores ('!': fewer than {MIN_CLEAN} clean; then all steps of it and "
+            f"of LoRA are used for its ratios)"
             if filtering
             else f"{run['rounds']} rounds in {run['duration_s']:.0f} s; no contention filter"
         )
+        if run.get("warning"):
+            print(f"warning: {run['warning']}")
         if result["profiles"]:
             for name, table in result["profiles"].items():
                 print(f"\ntorch.profiler, one {case} step of {name}, by self CPU time:\n{table}")
@@ -600,8 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nSAM targets:")
     for case, found in targets.items():
         for key, item in found.items():
-            verdict = "MET" if item["met"] else "NOT MET"
-            print(f"  {case:<7} {key:<19} {item['value']:>12,.3f} <= {item['limit']:<12,.3f} {verdict}")
+            text = verdict_text(item) if "judged" in item else "MET" if item["met"] else "NOT MET"
+            print(f"  {case:<7} {key:<19} {item['value']:>12,.3f} <= {item['limit']:<12,.3f} {text}")
     print(
         "saved: unique storages handed to saved_tensors_hooks during one forward, module parameters and buffers "
         "excluded; beyond input: the layer input's storage excluded too; model saved Δ: whole-model forward minus "
