@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,9 @@ AUTO_FIELDS = {
     **dict.fromkeys(OUR_TYPES, "budget"),
 }
 EXPERIMENT_KEYS = ("budget", "full_finetune", "s3pet_structure", "label", "family")
+# Training params that say which runs to make or how many cores to use, not how a run trains: left out of the settings
+# a result was made with (`settings_of`), so e.g. `--workers` (which sets num_threads) keeps cached results valid.
+NOT_SETTINGS = ("lr_multipliers", "seeds", "num_threads")
 
 
 class ExperimentError(ValueError):
@@ -82,6 +86,29 @@ class Experiment:
         return params
 
 
+def settings_of(training_params: dict, config: dict | None) -> dict:
+    """What a run's result depends on besides its learning rate and seed: its training params and resolved config."""
+    params = {k: v for k, v in training_params.items() if k not in NOT_SETTINGS}
+    return {"training_params": params, "config": config}
+
+
+def settings_key(settings: dict) -> str:
+    """A short hash of `settings` (from `settings_of`): equal settings, equal keys."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def settings_diff(old: dict, new: dict) -> list[str]:
+    """The fields that differ between two `settings_of` dicts, as `name old → new` (config fields as `config.name`)."""
+    changes = []
+    for part, prefix in (("training_params", ""), ("config", "config.")):
+        before, after = old.get(part) or {}, new.get(part) or {}
+        for key in sorted(set(before) | set(after)):
+            if before.get(key) != after.get(key):
+                changes.append(f"{prefix}{key} {json.dumps(before.get(key))} → {json.dumps(after.get(key))}")
+    return changes
+
+
 def _read_json(path: Path) -> dict:
     try:
         value = json.loads(path.read_text())
@@ -95,6 +122,13 @@ def _read_json(path: Path) -> dict:
 def load_defaults(path: Path = DEFAULTS_FILE) -> dict:
     """The default training parameters (comments under keys starting with `_` are dropped)."""
     return {k: v for k, v in _read_json(path).items() if not k.startswith("_")}
+
+
+def task_params(defaults: dict, task: str) -> dict:
+    """`defaults` with the task's own overrides (`per_task`) applied."""
+    params = {k: v for k, v in defaults.items() if k != "per_task"}
+    params.update(defaults.get("per_task", {}).get(task, {}))
+    return params
 
 
 def load_experiment(folder: Path, root: Path = EXPERIMENTS_DIR) -> Experiment:

@@ -5,9 +5,11 @@ python bench/suite/report.py                                   # bench/suite/res
 python bench/suite/report.py --results-dir /tmp/r --output /tmp/r/benchmarks.md
 ```
 
-For each (backbone, task, experiment) the report takes the runs at the chosen learning rate (the sweep's best on
-validation, where the extra seeds ran) and gives the dev metric as mean ± sample std over seeds. Speed and memory are
-medians over those runs, with ratios to PEFT LoRA at the same budget (LoRA at 0.5% for unbudgeted methods).
+For each (backbone, task, experiment) the report takes the runs of one settings set (those of its newest finished run,
+`plan.settings_of`), then the runs at the learning rate the sweep chose (the best final validation metric of the
+sweep seed, ties to the smaller rate), and gives the dev metric as mean ± sample std over seeds. Speed and memory are
+medians over those runs, with ratios to PEFT LoRA at the same budget (LoRA at 0.5% for unbudgeted methods). A method
+"loses" on speed or memory when its ratio, as the table shows it (two decimals), is above 1.10.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import statistics
 import sys
 from collections import defaultdict
@@ -30,6 +33,7 @@ OUTPUT = ROOT / "docs" / "benchmarks.md"
 TASK_ORDER = ("SST-2", "RTE", "CoLA")
 BASELINE_FAMILIES = ("lora", "prefix", "shira", "supertuning", "beft")
 METRIC_NAMES = {"accuracy": "accuracy", "matthews_correlation": "MCC"}
+LOSS_RATIO = 1.10  # a speed or memory ratio to LoRA above this, as shown in the table, is listed as a loss
 
 
 @dataclass
@@ -96,31 +100,55 @@ def load_rows(results_dir: Path) -> dict[tuple[str, str], list[Row]]:
     grouped: dict[tuple[str, str], list[Row]] = defaultdict(list)
     for key in sorted(set(runs) | set(skipped)):
         backbone, task, experiment = key
-        if key in skipped:
+        finished = any(r["run_info"]["status"] == "ok" for r in runs[key])
+        if key in skipped and not finished:  # a skipped record older than finished runs is stale
             info = skipped[key]["run_info"]
             grouped[(backbone, task)].append(Row(backbone, task, experiment, info, skipped=info.get("reason")))
             continue
-        ok = [r for r in runs[key] if r["run_info"]["status"] == "ok"]
-        row = Row(backbone, task, experiment, runs[key][0]["run_info"], errors=len(runs[key]) - len(ok))
-        row.seconds = sum(r["run_info"].get("total_time_s", 0.0) for r in runs[key])
-        first_seed = min((r["run_info"]["seed"] for r in ok), default=None)
-        row.sweep = {
-            r["run_info"]["learning_rate"]: r["train_info"]["val_metric"]
-            for r in ok
-            if r["run_info"]["seed"] == first_seed
-        }
-        seed_runs = [r for r in ok if r["run_info"].get("phase") == "seed"]
-        if seed_runs:
-            chosen = seed_runs[0]["run_info"]["learning_rate"]
-        elif row.sweep:
-            chosen = max(row.sweep, key=lambda lr: (row.sweep[lr], -lr))
-        else:
-            chosen = None
-        row.runs = [r for r in ok if r["run_info"]["learning_rate"] == chosen]
-        if row.runs:
-            row.info = row.runs[0]["run_info"]
-        grouped[(backbone, task)].append(row)
+        grouped[(backbone, task)].append(make_row(key, one_settings_set(key, runs[key])))
     return grouped
+
+
+def run_settings(result: dict) -> str:
+    """The settings key (`plan.settings_key`) of a result, from what it records."""
+    from plan import settings_key, settings_of
+
+    info = result["run_info"]
+    return settings_key(settings_of(info.get("training_params") or {}, info.get("config")))
+
+
+def one_settings_set(key: tuple[str, str, str], results: list[dict]) -> list[dict]:
+    """The results made with the settings of the newest finished one (of the newest one when none finished)."""
+    ok = [r for r in results if r["run_info"]["status"] == "ok"]
+    newest = max(ok or results, key=lambda r: r["run_info"].get("created_at") or "")
+    wanted = run_settings(newest)
+    kept = [r for r in results if run_settings(r) == wanted]
+    if len(kept) < len(results):
+        print(
+            f"warning: {'/'.join(key)}: {len(results) - len(kept)} run(s) made with other settings than the newest "
+            "finished run left out",
+            file=sys.stderr,
+        )
+    return kept
+
+
+def make_row(key: tuple[str, str, str], results: list[dict]) -> Row:
+    """The row of one experiment: its runs at the learning rate its sweep chose."""
+    ok = [r for r in results if r["run_info"]["status"] == "ok"]
+    row = Row(*key, results[0]["run_info"], errors=len(results) - len(ok))
+    row.seconds = sum(r["run_info"].get("total_time_s", 0.0) for r in results)
+    sweep = [r for r in ok if r["run_info"].get("phase", "sweep") == "sweep"]
+    first_seed = min((r["run_info"]["seed"] for r in sweep), default=None)
+    row.sweep = {
+        r["run_info"]["learning_rate"]: r["train_info"]["val_metric"]
+        for r in sweep
+        if r["run_info"]["seed"] == first_seed
+    }
+    chosen = max(row.sweep, key=lambda lr: (row.sweep[lr], -lr)) if row.sweep else None  # run.py's rule
+    row.runs = [r for r in ok if r["run_info"]["learning_rate"] == chosen]
+    if row.runs:
+        row.info = row.runs[0]["run_info"]
+    return row
 
 
 # formatting
@@ -134,10 +162,16 @@ def fmt_count(value: float) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{int(round(value)):,}"
 
 
-def fmt_ratio(value: float, reference: float) -> str:
+def shown_ratio(value: float, reference: float) -> float:
+    """`value / reference` rounded as the tables show it (nan when either is missing)."""
     if any(math.isnan(v) for v in (value, reference)) or reference == 0:
-        return "–"
-    return f"{value / reference:.2f}×"
+        return math.nan
+    return round(value / reference, 2)
+
+
+def fmt_ratio(value: float, reference: float) -> str:
+    ratio = shown_ratio(value, reference)
+    return "–" if math.isnan(ratio) else f"{ratio:.2f}×"
 
 
 def budget_label(budget: float | None) -> str:
@@ -245,11 +279,17 @@ def losses(rows: list[Row]) -> list[str]:
                 f"{best.info.get('label', best.experiment)} (−{theirs - mine:.4f})."
             )
         ref = reference_lora(rows, row.budget)
-        if ref is not None:
-            key = step_key(rows)
-            ratio = row.median(key) / ref.median(key)
-            if ratio > 1.10:
-                out.append(f"- {row.info.get('label', row.experiment)}: steps {ratio:.2f}× slower than PEFT LoRA.")
+        if ref is None:
+            continue
+        key = step_key(rows)
+        costs = (
+            (key, "steps {:.2f}× slower than"),
+            ("train_memory_growth_mib", "training memory growth {:.2f}× that of"),
+        )
+        for field_name, text in costs:
+            ratio = shown_ratio(row.median(field_name), ref.median(field_name))
+            if ratio > LOSS_RATIO:
+                out.append(f"- {row.info.get('label', row.experiment)}: {text.format(ratio)} PEFT LoRA.")
     return out or ["- none at this task: every one of our methods matches or beats the best PEFT method here."]
 
 
@@ -320,9 +360,7 @@ def plot_quality(rows: list[Row], metric: str, path: Path, title: str) -> Path |
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="best")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return path
 
 
@@ -347,19 +385,30 @@ def plot_cost(rows: list[Row], path: Path, title: str) -> Path | None:
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title + " (orange: ours)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return path
 
 
+def save_figure(plt, fig, path: Path) -> None:
+    """Write `fig` as a PNG to `path` atomically (an interrupted write leaves the previous file), then close it."""
+    from peft_designspace._io import atomic_path
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
+
+
 # the document
-def render(grouped: dict[tuple[str, str], list[Row]], output: Path, command: str) -> str:
+def render(
+    grouped: dict[tuple[str, str], list[Row]], output: Path, command: str, results_dir: Path = RESULTS_DIR
+) -> str:
     images = output.parent / "benchmarks"
     lines = [
         "# Benchmarks: our methods against PEFT's at equal budgets",
         "",
-        "<!-- Generated by bench/suite/report.py from bench/suite/results; do not edit by hand. -->",
+        f"<!-- Generated by bench/suite/report.py from {display_path(results_dir)}; do not edit by hand. -->",
         "",
         "Every method trains the same classification head (counted apart) on a real pretrained backbone and real GLUE "
         "data. Learning rates are chosen on a validation split carved from train; the GLUE dev split gives the final "
@@ -390,13 +439,16 @@ def render(grouped: dict[tuple[str, str], list[Row]], output: Path, command: str
     ]
     from plan import load_experiments
 
-    every = sorted(e.name for e in load_experiments())  # read once, for every section's reproduce line
+    experiments = {e.name: e for e in load_experiments()}  # read once, for every section's reproduce line
+    every = sorted(experiments)
     for (backbone, task), rows in sorted(grouped.items(), key=lambda kv: (kv[0][0], _task_rank(kv[0][1]))):
         done = [r for r in rows if r.runs]
         metric = done[0].runs[0]["train_info"]["metric"] if done else "accuracy"
         seconds = sum(row.seconds for row in rows)
         params = done[0].info.get("training_params", {}) if done else {}
-        lines += [f"## {task} on {backbone}", "", f"Reproduce: `{reproduce_command(backbone, task, rows, every)}`", ""]
+        settings = settings_arguments(rows, task, experiments)
+        command = reproduce_command(backbone, task, rows, every, settings)
+        lines += [f"## {task} on {backbone}", "", f"Reproduce: `{command}`", ""]
         if params:
             lines += [
                 f"{params.get('max_steps')} steps, batch {params.get('batch_size')}, max length "
@@ -418,8 +470,11 @@ def render(grouped: dict[tuple[str, str], list[Row]], output: Path, command: str
     return "\n".join(lines)
 
 
-def reproduce_command(backbone: str, task: str, rows: list[Row], every: list[str] | None = None) -> str:
-    """The command that reruns one (backbone, task) section: its backbone, quantization, task and experiments.
+def reproduce_command(
+    backbone: str, task: str, rows: list[Row], every: list[str] | None = None, settings: list[str] | None = None
+) -> str:
+    """The command that reruns one (backbone, task) section: its backbone, quantization, task and experiments, and
+    the `--set` values of `settings` (from `settings_arguments`).
 
     `every` is the sorted list of all experiment names (read from the experiments folder when None).
     """
@@ -437,7 +492,68 @@ def reproduce_command(backbone: str, task: str, rows: list[Row], every: list[str
     mine = sorted({row.experiment for row in rows})
     if mine != every:
         parts.append("--experiments " + " ".join(f'"{e}"' for e in mine))
+    if settings:
+        parts.append("--set " + " ".join(shlex.quote(item) for item in settings))
     return " ".join([*parts, "--workers 2"])
+
+
+def settings_arguments(rows: list[Row], task: str, experiments: dict) -> list[str]:
+    """`KEY=JSON` values for `run.py --set` that train as the finished `rows` were trained: the recorded training
+    params that differ from the defaults (after the experiment's own), plus the seeds and learning-rate multipliers
+    when they differ. Empty for results made with the defaults. `experiments` maps names to `plan.Experiment`s."""
+    from plan import NOT_SETTINGS, load_defaults
+
+    defaults = load_defaults()
+    per_task = defaults.get("per_task", {}).get(task, {})
+    changed: dict = {}
+    seeds, multipliers = set(), set()
+    for row in rows:
+        if not row.runs:
+            continue
+        experiment = experiments.get(row.experiment)  # None for a folder outside the experiments: defaults alone
+        recorded = {k: v for k, v in row.info.get("training_params", {}).items() if k not in NOT_SETTINGS}
+        diff = _differences(recorded, _expected_params(experiment, defaults, task))
+        if set(diff) & set(per_task):  # --set cannot beat a per-task default: it must be cleared
+            changed["per_task"] = {}
+            diff = _differences(recorded, _expected_params(experiment, {**defaults, "per_task": {}}, task))
+        changed.update(diff)
+        seeds.update(r["run_info"]["seed"] for r in row.runs)
+        base = recorded.get("learning_rate_base")
+        if base:
+            multipliers.update(float(f"{lr / base:.6g}") for lr in row.sweep)
+    if seeds and sorted(seeds) != sorted(defaults["seeds"]):
+        changed["seeds"] = sorted(seeds)
+    if multipliers and sorted(multipliers) != sorted(defaults["lr_multipliers"]):
+        changed["lr_multipliers"] = [int(m) if m.is_integer() else m for m in sorted(multipliers)]
+    return [f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in sorted(changed.items())]
+
+
+def _expected_params(experiment, defaults: dict, task: str) -> dict:
+    """The training params run.py gives `experiment` (a `plan.Experiment`, or None for the defaults alone)."""
+    from plan import task_params
+
+    params = task_params(defaults, task)
+    return experiment.training_params(params) if experiment else params
+
+
+def _differences(recorded: dict, expected: dict) -> dict:
+    return {k: v for k, v in recorded.items() if v != expected.get(k)}
+
+
+def display_path(path: Path) -> str:
+    """`path` relative to the repository when inside it (as the commands are written), else absolute."""
+    path = Path(path).resolve()
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
+
+
+def regenerate_command(results_dir: Path, output: Path) -> str:
+    """The report command for `results_dir` and `output` (the defaults left out)."""
+    parts = ["python bench/suite/report.py"]
+    if Path(results_dir).resolve() != RESULTS_DIR:
+        parts.append(f"--results-dir {shlex.quote(display_path(results_dir))}")
+    if Path(output).resolve() != OUTPUT:
+        parts.append(f"--output {shlex.quote(display_path(output))}")
+    return " ".join(parts)
 
 
 def _task_rank(task: str) -> int:
@@ -454,7 +570,7 @@ def write_report(results_dir: Path = RESULTS_DIR, output: Path = OUTPUT, command
     grouped = load_rows(results_dir)
     if not grouped:
         raise FileNotFoundError(f"No suite results under {results_dir}; run `python bench/suite/run.py` first.")
-    text = render(grouped, output, command or "python bench/suite/report.py")
+    text = render(grouped, output, command or regenerate_command(results_dir, output), results_dir)
     from peft_designspace._io import write_text_atomic
 
     write_text_atomic(output, text)

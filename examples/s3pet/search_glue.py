@@ -17,7 +17,8 @@ The whole run is written to a hidden temporary folder renamed to `--output_dir` 
 `--output_dir` is refused unless `--overwrite` is given (and even then only a previous output of the pack is
 replaced), so no file of an earlier run is left mixed with new results.
 
-Exit status: 0 on success, 1 when the run fails, 2 on bad options or unreadable data (checked before any model loads).
+Exit status: 0 on success, 1 when the run fails, 2 on bad options, unreadable data or a `--budget` the search space of
+the model cannot meet (all checked before any model weights load).
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 logger = logging.getLogger("s3pet_search_glue")
+# split_validation keeps a validation row, and the search splits the rest into its gate and weight streams
+MIN_TRAIN_ROWS = 3
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -61,6 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--overwrite", action="store_true", help="Replace the output folder of a previous run (once complete)."
     )
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     args.rows = validate_args(parser, args)
     return args
@@ -97,16 +105,58 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"--space must be 'm' or 'l', got {args.space!r}.")
     if args.strategy not in ("greedy", "knapsack"):
         parser.error(f"--strategy must be 'greedy' or 'knapsack', got {args.strategy!r}.")
+    if args.max_train_samples < MIN_TRAIN_ROWS:
+        parser.error(
+            f"--max_train_samples must be >= {MIN_TRAIN_ROWS} (a validation row and a row for each of the search's "
+            f"two streams), got {args.max_train_samples}."
+        )
     check_example_paths(parser, args)
     try:
-        return load_glue_data(args.data_dir, args.task)
+        data = load_glue_data(args.data_dir, args.task)
     except (ValueError, FileNotFoundError) as err:
         parser.error(f"--data_dir {err}")
+    if len(data["train"]) < MIN_TRAIN_ROWS:
+        parser.error(f"--data_dir has {len(data['train'])} training rows; the search needs at least {MIN_TRAIN_ROWS}.")
+    return data
+
+
+def search_config(args: argparse.Namespace):
+    """The `S3PETConfig` of the search."""
+    from peft_designspace import S3PETConfig
+
+    budget = int(args.budget) if args.budget >= 1 else args.budget
+    return S3PETConfig(budget=budget, search_space=args.space, task_type="SEQ_CLS")
+
+
+def budget_problem_on_model(args: argparse.Namespace) -> str | None:
+    """Why the search cannot be set up on the model (e.g. `--budget` below the smallest candidate), as a message
+    naming the option, or None. The model is built from its config on the meta device: no weights are read."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    try:
+        config = AutoConfig.from_pretrained(args.model_name_or_path, num_labels=2)
+        with torch.device("meta"):
+            base = AutoModelForSequenceClassification.from_config(config)
+    except Exception:  # noqa: BLE001 - an unusual config: the model load reports it
+        logger.debug("could not build %s from its config", args.model_name_or_path, exc_info=True)
+        return None
+    try:
+        get_peft_model(base, search_config(args))
+    except ValueError as err:
+        if "budget" in str(err):
+            return f"--budget {args.budget:g}: {err}"
+        return f"--model_name_or_path {args.model_name_or_path}: {err}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = parse_args(argv)
+    problem = budget_problem_on_model(args)  # needs the model's architecture: checked here, before its weights load
+    if problem:
+        build_parser().error(problem)
     from adapters_hub._files import atomic_output_dir
 
     protect = [args.data_dir, args.model_name_or_path]
@@ -177,8 +227,7 @@ def run(args: argparse.Namespace, out_dir: str) -> int:
         return AutoModelForSequenceClassification.from_pretrained(args.model_name_or_path, num_labels=2)
 
     set_seed(args.seed)
-    budget = int(args.budget) if args.budget >= 1 else args.budget
-    search_model = get_peft_model(base(), S3PETConfig(budget=budget, search_space=args.space, task_type="SEQ_CLS"))
+    search_model = get_peft_model(base(), search_config(args))
     candidates = search_model.base_model.candidates()
     logger.info(
         "Search space %s: %d candidates, %d parameters; budget %d",
