@@ -6,17 +6,21 @@ allowed) is only swapped out once the new one is complete. Hidden folders of run
 (SIGKILL, power loss) are removed by the next run writing the same output, which first moves back a previous output
 that such a run had swapped out.
 
-Every folder written here gets a marker file (`MARKER`); with `only_pack_outputs=True` (the command line and the
-example scripts), `overwrite` replaces only a folder holding that marker or nothing but files the pack writes, and
-refuses any other non-empty folder. Whatever the options, the current directory and its parents, the home folder, a
-repository root (a folder holding `.git`), the pack's source tree (and its parents) and the folders given as
-`protect` (e.g. the data and the source adapter) and their parents are never replaced.
+Every folder written here gets a marker file (`MARKER`) that lists the files written (with their size, and a
+sha256 for the small ones); with `only_pack_outputs=True` (the command line and the example scripts), `overwrite`
+replaces only a folder holding that marker or nothing but files the pack writes, and refuses any other non-empty
+folder, and also a marked folder that now holds files the pack did not write there or that changed since (a
+LICENSE, notes added to README.md): nothing already saved is lost. Whatever the options, the current directory
+and its parents, the home folder, a repository root (a folder holding `.git`), the pack's source tree (and its
+parents) and the folders given as `protect` (e.g. the data and the source adapter) and their parents are never
+replaced.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import hashlib
 import json
 import os
 import shutil
@@ -40,6 +44,8 @@ KNOWN_OUTPUT_NAMES = (
     "s3pet_search_trajectory.png",
 )
 _SOURCE_ROOT = Path(__file__).resolve().parent.parent
+HASHED_SIZE = 1 << 20  # files up to this size are recorded with their sha256 (text a user may edit), larger by size
+LISTED_FILES = 10  # files named in a refusal, the rest counted
 
 
 def is_pack_output(path: str | os.PathLike) -> bool:
@@ -49,6 +55,70 @@ def is_pack_output(path: str | os.PathLike) -> bool:
         return True
     names = [p.name for p in path.iterdir()]
     return bool(names) and all(any(fnmatch.fnmatchcase(n, pattern) for pattern in KNOWN_OUTPUT_NAMES) for n in names)
+
+
+def _file_record(path: Path) -> dict[str, object]:
+    """What the marker records about one written file: its size, and its sha256 when it is small."""
+    size = path.lstat().st_size
+    if path.is_symlink() or size > HASHED_SIZE:
+        return {"size": size}
+    return {"size": size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def folder_files(folder: str | os.PathLike) -> dict[str, dict[str, object]]:
+    """Every file under `folder` (POSIX path relative to it → `_file_record`), the marker left out.
+
+    Links are listed, not followed. Example: `folder_files("out")` → `{"adapter/adapter_config.json": {"size": 512,
+    "sha256": "..."}, ...}`.
+    """
+    folder = Path(folder)
+    found = {}
+    for directory, dirnames, filenames in os.walk(folder):
+        links = [d for d in dirnames if os.path.islink(os.path.join(directory, d))]
+        for name in [*filenames, *links]:
+            item = Path(directory, name)
+            relative = item.relative_to(folder).as_posix()
+            if relative != MARKER:
+                found[relative] = _file_record(item)
+    return found
+
+
+def _recorded_files(path: Path) -> dict[str, dict[str, object]] | None:
+    """The files that the marker of `path` lists, or None for a marker written before the list existed."""
+    try:
+        content = json.loads((path / MARKER).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    files = content.get("files") if isinstance(content, dict) else None
+    return files if isinstance(files, dict) else None
+
+
+def unrecorded_files(path: str | os.PathLike) -> list[str]:
+    """The files in the pack output `path` that its marker does not list, or that changed since they were written.
+
+    These are the user's (a LICENSE or an evaluation added afterwards, notes appended to README.md): replacing the
+    folder would delete them. An older marker without a file list, or no marker, gives `[]` (nothing to compare).
+
+    Example:
+
+    ```py
+    >>> with atomic_output_dir("out") as tmp:  # doctest: +SKIP
+    ...     (tmp / "results.json").write_text("{}")
+    >>> Path("out/LICENSE").write_text("mine")  # doctest: +SKIP
+    >>> unrecorded_files("out")  # doctest: +SKIP
+    ['LICENSE']
+    ```
+    """
+    path = Path(path)
+    recorded = _recorded_files(path) if (path / MARKER).is_file() else None
+    if recorded is None:
+        return []
+    return sorted(name for name, record in folder_files(path).items() if recorded.get(name) != record)
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:LISTED_FILES])
+    return shown + (f" and {len(names) - LISTED_FILES} more" if len(names) > LISTED_FILES else "")
 
 
 def never_replaced(path: Path, protect: Iterable[str | os.PathLike]) -> str | None:
@@ -111,8 +181,9 @@ def check_output_dir(
 
     Raises:
         FileExistsError: if `path` exists and `overwrite` is False, or it exists and is not a folder, or it is not
-            an output of the pack and `only_pack_outputs` is set, or it must never be replaced (the current
-            directory, a repository root, an input, ...).
+            an output of the pack (or holds files the pack did not write there, see `unrecorded_files`) and
+            `only_pack_outputs` is set, or it must never be replaced (the current directory, a repository root, an
+            input, ...).
         NotADirectoryError: if the nearest existing parent is a file.
         PermissionError: if the nearest existing parent is not writable (missing parents are created on write).
     """
@@ -132,6 +203,14 @@ def check_output_dir(
             raise FileExistsError(
                 f"{path} is not empty and does not hold a previous output of peft-designspace (no {MARKER} file), "
                 "so it is not replaced even with overwrite; choose a new folder or empty this one yourself."
+            )
+        added = unrecorded_files(path) if only_pack_outputs else []
+        if added:
+            raise FileExistsError(
+                f"{path} is a previous output of peft-designspace, but it holds files that the pack did not write "
+                f"there or that changed since: {_listing(added)}; replacing the folder would delete them, so it is "
+                "not replaced even with overwrite. Move them elsewhere (or delete them yourself), or choose a new "
+                "folder."
             )
     check_creatable(path.absolute().parent, path)
     return path
@@ -221,7 +300,8 @@ def atomic_output_dir(
         only_pack_outputs (`bool`, *optional*, defaults to `False`): replace only a previous output of the pack.
         protect (iterable of paths, *optional*): inputs that the output may neither be nor hold.
 
-    The finished folder holds the marker file `MARKER`, which lets a later run with `only_pack_outputs` replace it.
+    The finished folder holds the marker file `MARKER`, which lists the files written and lets a later run with
+    `only_pack_outputs` replace it (as long as it holds nothing else, see `unrecorded_files`).
 
     Example:
 
@@ -238,7 +318,8 @@ def atomic_output_dir(
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     try:
         yield tmp
-        (tmp / MARKER).write_text(json.dumps({"written_by": "peft-designspace"}) + "\n", encoding="utf-8")
+        marker = {"written_by": "peft-designspace", "files": folder_files(tmp)}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders
         if path.exists():
             # checked again: the folder may have changed while the run was going on

