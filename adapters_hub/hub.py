@@ -8,14 +8,20 @@ budget report and uploads the folder in one commit.
 Like transformers' `push_to_hub`, both functions keep the card already on the Hub: when the repository has a README.md
 at the target branch, that card (its metadata and its text, e.g. a license or notes added in the web editor) is the
 one updated, with only the pack's tags and section refreshed; the local folder's README.md is used only for a
-repository (or branch) that has no card yet. The commit names the commit the card was read from as its parent, so an
-edit made on the Hub in between makes the push fail instead of being overwritten.
+repository (or branch) that has no card yet, and a warning names that file when it holds edits (text or metadata
+outside the pack's section) that are therefore not uploaded. The commit names the commit the card was read from as its
+parent, so an edit made on the Hub in between makes the push fail instead of being overwritten.
+
+A push goes to a branch: a `revision` that is a commit sha or a tag is refused. `private=True` creates a private
+repository; for an existing public one the push is refused before anything is uploaded (the files would be public),
+since changing the visibility of an existing repository is the owner's decision, made in its settings.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -26,10 +32,14 @@ from peft_designspace._io import is_temporary_name, write_text_atomic
 
 from ._files import EXPORT_INFO, MARKER
 from ._repo_ids import is_hub_id
-from .card import load_card, write_model_card
+from .card import BEGIN, END, _is_unedited_template, load_card, saved_record, write_model_card
 from .loading import CONFIG_NAME, WEIGHTS_NAME
 
 README = "README.md"
+FULL_SHA_RE = re.compile(r"[0-9a-fA-F]{40}")
+HEX_RE = re.compile(r"[0-9a-fA-F]{7,40}")
+# metadata the card writer sets itself: differences there are not a person's edits
+MANAGED_METADATA = ("tags", "library_name", "base_model")
 
 if TYPE_CHECKING:
     from torch import nn
@@ -51,8 +61,10 @@ def push_adapter(
         model (`peft.PeftModel`): the adapted model.
         repo_id (`str`): the target repository, `namespace/name`.
         token (`str`, *optional*): a token with write access (default: the logged-in one).
-        private (`bool`, *optional*): visibility of a newly created repository.
-        revision (`str`, *optional*): branch to commit to (created from `main` if missing); defaults to `main`.
+        private (`bool`, *optional*): `True` creates the repository as private; an existing public repository is
+            refused then (nothing is uploaded).
+        revision (`str`, *optional*): branch to commit to (created from `main` if missing); defaults to `main`. The
+            card's snippets name it (`revision=`) unless it is `main`.
         commit_message (`str`, *optional*): the commit title.
         adapter_name (`str`, *optional*): the adapter to upload, with its config, weights and budget report at the
             repository root (default: the active one); the model's other adapters are not uploaded.
@@ -60,8 +72,9 @@ def push_adapter(
     The README.md already in the repository at `revision` is kept and updated (see the module docstring).
 
     Raises:
-        ValueError: if `adapter_name` is not an adapter of the model (checked before the repository is created), or
-            if the README.md on the Hub has invalid YAML metadata (nothing is created or uploaded).
+        ValueError: if `adapter_name` is not an adapter of the model (checked before the repository is created), if
+            the README.md on the Hub has invalid YAML metadata, if `private=True` and the repository exists and is
+            public, or if `revision` is a commit sha or a tag rather than a branch (nothing is created or uploaded).
 
     Returns:
         `huggingface_hub.CommitInfo`: the commit (its `oid` pins this exact version).
@@ -94,9 +107,54 @@ def push_adapter(
             if item.is_file() and item.name != README:
                 shutil.copy2(item, folder)
         api = HfApi(token=token)
+        _check_target(api, repo_id, private, revision)
         parent, _ = _use_hub_card(api, repo_id, revision, Path(folder))
-        write_model_card(folder, report=report, repo_id=repo_id, adapter_name=name)
+        write_model_card(
+            folder,
+            report=report,
+            repo_id=repo_id,
+            adapter_name=name,
+            subfolder="",
+            revision=revision,
+            source_dir=source,
+        )
         return _upload(api, repo_id, folder, private, revision, commit_message, parent)
+
+
+def _hub_head(api: Any, repo_id: str, revision: str | None) -> tuple[str | None, str]:
+    """The commit a push to `revision` builds on, and the branch it was read from: `main`'s head for a branch that
+    does not exist yet (the push creates it from there); `None` for a repository that does not exist yet."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    branch = revision or "main"
+    try:
+        return api.model_info(repo_id, revision=branch).sha, branch
+    except RepositoryNotFoundError:
+        return None, branch
+    except RevisionNotFoundError:
+        if branch == "main":
+            return None, branch
+    try:  # a new branch starts from main's head
+        return api.model_info(repo_id, revision="main").sha, "main"
+    except RevisionNotFoundError:
+        return None, "main"
+
+
+def _hub_text(api: Any, repo_id: str, commit: str, path_in_repo: str) -> str | None:
+    """The text of `path_in_repo` at `commit`, or `None` when the commit has no such file."""
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    with tempfile.TemporaryDirectory() as cache:  # not the user's cache: this copy is only read once
+        try:
+            downloaded = api.hf_hub_download(repo_id, path_in_repo, revision=commit, cache_dir=cache)
+        except RemoteEntryNotFoundError:
+            return None
+        return Path(downloaded).read_text(encoding="utf-8")
+
+
+def _hub_source(repo_id: str, path_in_repo: str, branch: str, commit: str) -> str:
+    """How an error names a card read from the Hub."""
+    return f"The {path_in_repo} of the Hub repository {repo_id!r} (branch {branch!r}, commit {commit})"
 
 
 def _use_hub_card(api: Any, repo_id: str, revision: str | None, folder: Path) -> tuple[str | None, bool]:
@@ -112,30 +170,57 @@ def _use_hub_card(api: Any, repo_id: str, revision: str | None, folder: Path) ->
     Raises:
         ValueError: if the Hub's README.md has invalid YAML metadata.
     """
-    from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
-
-    branch = revision or "main"
-    try:
-        commit = api.model_info(repo_id, revision=branch).sha
-    except RepositoryNotFoundError:
-        return None, False
-    except RevisionNotFoundError:
-        if branch == "main":
-            return None, False
-        branch = "main"  # a new branch starts from main's head
-        try:
-            commit = api.model_info(repo_id, revision=branch).sha
-        except RevisionNotFoundError:
-            return None, False
-    with tempfile.TemporaryDirectory() as cache:  # not the user's cache: this copy is only read once
-        try:
-            downloaded = api.hf_hub_download(repo_id, README, revision=commit, cache_dir=cache)
-        except RemoteEntryNotFoundError:
-            return commit, False
-        text = Path(downloaded).read_text(encoding="utf-8")
-    load_card(text, f"The {README} of the Hub repository {repo_id!r} (branch {branch!r}, commit {commit})")
+    commit, branch = _hub_head(api, repo_id, revision)
+    text = None if commit is None else _hub_text(api, repo_id, commit, README)
+    if text is None:
+        return commit, False
+    load_card(text, _hub_source(repo_id, README, branch, commit))
     write_text_atomic(folder / README, text)
     return commit, True
+
+
+def _check_target(api: Any, repo_id: str, private: bool | None, revision: str | None) -> None:
+    """Refuse, before anything is uploaded, a push that would not do what was asked.
+
+    - `private=True` and the repository exists and is public: the files would be public (`create_repo` does not
+      change the visibility of an existing repository).
+    - `revision` names a tag or a commit (a full or abbreviated sha) of the repository rather than a branch: a
+      push creates a branch of that name instead.
+    """
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    if private is not True and revision in (None, "main"):
+        return
+    try:
+        info = api.model_info(repo_id)
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        return  # a new repository (or one without `main` yet): created as asked
+    if private is True and info.private is False:
+        raise ValueError(
+            f"`private=True`, but the repository {repo_id!r} already exists and is public, so the upload would be "
+            "public; nothing was uploaded. Make it private first (its settings on the Hub, or "
+            f"`HfApi().update_repo_settings({repo_id!r}, private=True)`), or push without `private`."
+        )
+    if revision in (None, "main"):
+        return
+    refs = api.list_repo_refs(repo_id)
+    if revision in {branch.name for branch in refs.branches}:
+        return
+    if revision in {tag.name for tag in refs.tags}:
+        raise ValueError(
+            f"`revision` {revision!r} is a tag of {repo_id!r}, not a branch; a push commits to a branch. Pass a "
+            "branch name (a new one is created from `main`)."
+        )
+    if HEX_RE.fullmatch(revision):
+        try:
+            sha = api.model_info(repo_id, revision=revision).sha
+        except RevisionNotFoundError:
+            return
+        if sha and sha.lower().startswith(revision.lower()):
+            raise ValueError(
+                f"`revision` {revision!r} is a commit of {repo_id!r}, not a branch; a push commits to a branch. "
+                "Pass a branch name (a new one is created from `main`)."
+            )
 
 
 def _upload(
@@ -171,6 +256,11 @@ def _check_push_options(
         raise TypeError(f"`private` must be None, True or False, got {private!r}.")
     if revision is not None and (not isinstance(revision, str) or not revision.strip()):
         raise ValueError(f"`revision` must be None or a non-empty branch name, got {revision!r}.")
+    if isinstance(revision, str) and FULL_SHA_RE.fullmatch(revision):
+        raise ValueError(
+            f"`revision` must be a branch name, got {revision!r}, which is a commit sha; a push commits to a branch "
+            "(a new one is created from `main`)."
+        )
     if not isinstance(commit_message, str) or not commit_message.strip():
         raise ValueError(f"`commit_message` must be a non-empty string, got {commit_message!r}.")
 
@@ -247,14 +337,17 @@ def push_folder(
         repo_id (`str`): the target repository, `namespace/name`.
         token, private, revision, commit_message: as in [`push_adapter`].
 
-    The README.md already in the repository at `revision` is kept and updated (see the module docstring); the
-    folder's own README.md is used when the repository has none there.
+    Each adapter's card is written for the repository: the one at the root, and one in each subfolder holding an
+    adapter (PEFT saves a named adapter in a subfolder of that name), whose snippets say `subfolder=`. A card
+    already in the repository at `revision` is kept and updated (see the module docstring); the folder's own
+    README.md is used where the repository has none, and a warning names a local README.md whose edits are not
+    uploaded because the Hub's card is kept.
 
     Raises:
         FileNotFoundError: if the folder, its `adapter_config.json` or its `adapter_model.safetensors` is missing
             (checked before the repository is created).
-        ValueError: if the README.md used (the Hub's, else the folder's) has invalid YAML metadata (nothing is
-            created or uploaded).
+        ValueError: if a README.md used (the Hub's, else the folder's) has invalid YAML metadata, or for the
+            `private` / `revision` cases of [`push_adapter`] (nothing is created or uploaded).
 
     Returns:
         `huggingface_hub.CommitInfo`
@@ -280,9 +373,84 @@ def push_folder(
     with tempfile.TemporaryDirectory() as folder:
         shutil.copytree(adapter_dir, folder, dirs_exist_ok=True, ignore=_ignore_not_uploaded)
         api = HfApi(token=token)
-        parent, from_hub = _use_hub_card(api, repo_id, revision, Path(folder))
-        local = Path(adapter_dir) / README
-        if not from_hub and local.is_file():  # checked here so that the error names the user's file, not the copy
-            load_card(local.read_text(encoding="utf-8"), local)
-        write_model_card(folder, repo_id=repo_id)
+        _check_target(api, repo_id, private, revision)
+        parent, branch = _hub_head(api, repo_id, revision)
+        for sub in _adapter_subfolders(Path(folder)):
+            _prepare_card(api, repo_id, (parent, branch), Path(adapter_dir), Path(folder), sub, revision)
         return _upload(api, repo_id, folder, private, revision, commit_message, parent)
+
+
+def _adapter_subfolders(folder: Path) -> list[str]:
+    """The folders of `folder` that hold an adapter config, as repository paths: `""` (the root) first."""
+    found = []
+    for directory, dirs, files in os.walk(folder):
+        dirs.sort()
+        if CONFIG_NAME in files:
+            found.append(Path(directory).relative_to(folder).as_posix())
+    return ["" if sub == "." else sub for sub in found]
+
+
+def _prepare_card(
+    api: Any,
+    repo_id: str,
+    head: tuple[str | None, str],
+    adapter_dir: Path,
+    copy: Path,
+    sub: str,
+    revision: str | None,
+) -> None:
+    """Write the card of the adapter in `sub` (`""`: the root) into the upload `copy`, starting from the Hub's card
+    at `head` (commit, branch) when there is one, else from the local folder's."""
+    commit, branch = head
+    path_in_repo = f"{sub}/{README}" if sub else README
+    local = adapter_dir / sub / README
+    local_text = local.read_text(encoding="utf-8") if local.is_file() else None
+    hub_text = None if commit is None else _hub_text(api, repo_id, commit, path_in_repo)
+    if hub_text is not None:
+        load_card(hub_text, _hub_source(repo_id, path_in_repo, branch, commit))
+        write_text_atomic(copy / sub / README, hub_text)
+        if local_text is not None and _edits_dropped(local_text, hub_text):
+            warnings.warn(
+                f"{str(local)!r} holds text or metadata that the card on the Hub ({repo_id!r}, {path_in_repo} on "
+                f"branch {branch!r}) does not have, and is not uploaded: the Hub's card is the one kept and updated. "
+                f"Copy your edits into the card on the Hub, or delete {path_in_repo} there and push again to upload "
+                "the local one.",
+                stacklevel=3,
+            )
+    elif local_text is not None:  # checked here so that the error names the user's file, not the copy
+        load_card(local_text, local)
+    default_name = sub.rsplit("/", 1)[-1] if sub else "default"  # PEFT names a subfolder after its adapter
+    write_model_card(
+        copy / sub,
+        repo_id=repo_id,
+        adapter_name=saved_record(local_text or "").get("adapter_name", default_name),
+        subfolder=sub,
+        revision=revision,
+        source_dir=adapter_dir / sub,
+    )
+
+
+def _user_part(text: str) -> tuple[dict, str]:
+    """What a person wrote in a card: metadata the pack does not set, and the text outside the pack's section
+    (empty for PEFT's untouched template)."""
+    try:
+        card = load_card(text, README)
+    except ValueError:
+        return {"<invalid metadata>": text}, ""
+    data = {k: v for k, v in card.data.to_dict().items() if k not in MANAGED_METADATA and v is not None}
+    body = card.text
+    if BEGIN in body and END in body:
+        body = body[: body.index(BEGIN)] + body[body.index(END) + len(END) :]
+    body = body.strip()
+    return data, "" if _is_unedited_template(body) else body
+
+
+def _edits_dropped(local_text: str, hub_text: str) -> bool:
+    """Whether the local card holds a person's edits that the Hub's card (the one kept) does not have: metadata
+    with another value there, or a line of text that is not there."""
+    local_data, local_body = _user_part(local_text)
+    hub_data, hub_body = _user_part(hub_text)
+    if any(hub_data.get(key) != value for key, value in local_data.items()):
+        return True
+    hub_lines = {line.strip() for line in hub_body.splitlines()}
+    return any(line.strip() not in hub_lines for line in local_body.splitlines() if line.strip())

@@ -89,10 +89,11 @@ def adapter_structure(adapter_dir: str | os.PathLike) -> Structure:
 
 
 def _designspace_structure(adapter_dir, config: dict) -> Structure:
-    from .card import report_from_saved
+    from .card import report_from_saved, saved_adapter_name
 
     plan = config["plan"]
-    table = str(report_from_saved(adapter_dir)) if (Path(adapter_dir) / WEIGHTS_NAME).is_file() else ""
+    name = saved_adapter_name(adapter_dir)  # a named adapter (PEFT's subfolder) is saved with its name in the card
+    table = str(report_from_saved(adapter_dir, name)) if (Path(adapter_dir) / WEIGHTS_NAME).is_file() else ""
     columns = sorted({s for layer in plan["layers"] for s in layer["params"]})
     by_index = {layer["index"]: layer for layer in plan["layers"]}
     group_of = {i: g for g, members in enumerate(plan["groups"]) for i in members}

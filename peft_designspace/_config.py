@@ -2,11 +2,15 @@
 
 import math
 import numbers
+import os
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
 from ._version import __version__
+
+# set on a config by the tuner that injects it (not a dataclass field: never saved); read when the config is saved
+ADAPTER_NAME_ATTRIBUTE = "_designspace_adapter_name"
 
 
 def _fail(field_name: str, value: Any, allowed: str, exc: type[Exception] = ValueError) -> None:
@@ -122,4 +126,8 @@ class PackConfigMixin:
         super().save_pretrained(save_directory, **kwargs)
         from adapters_hub.card import write_model_card  # lazy: adapters_hub imports this package
 
-        write_model_card(save_directory)
+        # the name the tuner injected this config under (`WrapperTunerMixin.inject_adapter`); PEFT saves an adapter
+        # not called "default" in a subfolder of that name
+        name = getattr(self, ADAPTER_NAME_ATTRIBUTE, "default")
+        subfolder = name if name != "default" and os.path.basename(os.path.normpath(save_directory)) == name else ""
+        write_model_card(save_directory, adapter_name=name, subfolder=subfolder)

@@ -6,6 +6,7 @@ import warnings
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from ._config import ADAPTER_NAME_ATTRIBUTE
 from ._layers import check_finite_deltas, guard_cpu_packing, keeping_requires_grad, on_meta
 from ._warnings import DesignSpaceWarning
 
@@ -72,6 +73,8 @@ class WrapperTunerMixin:
         # into it, and written into the caller's object they would carry over to the next model it is used for
         # (a larger model silently took the first model's plan and budget).
         self.peft_config[adapter_name] = copy.deepcopy(self.peft_config[adapter_name])
+        # the config learns its adapter's name, for the model card written when it is saved (`PackConfigMixin`)
+        setattr(self.peft_config[adapter_name], ADAPTER_NAME_ATTRIBUTE, adapter_name)
         _add_late_task_heads(self.peft_config[adapter_name])
         self._refuse_foreign_layers(model)
         # planned here rather than in `_pre_injection_hook`, which `PeftModel.add_adapter` does not call
