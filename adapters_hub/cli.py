@@ -178,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
         "S3PET structure search under a budget",
         "Search an S3PET structure under a budget with trainer_ext.S3PETSearchTrainer (bi-level: gates on half of "
         "the training rows, delta weights on the other half), then write <output_dir>/s3pet_structure.json (and a "
-        "heatmap when matplotlib is installed) for S3PETConfig(structure=...). Exits with status 3 when the "
-        "installed peft_designspace has no S3PET.",
+        "heatmap when matplotlib is installed) for S3PETConfig(structure=...). The search is not evaluated on the "
+        "way, so the structure comes from the final gates; examples/s3pet/search_glue.py discretises the best "
+        "evaluation's gates, as the paper. Exits with status 3 when the installed peft_designspace has no S3PET.",
     )
     _add_data_and_model(search)
     search.add_argument(
