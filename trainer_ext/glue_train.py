@@ -117,6 +117,30 @@ def budget_problem(value: float) -> str | None:
     return None
 
 
+def adapter_problem_on_meta_model(model_name_or_path: str, peft_config: Any, budget: float) -> str | None:
+    """Why `peft_config` cannot be applied to the model (e.g. a budget below the smallest feasible design or
+    candidate), as a message naming `--budget` or `--model_name_or_path`, or None. The model is built from its
+    config on the meta device: no weights are read. A config that cannot be built so is left to the real load."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    try:
+        config = AutoConfig.from_pretrained(model_name_or_path, num_labels=2)
+        with torch.device("meta"):
+            base = AutoModelForSequenceClassification.from_config(config)
+    except Exception:  # noqa: BLE001 - an unusual config: the model load reports it
+        logger.debug("could not build %s from its config", model_name_or_path, exc_info=True)
+        return None
+    try:
+        get_peft_model(base, peft_config)
+    except ValueError as err:  # InfeasibleBudgetError is one
+        if "budget" in str(err):
+            return f"--budget {budget:g}: {err}"
+        return f"--model_name_or_path {model_name_or_path}: {err}"
+    return None
+
+
 def seed_problem(value: object) -> str | None:
     """Why `value` is not a seed (an int in [0, 2**32), as numpy's and torch's seeding take), or None."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:

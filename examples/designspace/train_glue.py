@@ -125,28 +125,11 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 def budget_problem_on_model(args: argparse.Namespace) -> str | None:
-    """Why the adapter cannot be built on the model (e.g. an S4 `--budget` below its smallest feasible design), as a
-    message naming the option, or None. The model is built from its config on the meta device: no weights are read."""
-    import torch
-    from peft import get_peft_model
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    """Why the adapter cannot be set up on the model (e.g. `--budget` below the smallest feasible design), as a
+    message naming the option, or None (`trainer_ext.glue_train.adapter_problem_on_meta_model`: no weights read)."""
+    from trainer_ext.glue_train import adapter_problem_on_meta_model, build_peft_config
 
-    from trainer_ext.glue_train import build_peft_config
-
-    try:
-        config = AutoConfig.from_pretrained(args.model_name_or_path, num_labels=2)
-        with torch.device("meta"):
-            base = AutoModelForSequenceClassification.from_config(config)
-    except Exception:  # noqa: BLE001 - an unusual config: the model load reports it
-        logger.debug("could not build %s from its config", args.model_name_or_path, exc_info=True)
-        return None
-    try:
-        get_peft_model(base, build_peft_config(settings_of(args)))
-    except ValueError as err:  # InfeasibleBudgetError is one
-        if "budget" in str(err):
-            return f"--budget {args.budget:g}: {err}"
-        return f"--model_name_or_path {args.model_name_or_path}: {err}"
-    return None
+    return adapter_problem_on_meta_model(args.model_name_or_path, build_peft_config(settings_of(args)), args.budget)
 
 
 def settings_of(args: argparse.Namespace):
