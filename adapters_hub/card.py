@@ -259,6 +259,7 @@ def card_section(
     subfolder: str | None = None,
     revision: str | None = None,
     base_is_local: bool | None = None,
+    num_labels: int | None = None,
 ) -> str:
     """The pack's part of the card body (between the markers), as Markdown.
 
@@ -283,6 +284,8 @@ def card_section(
         revision (`str`, *optional*): the branch the card is pushed to; `revision=` in the snippet unless `main`.
         base_is_local (`bool`, *optional*): whether `base_model_name_or_path` names a local folder; decided from
             the name and the current directory when omitted (see `write_model_card`).
+        num_labels (`int`, *optional*): the labels of the saved classification head (`head_num_labels`): the
+            snippet builds the base with `num_labels=` when it is not 2, the default of transformers' configs.
 
     Example:
 
@@ -307,6 +310,11 @@ def card_section(
     args = _code_args(subfolder, revision if repo_id else None, adapter_name)
     ours = _is_pack_method(config)
     note, installs, base_code = _base_lines(kind, base, auto)
+    if num_labels is not None and num_labels != 2:  # a base saved with 2 labels would not take the head otherwise
+        base_code = [
+            f"{c[:-1]}, num_labels={num_labels})" if ".from_pretrained(" in c and c.endswith(")") else c
+            for c in base_code
+        ]
     title = {"hub": f"`{base}`", "backbone": f"`{BACKBONE_HUB_ID}`", "local": f"a local base model (`{base}`)"}
     saved = {"adapter_name": adapter_name, "subfolder": subfolder, "local_base": base if kind == "local" else None}
     lines = [BEGIN, _saved_comment(saved), f"# `{method}` adapter for {title.get(kind, '`<base model>`')}", ""]
@@ -652,11 +660,38 @@ def write_model_card(
         subfolder=subfolder,
         revision=revision,
         base_is_local=local,
+        num_labels=head_num_labels(config, adapter_dir / WEIGHTS_NAME),
     )
     card.text = _merge_body(card.text, section)
 
     write_text_atomic(readme, card.content)
     return readme
+
+
+def head_num_labels(config: dict, weights: str | os.PathLike) -> int | None:
+    """The number of labels of a saved SEQ_CLS or TOKEN_CLS head: the rows of its output layer, the head's 2-D
+    weight with the fewest rows (RoBERTa's head also holds a hidden-size `dense`); None for other tasks, without
+    a head, or without a readable weights file.
+
+    Example:
+
+    ```py
+    >>> head_num_labels({"task_type": "SEQ_CLS"}, "no-such-file.safetensors") is None
+    True
+    ```
+    """
+    from .loading import LABEL_TASKS, _head_shapes
+
+    if config.get("task_type") not in LABEL_TASKS or not os.path.isfile(weights):
+        return None
+    try:
+        shapes = {k: v["shape"] for k, v in read_safetensors_header(weights).items()}
+    except Exception:  # noqa: BLE001 - the card is documentation: an unreadable file leaves the snippet as it is
+        return None
+    rows = [
+        shape[0] for name, shape in _head_shapes(config, shapes).items() if name.endswith("weight") and len(shape) == 2
+    ]
+    return min(rows) if rows else None
 
 
 def _saved_in(folder: Path) -> dict:

@@ -279,3 +279,32 @@ def test_copying_a_pushed_folder_keeps_the_record(tmp_path):
     shutil.copytree(tmp_path / "a", tmp_path / "copy")
     card = write_model_card(tmp_path / "copy" / "other").read_text()
     assert "adapter 'other'" in card and 'subfolder="other"' in card
+
+
+@pytest.mark.parametrize(("num_labels", "expected"), [(3, "num_labels=3)"), (2, None)])
+def test_the_card_snippet_builds_the_base_with_the_heads_labels(num_labels, expected, tmp_path):
+    """A 3-label adapter's card told readers to build the base with the config's default 2 labels, which fails on
+    the saved head's shape (a review of 2026-11-25)."""
+    import torch
+
+    from adapters_hub.card import head_num_labels
+
+    base = make_model("bert", "SEQ_CLS", layers=4)
+    if num_labels != 2:
+        base.config.num_labels = num_labels
+        base.classifier = torch.nn.Linear(base.config.hidden_size, num_labels)
+    model = get_peft_model(base, DesignSpaceConfig(preset="lora", budget=0.05, task_type="SEQ_CLS"))
+    model.save_pretrained(tmp_path / "adapter")
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    snippet = next(line for line in card.splitlines() if line.startswith("base = "))
+    assert (
+        head_num_labels(
+            json.loads((tmp_path / "adapter" / "adapter_config.json").read_text()),
+            tmp_path / "adapter" / "adapter_model.safetensors",
+        )
+        == num_labels
+    )
+    if expected is None:
+        assert "num_labels" not in snippet, snippet
+    else:
+        assert snippet.endswith(expected), snippet
