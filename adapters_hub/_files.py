@@ -46,6 +46,9 @@ KNOWN_OUTPUT_NAMES = (
 _SOURCE_ROOT = Path(__file__).resolve().parent.parent
 HASHED_SIZE = 1 << 20  # files up to this size are recorded with their sha256 (text a user may edit), larger by size
 LISTED_FILES = 10  # files named in a refusal, the rest counted
+# what file browsers leave in a folder they show (Finder's `.DS_Store` and `._*`, Windows' `Thumbs.db`): not the
+# user's work, and re-running an output into such a folder must not be refused for it
+SYSTEM_FILES = (".DS_Store", "._*", "Thumbs.db", "desktop.ini")
 
 
 def is_pack_output(path: str | os.PathLike) -> bool:
@@ -113,7 +116,16 @@ def unrecorded_files(path: str | os.PathLike) -> list[str]:
     recorded = _recorded_files(path) if (path / MARKER).is_file() else None
     if recorded is None:
         return []
-    return sorted(name for name, record in folder_files(path).items() if recorded.get(name) != record)
+    return sorted(
+        name
+        for name, record in folder_files(path).items()
+        if recorded.get(name) != record and not _is_system_file(name)
+    )
+
+
+def _is_system_file(relative: str) -> bool:
+    base = relative.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(base, pattern) for pattern in SYSTEM_FILES)
 
 
 def _listing(names: list[str]) -> str:

@@ -502,8 +502,10 @@ def _base_is_local(base: object, origin: Path | None, saved: dict) -> bool:
 
     A name is taken as a Hub id only when it is a well-formed one, it was not recorded as a local folder when the
     adapter was saved (`saved["local_base"]`), and no file or folder of that name exists relative to the current
-    directory, to the adapter folder `origin` or to any folder above it. A relative path such as `models/bert` is a
-    well-formed id, and its meaning must not depend on the directory the card happens to be written from.
+    directory, or as a model folder (one holding `config.json`) relative to the adapter folder `origin` or to any
+    folder above it. A relative path such as `models/bert` is a well-formed id, and its meaning must not depend on
+    the directory the card happens to be written from; a folder of runs named after the model
+    (`outputs/gpt2/adapter`) does not make the Hub's `gpt2` local.
     """
     if not isinstance(base, str) or not base:
         return False
@@ -512,7 +514,7 @@ def _base_is_local(base: object, origin: Path | None, saved: dict) -> bool:
     if origin is None:
         return False
     here = origin.resolve()
-    return any((folder / base).exists() for folder in (here, *here.parents))
+    return any((folder / base / "config.json").is_file() for folder in (here, *here.parents))
 
 
 def _base_kind(base: object, base_is_local: bool | None) -> str:

@@ -38,8 +38,8 @@ from .loading import CONFIG_NAME, WEIGHTS_NAME
 README = "README.md"
 FULL_SHA_RE = re.compile(r"[0-9a-fA-F]{40}")
 HEX_RE = re.compile(r"[0-9a-fA-F]{7,40}")
-# metadata the card writer sets itself: differences there are not a person's edits
-MANAGED_METADATA = ("tags", "library_name", "base_model")
+# metadata the card writer or PEFT sets on its own (PEFT adds `pipeline_tag` to a CAUSAL_LM card): not user edits
+MANAGED_METADATA = ("tags", "library_name", "base_model", "pipeline_tag")
 
 if TYPE_CHECKING:
     from torch import nn

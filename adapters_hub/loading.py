@@ -57,10 +57,13 @@ PEFT_EXTRA_KWARGS = (
     "offload_folder",
     "offload_dir",
     "offload_index",
+    "use_safetensors",  # True only: `False` would let PEFT unpickle an `adapter_model.bin` (refused below)
+    "adapters",
+    "use_auth_token",  # the older name of `token`
 )
 # `load_adapter`'s own arguments and those that `PeftModel.from_pretrained` gets from it (not to be given twice).
 OWN_KWARGS = ("base_model", "adapter_name", "is_trainable", "base_model_kwargs")
-NOT_PASSED_KWARGS = ("self", "model", "model_id", "config", "kwargs")
+NOT_PASSED_KWARGS = ("self", "model", "model_id", "config", "kwargs", "repo_id", "filename")
 # Task types with a classification head whose size is `num_labels` (saved through `modules_to_save`).
 LABEL_TASKS = ("SEQ_CLS", "TOKEN_CLS")
 # `from_pretrained` arguments that also apply to reading the base model's config.
@@ -507,10 +510,12 @@ def _peft_kwargs() -> tuple[str, ...]:
     from `PeftModel.load_adapter`'s, plus those both take through `**kwargs`)."""
     import inspect
 
+    from huggingface_hub import hf_hub_download
     from peft import PeftModel
 
     named = set(PEFT_EXTRA_KWARGS)
-    for function in (PeftModel.from_pretrained, PeftModel.load_adapter):
+    # PEFT passes every argument `hf_hub_download` takes (`proxies`, `etag_timeout`, ...) on to it
+    for function in (PeftModel.from_pretrained, PeftModel.load_adapter, hf_hub_download):
         named.update(inspect.signature(function).parameters)
     return tuple(sorted(named - set(NOT_PASSED_KWARGS) - set(OWN_KWARGS)))
 
@@ -533,6 +538,11 @@ def _check_extra_kwargs(kwargs: dict[str, Any]) -> None:
     for name in ("force_download", "local_files_only"):
         if name in kwargs and not isinstance(kwargs[name], bool):
             raise ValueError(f"`{name}` must be True or False, got {kwargs[name]!r}.")
+    if kwargs.get("use_safetensors", True) is not True:
+        raise ValueError(
+            f"`use_safetensors` must be True (or left out), got {kwargs['use_safetensors']!r}: adapters are loaded "
+            "from safetensors only (a pickle file can run arbitrary code)."
+        )
 
 
 def base_model_source(
@@ -779,7 +789,7 @@ def load_adapter(
     ```py
     >>> from adapters_hub import load_adapter
     >>> model = load_adapter("my-org/bert-s4-sst2")  # doctest: +SKIP
-    >>> model = load_adapter("./adapter", base_model=my_base, revision="v1")  # doctest: +SKIP
+    >>> model = load_adapter("my-org/bert-s4-sst2", base_model=my_base, revision="v1")  # doctest: +SKIP
     ```
     """
     from peft import PeftModel

@@ -233,6 +233,29 @@ def test_a_hub_id_base_is_still_hub_metadata(tmp_path, monkeypatch):
     assert 'base = AutoModelForSequenceClassification.from_pretrained("tester/tiny-bert")' in code_lines(card)
 
 
+def test_runs_folder_named_after_a_hub_model_does_not_make_it_local(tmp_path, monkeypatch):
+    """`outputs/gpt2/adapter`: the folder above the adapter holds an entry named like the base's Hub id, which made
+    the card drop `base_model` and show a placeholder (a review of this change, 2026-11-25). Only a model folder
+    (with a config.json) there counts."""
+    monkeypatch.chdir(tmp_path)
+    adapter = tmp_path / "outputs" / "tester" / "tiny-bert" / "sst2"
+    designspace().save_pretrained(adapter)
+    set_base(adapter, "tester/tiny-bert")
+    card = write_model_card(adapter).read_text()
+    assert "base_model: tester/tiny-bert" in metadata(card)
+    assert "<your copy of the base model>" not in card
+
+
+def test_metadata_peft_writes_itself_is_not_a_local_edit():
+    """PEFT writes `pipeline_tag: text-generation` into a CAUSAL_LM card; push warned of local edits nobody made."""
+    from adapters_hub.hub import _edits_dropped
+
+    local = "---\nlibrary_name: peft\npipeline_tag: text-generation\ntags:\n- lora\n---\n"
+    hub_card_text = "---\nlibrary_name: peft\ntags:\n- peft\n- lora\n---\n"
+    assert not _edits_dropped(local, hub_card_text)
+    assert _edits_dropped(local.replace("library_name", "license: mit\nlibrary_name"), hub_card_text)
+
+
 # 11. visibility and revision of a push -------------------------------------------------------------------------------
 def test_private_push_to_an_existing_public_repository_is_refused(hub, tmp_path):
     designspace().save_pretrained(tmp_path / "a")

@@ -225,6 +225,9 @@ def test_overwrite_refuses_a_previous_output_holding_the_users_files(tiny, tmp_p
     (out / "README.md").unlink()  # a file of the pack that is gone loses nothing
     assert run([*argv, "--overwrite"], capsys)[0] == 0
     assert (out / "README.md").is_file()
+    for name in (".DS_Store", "._adapter_model.safetensors", "Thumbs.db"):  # a file browser's, not the user's work
+        (out / name).write_bytes(b"\0")
+    assert run([*argv, "--overwrite"], capsys)[0] == 0
 
 
 def test_the_marker_lists_the_written_files_and_an_older_marker_still_counts(tmp_path):
@@ -315,6 +318,11 @@ def test_load_adapter_refuses_an_unknown_keyword_argument(saved_adapter, monkeyp
         load_adapter(saved_adapter, local_files_only="yes")
     assert loads == []  # refused before anything was loaded
     assert load_adapter(saved_adapter, low_cpu_mem_usage=True, torch_device="cpu") is not None  # PEFT's own
+    # what PEFT hands to `hf_hub_download`, and the older name of `token`, load as before
+    assert load_adapter(saved_adapter, etag_timeout=10, user_agent="me", use_auth_token=None) is not None
+    assert load_adapter(saved_adapter, use_safetensors=True) is not None
+    with pytest.raises(ValueError, match=r"`use_safetensors` must be True .*got False"):
+        load_adapter(saved_adapter, use_safetensors=False)  # PEFT would unpickle an adapter_model.bin
 
 
 def test_load_adapter_warns_that_revision_does_not_apply_to_a_local_folder(saved_adapter):
