@@ -370,6 +370,26 @@ def test_a_submodule_called_directly_refuses_gates_drawn_for_the_other_mode():
         encoder(**features)
 
 
+@pytest.mark.parametrize("idiom", ["encoder-eval-while-training", "mc-dropout"])
+def test_a_model_with_parts_in_another_mode_still_runs_through_its_peft_model(idiom):
+    """Training with the encoder's dropout off, or MC-dropout at inference: the layers' mode differs from the
+    model's, and the first version of the check above refused these forwards (a review of 2026-11-25)."""
+    model = _search_model("bert", task="SEQ_CLS")
+    inputs = make_inputs("bert", "SEQ_CLS")
+    encoder = model.base_model.model.bert
+    if idiom == "encoder-eval-while-training":
+        model.train()
+        encoder.eval()
+        model(**inputs).loss.backward()
+        assert any(a.grad is not None for a in model.base_model.architecture_parameters())
+    else:
+        model.eval()
+        encoder.train()
+        with torch.no_grad():
+            first, second = model(**inputs).logits, model(**inputs).logits
+        assert not torch.equal(first, second)  # dropout on: two different outputs
+
+
 # α shapes -------------------------------------------------------------------------------------------------------
 def test_alpha_of_the_wrong_count_is_rejected():
     model = _search_model("bert")

@@ -41,8 +41,9 @@ class S3PETLayer(PackTunerLayer):
         self.merged_adapters: list[str] = []
         self._disable_adapters = False
         self.part_types: dict[str, list[str]] = {}  # adapter -> its parts, in TYPES order (= the α order)
-        # adapter -> part type -> gate (search mode), set by the tuner before each forward, with the mode they were
-        # drawn for (samples in train mode, p in eval mode)
+        # adapter -> part type -> gate (search mode), set by the tuner before each forward (samples when the model
+        # is in train mode, p in eval mode), with this layer's mode at that time: a later call in the other mode is
+        # a submodule called directly, which would silently reuse them
         self.gates: dict[str, dict[str, torch.Tensor]] = {}
         self.gates_drawn_training: dict[str, bool] = {}
 

@@ -372,7 +372,8 @@ class S3PETModel(WrapperTunerMixin, BaseTuner):
             for layer in self._layers_in_order(name):
                 types = layer.part_types[name]
                 layer.gates[name] = dict(zip(types, parts[start : start + len(types)]))
-                layer.gates_drawn_training[name] = self.model.training
+                # the layer's own mode (it may differ from the model's: an encoder kept in eval mode for its dropout)
+                layer.gates_drawn_training[name] = layer.training
                 start += len(types)
 
     def _check_checkpointing(self, adapter_name: str) -> None:
