@@ -664,6 +664,19 @@ def test_explore_fails_like_the_other_commands(tmp_path, capsys, monkeypatch):
         explore_main([*argv, "--debug"])
 
 
+def test_a_budget_no_design_meets_exits_2_before_anything_is_written(tiny_backbone, tmp_path, capsys):
+    """An infeasible `--budget` failed in the first stage, after the output folder was made, and (once a run's own
+    ValueError exits 1) exited 1 where `train` and the examples exit 2 (a review of 2026-11-25)."""
+    model_dir, data_dir = tiny_backbone
+    output = tmp_path / "o"
+    argv = ["--data_dir", data_dir, "--model_name_or_path", model_dir, "--output_dir", str(output), "-q"]
+    with pytest.raises(SystemExit) as exit_info:
+        explore_main([*argv, "--budget", "10"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "error: --budget 10: The budget" in err, err
+    assert not output.exists()
+
+
 def test_a_value_error_of_the_run_exits_1_not_2(tiny_backbone, tmp_path, capsys, monkeypatch):
     """A ValueError raised mid-run (e.g. no candidate of a later stage meets the budget) exited 2, the status of bad
     options checked before anything is written; the run had already written its folder and results."""
@@ -675,6 +688,6 @@ def test_a_value_error_of_the_run_exits_1_not_2(tiny_backbone, tmp_path, capsys,
     monkeypatch.setattr(explore, "run_exploration", no_candidate)
     model_dir, data_dir = tiny_backbone
     argv = ["--data_dir", data_dir, "--model_name_or_path", model_dir, "--output_dir", str(tmp_path / "o"), "-q"]
-    assert explore_main(argv) == 1
+    assert explore_main([*argv, "--budget", "300"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("peft-designspace explore: error: ValueError: no design of stage 'allocation'"), err

