@@ -691,7 +691,7 @@ def cmd_push(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             "leading or trailing '-' or '.', or trailing '.git')."
         )
     _check_push_options(parser, args)
-    from .hub import push_folder
+    from .hub import PushTargetError, push_folder
 
     try:
         commit = push_folder(
@@ -702,6 +702,8 @@ def cmd_push(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             revision=args.revision,
             commit_message=args.commit_message,
         )
+    except PushTargetError as err:  # refused before anything was uploaded: the option does not fit the repository
+        parser.error(f"--{err.option} {getattr(args, err.option)!r}: {err}")
     except Exception as err:
         if _is_unauthorized(err):
             err.add_note(TOKEN_HINT)

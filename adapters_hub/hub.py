@@ -179,6 +179,15 @@ def _use_hub_card(api: Any, repo_id: str, revision: str | None, folder: Path) ->
     return commit, True
 
 
+class PushTargetError(ValueError):
+    """A push option that does not fit the repository (`private` onto a public one, a `revision` that is not a
+    branch); `option` names it (`"private"` or `"revision"`), for the command line to report as `--<option>`."""
+
+    def __init__(self, message: str, option: str) -> None:
+        super().__init__(message)
+        self.option = option
+
+
 def _check_target(api: Any, repo_id: str, private: bool | None, revision: str | None) -> None:
     """Refuse, before anything is uploaded, a push that would not do what was asked.
 
@@ -196,10 +205,11 @@ def _check_target(api: Any, repo_id: str, private: bool | None, revision: str | 
     except (RepositoryNotFoundError, RevisionNotFoundError):
         return  # a new repository (or one without `main` yet): created as asked
     if private is True and info.private is False:
-        raise ValueError(
+        raise PushTargetError(
             f"`private=True`, but the repository {repo_id!r} already exists and is public, so the upload would be "
             "public; nothing was uploaded. Make it private first (its settings on the Hub, or "
-            f"`HfApi().update_repo_settings({repo_id!r}, private=True)`), or push without `private`."
+            f"`HfApi().update_repo_settings({repo_id!r}, private=True)`), or push without `private`.",
+            "private",
         )
     if revision in (None, "main"):
         return
@@ -207,9 +217,10 @@ def _check_target(api: Any, repo_id: str, private: bool | None, revision: str | 
     if revision in {branch.name for branch in refs.branches}:
         return
     if revision in {tag.name for tag in refs.tags}:
-        raise ValueError(
+        raise PushTargetError(
             f"`revision` {revision!r} is a tag of {repo_id!r}, not a branch; a push commits to a branch. Pass a "
-            "branch name (a new one is created from `main`)."
+            "branch name (a new one is created from `main`).",
+            "revision",
         )
     if HEX_RE.fullmatch(revision):
         try:
@@ -217,9 +228,10 @@ def _check_target(api: Any, repo_id: str, private: bool | None, revision: str | 
         except RevisionNotFoundError:
             return
         if sha and sha.lower().startswith(revision.lower()):
-            raise ValueError(
+            raise PushTargetError(
                 f"`revision` {revision!r} is a commit of {repo_id!r}, not a branch; a push commits to a branch. "
-                "Pass a branch name (a new one is created from `main`)."
+                "Pass a branch name (a new one is created from `main`).",
+                "revision",
             )
 
 
@@ -257,9 +269,10 @@ def _check_push_options(
     if revision is not None and (not isinstance(revision, str) or not revision.strip()):
         raise ValueError(f"`revision` must be None or a non-empty branch name, got {revision!r}.")
     if isinstance(revision, str) and FULL_SHA_RE.fullmatch(revision):
-        raise ValueError(
+        raise PushTargetError(
             f"`revision` must be a branch name, got {revision!r}, which is a commit sha; a push commits to a branch "
-            "(a new one is created from `main`)."
+            "(a new one is created from `main`).",
+            "revision",
         )
     if not isinstance(commit_message, str) or not commit_message.strip():
         raise ValueError(f"`commit_message` must be a non-empty string, got {commit_message!r}.")

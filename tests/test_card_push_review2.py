@@ -289,11 +289,15 @@ def test_push_refuses_a_commit_sha_as_revision(hub, tmp_path):
 
 
 def test_cli_push_private_to_a_public_repository_fails_and_names_the_reason(hub, tmp_path, capsys):
+    """A usage error naming the option (exit 2), as the command line's other refusals of an option."""
     designspace().save_pretrained(tmp_path / "a")
     push_folder(tmp_path / "a", "tester/cli-pub", token=WRITE)
     code = main(["push", str(tmp_path / "a"), "tester/cli-pub", "--private", "--token", WRITE, "-q"])
-    assert code != 0 and "already exists and is public" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "error: --private True: `private=True`, but" in err and "already exists and is public" in err
     assert hub.repo("tester/cli-pub").private is False
+    code = main(["push", str(tmp_path / "a"), "tester/cli-pub", "--revision", "0" * 40, "--token", WRITE, "-q"])
+    assert code == 2 and f"error: --revision '{'0' * 40}': `revision` must be a branch name" in capsys.readouterr().err
 
 
 def test_copying_a_pushed_folder_keeps_the_record(tmp_path):
