@@ -682,7 +682,7 @@ def head_num_labels(config: dict, weights: str | os.PathLike) -> int | None:
     True
     ```
     """
-    from .loading import LABEL_TASKS, _head_shapes
+    from .base_model import LABEL_TASKS, head_shapes
 
     if config.get("task_type") not in LABEL_TASKS or not os.path.isfile(weights):
         return None
@@ -691,7 +691,7 @@ def head_num_labels(config: dict, weights: str | os.PathLike) -> int | None:
     except Exception:  # noqa: BLE001 - the card is documentation: an unreadable file leaves the snippet as it is
         return None
     rows = [
-        shape[0] for name, shape in _head_shapes(config, shapes).items() if name.endswith("weight") and len(shape) == 2
+        shape[0] for name, shape in head_shapes(config, shapes).items() if name.endswith("weight") and len(shape) == 2
     ]
     return min(rows) if rows else None
 

@@ -601,12 +601,13 @@ def cmd_export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
         parser.error("--model is needed: the adapter does not name its base model (base_model_name_or_path).")
     args.model = _check_model_path(parser, base, "--model" if chosen else "--model (from the adapter config)")
 
+    from .base_model import base_tokenizer, export_base
     from .export import ExportError, export_merged, export_to_peft
     from .loading import load_adapter
 
     explicit = args.model if chosen else None
-    model = load_adapter(args.adapter, base_model=_load_base(args.adapter, config, explicit))
-    tokenizer, sample = _load_tokenizer(config, explicit)
+    model = load_adapter(args.adapter, base_model=export_base(args.adapter, config, explicit))
+    tokenizer, sample = base_tokenizer(config, explicit)
     info = None
     if args.format in ("auto", "peft"):
         try:
@@ -629,32 +630,6 @@ def cmd_export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     for note in info.notes:
         print(f"  - {note}", flush=True)
     return EXIT_OK
-
-
-def _load_base(adapter: str, config: dict, model: str | None):
-    """The adapter's base model, built as `load_adapter` builds it (`loading.build_base_model`): safetensors only,
-    pickle-only bases refused, the recorded revision unless `model` (--model) is given, the saved head's labels."""
-    from .loading import WEIGHTS_NAME, build_base_model, read_safetensors_header
-
-    header = read_safetensors_header(os.path.join(adapter, WEIGHTS_NAME))
-    shapes = {name: entry["shape"] for name, entry in header.items()}
-    return build_base_model(config, model, saved_shapes=shapes, adapter=adapter)
-
-
-def _load_tokenizer(config: dict, model: str | None):
-    """The base model's tokenizer (same name and revision as `_load_base`) and a sample input, or `(None, None)`
-    when the base has no usable tokenizer (the export then skips its output check)."""
-    from transformers import AutoTokenizer
-
-    from .loading import base_model_source
-
-    name, kwargs = base_model_source(config, model)
-    source = {key: kwargs[key] for key in ("revision",) if key in kwargs}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name, **source)
-        return tokenizer, dict(tokenizer(["A check sentence for the export."], return_tensors="pt"))
-    except (OSError, ValueError):
-        return None, None
 
 
 TOKEN_HINT = (
