@@ -638,16 +638,6 @@ TOKEN_HINT = (
 )
 
 
-def _check_push_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """--revision, --commit_message and --token, checked by option name before anything is sent to the Hub."""
-    if args.revision is not None and not args.revision.strip():
-        parser.error(f"--revision {args.revision!r} must be a non-empty branch name; leave it out to commit to main.")
-    if not args.commit_message.strip():
-        parser.error(f"--commit_message {args.commit_message!r} must be a non-empty commit title.")
-    if args.token is not None and not args.token.strip():
-        parser.error("--token is empty; pass a Hub token with write access, or leave it out to use the logged-in one.")
-
-
 def _is_unauthorized(err: BaseException) -> bool:
     """Whether the Hub refused the request for a missing or invalid token (401), or no token was found locally."""
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
@@ -665,8 +655,7 @@ def cmd_push(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             f"repo_id {args.repo_id!r} must be namespace/name (letters, digits, '-', '_', '.'; no '--', '..', "
             "leading or trailing '-' or '.', or trailing '.git')."
         )
-    _check_push_options(parser, args)
-    from .hub import PushTargetError, push_folder
+    from .hub import PushOptionError, push_folder
 
     try:
         commit = push_folder(
@@ -677,7 +666,7 @@ def cmd_push(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             revision=args.revision,
             commit_message=args.commit_message,
         )
-    except PushTargetError as err:  # refused before anything was uploaded: the option does not fit the repository
+    except PushOptionError as err:  # refused before anything was created or uploaded
         parser.error(f"--{err.option} {getattr(args, err.option)!r}: {err}")
     except Exception as err:
         if _is_unauthorized(err):

@@ -179,9 +179,10 @@ def _use_hub_card(api: Any, repo_id: str, revision: str | None, folder: Path) ->
     return commit, True
 
 
-class PushTargetError(ValueError):
-    """A push option that does not fit the repository (`private` onto a public one, a `revision` that is not a
-    branch); `option` names it (`"private"` or `"revision"`), for the command line to report as `--<option>`."""
+class PushOptionError(ValueError):
+    """A bad push option (an empty `revision`, `token` or `commit_message`), or one that does not fit the repository
+    (`private` onto a public one, a `revision` that is not a branch); `option` names it, for the command line to
+    report as `--<option>`. Raised before anything is created or uploaded."""
 
     def __init__(self, message: str, option: str) -> None:
         super().__init__(message)
@@ -205,7 +206,7 @@ def _check_target(api: Any, repo_id: str, private: bool | None, revision: str | 
     except (RepositoryNotFoundError, RevisionNotFoundError):
         return  # a new repository (or one without `main` yet): created as asked
     if private is True and info.private is False:
-        raise PushTargetError(
+        raise PushOptionError(
             f"`private=True`, but the repository {repo_id!r} already exists and is public, so the upload would be "
             "public; nothing was uploaded. Make it private first (its settings on the Hub, or "
             f"`HfApi().update_repo_settings({repo_id!r}, private=True)`), or push without `private`.",
@@ -217,7 +218,7 @@ def _check_target(api: Any, repo_id: str, private: bool | None, revision: str | 
     if revision in {branch.name for branch in refs.branches}:
         return
     if revision in {tag.name for tag in refs.tags}:
-        raise PushTargetError(
+        raise PushOptionError(
             f"`revision` {revision!r} is a tag of {repo_id!r}, not a branch; a push commits to a branch. Pass a "
             "branch name (a new one is created from `main`).",
             "revision",
@@ -228,7 +229,7 @@ def _check_target(api: Any, repo_id: str, private: bool | None, revision: str | 
         except RevisionNotFoundError:
             return
         if sha and sha.lower().startswith(revision.lower()):
-            raise PushTargetError(
+            raise PushOptionError(
                 f"`revision` {revision!r} is a commit of {repo_id!r}, not a branch; a push commits to a branch. "
                 "Pass a branch name (a new one is created from `main`).",
                 "revision",
@@ -263,19 +264,23 @@ def _check_push_options(
             "and '.', starting and ending with a letter, digit or '_', no '--' or '..', not ending in '.git')."
         )
     if token is not None and not isinstance(token, bool) and not (isinstance(token, str) and token.strip()):
-        raise ValueError("`token` must be None, a bool (as huggingface_hub takes it) or a non-empty string.")
+        raise PushOptionError(
+            "`token` must be None, a bool (as huggingface_hub takes it) or a non-empty string.", "token"
+        )
     if private is not None and not isinstance(private, bool):
         raise TypeError(f"`private` must be None, True or False, got {private!r}.")
     if revision is not None and (not isinstance(revision, str) or not revision.strip()):
-        raise ValueError(f"`revision` must be None or a non-empty branch name, got {revision!r}.")
+        raise PushOptionError(f"`revision` must be None or a non-empty branch name, got {revision!r}.", "revision")
     if isinstance(revision, str) and FULL_SHA_RE.fullmatch(revision):
-        raise PushTargetError(
+        raise PushOptionError(
             f"`revision` must be a branch name, got {revision!r}, which is a commit sha; a push commits to a branch "
             "(a new one is created from `main`).",
             "revision",
         )
     if not isinstance(commit_message, str) or not commit_message.strip():
-        raise ValueError(f"`commit_message` must be a non-empty string, got {commit_message!r}.")
+        raise PushOptionError(
+            f"`commit_message` must be a non-empty string, got {commit_message!r}.", "commit_message"
+        )
 
 
 def _check_adapter_folder(folder: Path) -> None:
