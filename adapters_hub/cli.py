@@ -432,14 +432,10 @@ def _check_budget_count(parser: argparse.ArgumentParser, args: argparse.Namespac
 def _parameter_count(model: str) -> int | None:
     """Parameters of the sequence-classification model of `model`'s config, built on the meta device (no weights
     are read); None when the config cannot be read here (the model load reports it)."""
-    try:
-        import torch
-        from transformers import AutoConfig, AutoModelForSequenceClassification
+    from trainer_ext.glue_train import meta_classifier
 
-        config = AutoConfig.from_pretrained(model, num_labels=2)
-        with torch.device("meta"):
-            built = AutoModelForSequenceClassification.from_config(config)
-        return sum(p.numel() for p in built.parameters())
+    try:
+        return sum(p.numel() for p in meta_classifier(model).parameters())
     except Exception:  # noqa: BLE001 - an unusual config: leave the check to the run itself
         logger.debug("could not count the parameters of %s from its config", model, exc_info=True)
         return None

@@ -177,13 +177,9 @@ class ExploreSettings:
     def meta_model(self) -> Any:
         """The backbone built from its config on the meta device: its layers and size, no weights loaded (what the
         budget checks read)."""
-        import torch
-        from transformers import AutoConfig, AutoModelForSequenceClassification
+        from .glue_train import meta_classifier
 
-        with torch.device("meta"):
-            return AutoModelForSequenceClassification.from_config(
-                AutoConfig.from_pretrained(self.model_path(), num_labels=2)
-            )
+        return meta_classifier(self.model_path())
 
 
 # ---------------------------------------------------------------------------------------------------------------------

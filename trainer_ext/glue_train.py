@@ -117,18 +117,25 @@ def budget_problem(value: float) -> str | None:
     return None
 
 
+def meta_classifier(model_name_or_path: str) -> Any:
+    """The two-label sequence classifier of the model's config, built on the meta device: its layers and size, no
+    weights read (what budget checks need). Raises what `AutoConfig.from_pretrained` raises for an unusable config."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(model_name_or_path, num_labels=2)
+    with torch.device("meta"):
+        return AutoModelForSequenceClassification.from_config(config)
+
+
 def adapter_problem_on_meta_model(model_name_or_path: str, peft_config: Any, budget: float) -> str | None:
     """Why `peft_config` cannot be applied to the model (e.g. a budget below the smallest feasible design or
     candidate), as a message naming `--budget` or `--model_name_or_path`, or None. The model is built from its
-    config on the meta device: no weights are read. A config that cannot be built so is left to the real load."""
-    import torch
+    config on the meta device (`meta_classifier`). A config that cannot be built so is left to the real load."""
     from peft import get_peft_model
-    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     try:
-        config = AutoConfig.from_pretrained(model_name_or_path, num_labels=2)
-        with torch.device("meta"):
-            base = AutoModelForSequenceClassification.from_config(config)
+        base = meta_classifier(model_name_or_path)
     except Exception:  # noqa: BLE001 - an unusual config: the model load reports it
         logger.debug("could not build %s from its config", model_name_or_path, exc_info=True)
         return None
