@@ -9,6 +9,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from peft_designspace.designspace.refine import Stage, paper_stages
 from peft_designspace.designspace.space import (
@@ -199,9 +200,10 @@ def run_explore(args: argparse.Namespace) -> int:
     return _run_checked(args, check_explore_options(args))
 
 
-def check_explore_options(args: argparse.Namespace) -> tuple[ExploreSettings, DesignSpace, list[Stage]]:
+def check_explore_options(args: argparse.Namespace) -> tuple[ExploreSettings, DesignSpace, list[Stage], Any]:
     """Check every option of `args` against the files it names, before anything is written; return the run's
-    settings, starting space and stages (ValueError or FileNotFoundError naming the option if one is bad)."""
+    settings, starting space, stages and the backbone on the meta device that the budget was checked on
+    (ValueError or FileNotFoundError naming the option if one is bad)."""
     from adapters_hub._files import expand_home
 
     expand_home(args, PATH_OPTIONS)  # `--data_dir=~/x` reaches us unexpanded
@@ -234,28 +236,29 @@ def check_explore_options(args: argparse.Namespace) -> tuple[ExploreSettings, De
         max_length=args.max_length,
         device=args.device,
     )  # checks its fields: all before the output folder is made
-    _check_budget_is_met(args, settings, space)
-    return settings, space, stages
+    return settings, space, stages, _check_budget_is_met(args, settings, space)
 
 
-def _check_budget_is_met(args: argparse.Namespace, settings: ExploreSettings, space: DesignSpace) -> None:
+def _check_budget_is_met(args: argparse.Namespace, settings: ExploreSettings, space: DesignSpace) -> Any:
     """Refuse a `--budget` that no design of the starting space meets (checked on the backbone's config on the meta
-    device); a later stage's candidates that miss it are the run's to report."""
+    device, which is returned for the run); a later stage's candidates that miss it are the run's to report."""
     from peft_designspace.designspace.budget import InfeasibleBudgetError
     from peft_designspace.designspace.space import DesignSampler
 
-    sampler = DesignSampler(settings.meta_model(), settings.budget, config_kwargs=dict(settings.config_kwargs))
+    model = settings.meta_model()
+    sampler = DesignSampler(model, settings.budget, config_kwargs=dict(settings.config_kwargs))
     try:
         sampler.sample(space, 2, seed=args.seed)
     except InfeasibleBudgetError as err:
         raise ValueError(f"--budget {args.budget:g}: {err}") from None
+    return model
 
 
-def _run_checked(args: argparse.Namespace, checked: tuple[ExploreSettings, DesignSpace, list[Stage]]) -> int:
+def _run_checked(args: argparse.Namespace, checked: tuple[ExploreSettings, DesignSpace, list[Stage], Any]) -> int:
     """Run the exploration with what `check_explore_options` returned; return the exit status."""
     from .explore import run_exploration  # the façade imports this module
 
-    settings, space, stages = checked
+    settings, space, stages, model = checked
     os.makedirs(args.output_dir, exist_ok=True)  # marked as the exploration's: a later run may resume in it
     marker = Path(args.output_dir) / EXPLORATION_MARKER
     if not marker.exists():
@@ -268,6 +271,7 @@ def _run_checked(args: argparse.Namespace, checked: tuple[ExploreSettings, Desig
         seed=args.seed,
         workers=args.workers,
         stages=stages,
+        model=model,
         report_path=args.report,
         plots_dir=args.plots_dir,
         progress=not args.quiet,
