@@ -48,20 +48,19 @@ def test_search_glue_refuses_data_with_too_few_training_rows(tiny, tmp_path, no_
     assert "--data_dir has 2 training rows" in last and "at least 3" in last, last
 
 
-def test_search_glue_budget_below_the_smallest_candidate_exits_2(tiny, tmp_path, no_model_loads, capsys):
-    example = load_example("examples/s3pet/search_glue.py")
-    last = refused(example.main, [*common(tiny, tmp_path), "--budget", "10"], capsys)
-    assert ": error: --budget 10" in last and "smallest candidate" in last, last
+@pytest.mark.parametrize(
+    ("script", "bad", "message", "good"),
+    [
+        ("examples/s3pet/search_glue.py", "10", "smallest candidate", "0.01"),  # below the smallest candidate
+        ("examples/designspace/train_glue.py", "0.0001", "infeasible", "0.05"),  # no S4 design that small
+    ],
+)
+def test_a_budget_the_model_cannot_take_exits_2(script, bad, message, good, tiny, tmp_path, no_model_loads, capsys):
+    example = load_example(script)
+    last = refused(example.main, [*common(tiny, tmp_path), "--budget", bad], capsys)
+    assert f": error: --budget {bad}" in last and message in last, last
     assert not (tmp_path / "o").exists()
-    assert example.budget_problem_on_model(example.parse_args([*common(tiny, tmp_path), "--budget", "0.01"])) is None
-
-
-def test_train_glue_infeasible_budget_exits_2(tiny, tmp_path, no_model_loads, capsys):
-    example = load_example("examples/designspace/train_glue.py")
-    last = refused(example.main, [*common(tiny, tmp_path), "--budget", "0.0001"], capsys)
-    assert ": error: --budget 0.0001" in last and "infeasible" in last, last
-    assert not (tmp_path / "o").exists()
-    assert example.budget_problem_on_model(example.parse_args([*common(tiny, tmp_path), "--budget", "0.05"])) is None
+    assert example.budget_problem_on_model(example.parse_args([*common(tiny, tmp_path), "--budget", good])) is None
 
 
 def test_train_glue_sam_budget_above_the_targeted_weights_exits_2(tiny, tmp_path, no_model_loads, capsys):
